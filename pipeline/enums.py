@@ -1,0 +1,86 @@
+"""Fixed vocabularies, as enums converted at the boundary (DICOM strings, CLI words)."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class StrEnum(str, Enum):
+    """A string enum whose ``str()`` is its value."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def parse(cls, value: str | StrEnum) -> StrEnum:
+        """Convert a user or file value to the enum, quoting the allowed set when it fails.
+
+        Args:
+            value: the value to convert (case-insensitive).
+
+        Raises:
+            ValueError: ``value`` is not one of the members.
+        """
+        if isinstance(value, cls):
+            return value
+        text = str(value).strip().upper()
+        for member in cls:
+            if member.value.upper() == text:
+                return member
+        allowed = ", ".join(m.value for m in cls)
+        raise ValueError(f"{cls.__name__} {value!r} is not one of: {allowed}")
+
+
+class ViewPosition(StrEnum):
+    """DICOM ViewPosition (0018,5101) of a chest radiograph, plus LATERAL/UNKNOWN.
+
+    The DICOM defined terms are AP, PA, LL, RL, RLD, LLD, RLO, LLO; ``LATERAL`` is written
+    by some devices although not a defined term; ``UNKNOWN`` stands for an absent or
+    unrecognised value.
+    """
+
+    PA = "PA"
+    AP = "AP"
+    LL = "LL"
+    RL = "RL"
+    LATERAL = "LATERAL"
+    RLD = "RLD"
+    LLD = "LLD"
+    RLO = "RLO"
+    LLO = "LLO"
+    UNKNOWN = "UNKNOWN"
+
+    @classmethod
+    def from_dicom(cls, value: object) -> ViewPosition:
+        """Map a raw ViewPosition value to a member; anything unrecognised is ``UNKNOWN``."""
+        text = str(value or "").strip().upper()
+        if text in ("LAT", "LATERAL"):
+            return cls.LATERAL
+        return next((m for m in cls if m.value == text), cls.UNKNOWN)
+
+    @property
+    def is_lateral(self) -> bool:
+        """True for the lateral projections (LL, RL, LATERAL) the model was not trained on."""
+        return self in (ViewPosition.LL, ViewPosition.RL, ViewPosition.LATERAL)
+
+
+class SpacingSource(StrEnum):
+    """Which DICOM attribute gave the pixel spacing reported for an image."""
+
+    PIXEL_SPACING = "PixelSpacing"
+    IMAGER_PIXEL_SPACING = "ImagerPixelSpacing"
+    FILE_HEADER = "header"  # NIfTI/MHA/NRRD voxel size
+    NONE = "none"
+
+
+class InputFormat(StrEnum):
+    """Image formats :func:`pipeline.io.read_cxr` recognises (DICOM by content)."""
+
+    DICOM = "DICOM"
+    PNG = "PNG"
+    JPEG = "JPEG"
+    TIFF = "TIFF"
+    BMP = "BMP"
+    NIFTI = "NIfTI"
+    MHA = "MHA"
+    NRRD = "NRRD"

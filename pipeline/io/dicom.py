@@ -1,0 +1,364 @@
+"""Decode DICOM chest radiographs (CR, DX, secondary capture) into display-ready arrays.
+
+The grayscale pipeline of PS3.3 C.11 / PS3.4 N.2 is applied in order:
+
+1. stored values, with ``BitsStored`` honoured (pydicom's decoders mask unused high bits);
+2. Modality LUT: the Modality LUT Sequence, else Rescale Slope/Intercept;
+3. VOI LUT: the VOI LUT Sequence or Window Center/Width (item ``voi_index``, the first by
+   default), selected by :class:`VOISource`;
+4. scaling to [0, 1] by the *range* of the previous stage's output (not the image's own
+   min/max, so a PNG and the DICOM made from it decode to the same numbers);
+5. presentation: the result is inverted when the image is displayed "low = white":
+   MONOCHROME1 unless Presentation LUT Shape is IDENTITY, or MONOCHROME2 with Presentation
+   LUT Shape INVERSE. Lungs (air) are always dark in the output.
+
+The output is a ``float32`` array ``rows x columns`` in [0, 1] and a metadata dict.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.enums import SpacingSource, StrEnum, ViewPosition
+from pipeline.io.errors import (
+    DecodeError,
+    EmptyImageError,
+    InputError,
+    LateralViewError,
+    MultiFrameError,
+    NoPixelDataError,
+    NotAnImageError,
+    TruncatedFileError,
+    UnsupportedSOPClassError,
+)
+
+#: Projection-radiograph SOP classes accepted as input, by UID.
+SUPPORTED_SOP_CLASSES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.1": "Computed Radiography Image Storage",
+    "1.2.840.10008.5.1.4.1.1.1.1": "Digital X-Ray Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "Digital X-Ray Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.2": "Multi-frame Grayscale Byte Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.3": "Multi-frame Grayscale Word Secondary Capture Image Storage",
+    "1.2.840.10008.5.1.4.1.1.7.4": "Multi-frame True Color Secondary Capture Image Storage",
+}
+#: Modalities accepted when an object carries no SOP Class UID at all.
+SUPPORTED_MODALITIES = ("CR", "DX", "OT")
+
+
+class VOISource(StrEnum):
+    """Which VOI transformation to apply.
+
+    ``auto`` uses the VOI LUT Sequence when present, else the window; ``lut`` and ``window``
+    insist on one (an error names what the file has); ``none`` skips the VOI stage.
+    """
+
+    AUTO = "auto"
+    LUT = "lut"
+    WINDOW = "window"
+    NONE = "none"
+
+
+def is_dicom_file(path: str | os.PathLike) -> bool:
+    """Tell whether a file is DICOM Part 10 by content (the ``DICM`` magic at offset 128)."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(128)
+            return fh.read(4) == b"DICM"
+    except OSError:
+        return False
+
+
+def read_dataset(path: str | os.PathLike, *, force: bool = False) -> Any:
+    """Read a DICOM dataset, turning pydicom's failures into typed :class:`InputError`.
+
+    Args:
+        path: the file.
+        force: also parse files without the Part 10 preamble (old archives write raw
+            datasets); such a file must then hold Pixel Data or a SOP Class UID.
+
+    Returns:
+        The ``pydicom.Dataset``.
+    """
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(path, force=force)
+    except InvalidDicomError as err:
+        raise NotAnImageError(path, "not a DICOM file (no 'DICM' marker)") from err
+    except (EOFError, OSError, ValueError, KeyError, TypeError) as err:
+        raise TruncatedFileError(path, f"DICOM header cannot be read: {err}") from err
+    ended = [str(w.message) for w in caught if "end of file" in str(w.message).lower()]
+    if ended:
+        raise TruncatedFileError(path, f"file ends early: {ended[0]}")
+    if getattr(ds, "preamble", None) is not None and len(ds) == 0:
+        raise TruncatedFileError(path, "file ends after the DICOM file meta header")
+    if force and ds.preamble is None and "PixelData" not in ds and "SOPClassUID" not in ds:
+        raise NotAnImageError(path, "not a DICOM file and not an image format lungseg reads")
+    return ds
+
+
+def check_radiograph(ds: Any, path: str | os.PathLike, *, allow_lateral: bool = False) -> None:
+    """Reject objects that are not single-frame frontal projection radiographs.
+
+    Raises:
+        UnsupportedSOPClassError, NoPixelDataError, MultiFrameError, EmptyImageError,
+        LateralViewError: with the file and the reason.
+    """
+    _check_sop_class(ds, path)
+    if "PixelData" not in ds:
+        raise NoPixelDataError(path, "DICOM object has no Pixel Data (7FE0,0010)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise MultiFrameError(path, f"multi-frame object ({frames} frames); expected one frame")
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows == 0 or cols == 0:
+        raise EmptyImageError(path, f"image has {rows} rows and {cols} columns (Rows/Columns)")
+    view = ViewPosition.from_dicom(ds.get("ViewPosition"))
+    if view.is_lateral and not allow_lateral:
+        raise LateralViewError(
+            path, f"lateral view (ViewPosition {view.value}); only frontal PA/AP views are segmented"
+        )
+
+
+def _check_sop_class(ds: Any, path: str | os.PathLike) -> None:
+    meta = ds.get("file_meta") or {}
+    uid = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", ""))
+    if uid in SUPPORTED_SOP_CLASSES:
+        return
+    if not uid and str(ds.get("Modality", "")).upper() in SUPPORTED_MODALITIES + ("",):
+        return
+    from pydicom.uid import UID
+
+    name = UID(uid).name if uid else "none"
+    allowed = "; ".join(SUPPORTED_SOP_CLASSES.values())
+    raise UnsupportedSOPClassError(
+        path, f"SOP class '{name}' ({uid}) is not a projection radiograph; supported: {allowed}"
+    )
+
+
+def decode_stored(ds: Any, path: str | os.PathLike) -> np.ndarray:
+    """Decode Pixel Data to stored values, grayscale (RGB is reduced to luma with a warning)."""
+    try:
+        arr = ds.pixel_array
+    except (ValueError, EOFError) as err:
+        text = str(err)
+        if "length" in text or "expected" in text.lower() or "truncat" in text.lower():
+            raise TruncatedFileError(path, f"pixel data is incomplete: {text}") from err
+        raise DecodeError(path, f"pixel data cannot be decoded: {text}") from err
+    except (RuntimeError, NotImplementedError, AttributeError, TypeError) as err:
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", syntax)
+        raise DecodeError(path, f"pixel data ({name}) cannot be decoded: {err}") from err
+    if arr.ndim == 3 and int(ds.get("SamplesPerPixel", 1)) == 3:
+        arr = rgb_to_gray(arr, path)
+    if arr.ndim != 2:
+        raise DecodeError(path, f"pixel array has shape {arr.shape}; expected rows x columns")
+    return arr
+
+
+def rgb_to_gray(arr: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """Reduce an ``(..., 3)`` RGB array to grayscale, keeping its range.
+
+    Gray images stored as RGB (three equal channels) lose nothing; true colour is reduced to
+    luma (ITU-R BT.601 weights) with a warning naming the file.
+    """
+    rgb = arr[..., :3]
+    if np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]):
+        return rgb[..., 0]
+    warnings.warn(f"{path}: colour image reduced to grayscale (luma)", UserWarning, stacklevel=3)
+    weights = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+    return rgb.astype(np.float64) @ weights
+
+
+def _stored_range(ds: Any) -> tuple[float, float]:
+    bits = int(ds.get("BitsStored", ds.get("BitsAllocated", 8)))
+    if int(ds.get("PixelRepresentation", 0)) == 1:
+        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return 0.0, 2.0**bits - 1
+
+
+def _lut_range(item: Any) -> tuple[float, float]:
+    return 0.0, 2.0 ** int(item.LUTDescriptor[2]) - 1
+
+
+def apply_modality(arr: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[float, float]]:
+    """Apply the Modality LUT; return the values and the range they can take."""
+    from pydicom.pixels import apply_modality_lut
+
+    lo, hi = _stored_range(ds)
+    if ds.get("ModalityLUTSequence"):
+        return apply_modality_lut(arr, ds), _lut_range(ds.ModalityLUTSequence[0])
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        ends = sorted((lo * slope + intercept, hi * slope + intercept))
+        return apply_modality_lut(arr, ds), (ends[0], ends[1])
+    return arr, (lo, hi)
+
+
+def apply_voi(
+    arr: np.ndarray,
+    ds: Any,
+    value_range: tuple[float, float],
+    source: VOISource = VOISource.AUTO,
+    index: int = 0,
+) -> tuple[np.ndarray, tuple[float, float], str]:
+    """Apply the selected VOI LUT or window.
+
+    Args:
+        arr: modality values.
+        ds: the dataset.
+        value_range: range of the modality values (the window's output range too).
+        source: which VOI to use.
+        index: which item of a multi-valued VOI (0 = first).
+
+    Returns:
+        The values, their range, and a description of what was applied.
+    """
+    source = VOISource.parse(source)
+    has_lut, has_window = bool(ds.get("VOILUTSequence")), "WindowCenter" in ds
+    use_lut = source is VOISource.LUT or (source is VOISource.AUTO and has_lut)
+    use_window = source is VOISource.WINDOW or (source is VOISource.AUTO and not has_lut)
+    if source is not VOISource.NONE and use_lut:
+        return _apply_voi_lut_item(arr, ds, index, has_lut)
+    if source is not VOISource.NONE and use_window and (has_window or source is VOISource.WINDOW):
+        return _apply_window(arr, ds, value_range, index, has_window)
+    return arr, value_range, "none"
+
+
+def _apply_voi_lut_item(arr, ds, index, has_lut):
+    from pydicom.pixels.processing import apply_voi as pydicom_apply_voi
+
+    if not has_lut:
+        raise ValueError("VOI 'lut' was asked for but the file has no VOI LUT Sequence")
+    items = ds.VOILUTSequence
+    _check_index(index, len(items), "VOI LUT Sequence item")
+    if not np.issubdtype(arr.dtype, np.integer):
+        arr = np.rint(arr).astype(np.int64)
+    out = pydicom_apply_voi(arr, ds, index=index)
+    label = str(items[index].get("LUTExplanation", "")) or f"item {index}"
+    return out, _lut_range(items[index]), f"VOI LUT Sequence ({label})"
+
+
+def _apply_window(arr, ds, value_range, index, has_window):
+    from pydicom.pixels import apply_windowing
+
+    if not has_window:
+        raise ValueError("VOI 'window' was asked for but the file has no Window Center/Width")
+    centers = ds["WindowCenter"]
+    _check_index(index, centers.VM, "window")
+    out = apply_windowing(arr, ds, index=index)
+    center = centers.value[index] if centers.VM > 1 else centers.value
+    widths = ds["WindowWidth"]
+    width = widths.value[index] if widths.VM > 1 else widths.value
+    func = str(ds.get("VOILUTFunction", "LINEAR"))
+    return out, value_range, f"window C={float(center):g} W={float(width):g} {func}"
+
+
+def _check_index(index: int, count: int, what: str) -> None:
+    if not 0 <= index < count:
+        raise ValueError(f"{what} index {index} is out of range; the file has {count} (0..{count - 1})")
+
+
+def needs_inversion(ds: Any) -> bool:
+    """True when low values display white: MONOCHROME1 (unless its Presentation LUT Shape is
+    IDENTITY) or any image whose Presentation LUT Shape is INVERSE."""
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
+    if photometric == "MONOCHROME1":
+        return shape != "IDENTITY"
+    return shape == "INVERSE"
+
+
+def to_unit_range(arr: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """Scale values from ``value_range`` to [0, 1] (clipped), as float32."""
+    lo, hi = value_range
+    scale = 1.0 / (hi - lo) if hi > lo else 1.0
+    out = (np.asarray(arr, dtype=np.float64) - lo) * scale
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def pixel_spacing(ds: Any) -> tuple[tuple[float, float], SpacingSource]:
+    """Row and column spacing in mm, and the attribute it came from.
+
+    PixelSpacing (calibrated to the patient) wins over ImagerPixelSpacing (detector plane);
+    without either the spacing is unknown (NaN).
+    """
+    for keyword, source in (
+        ("PixelSpacing", SpacingSource.PIXEL_SPACING),
+        ("ImagerPixelSpacing", SpacingSource.IMAGER_PIXEL_SPACING),
+    ):
+        value = ds.get(keyword)
+        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
+            return (float(value[0]), float(value[1])), source
+    return (float("nan"), float("nan")), SpacingSource.NONE
+
+
+def dicom_metadata(ds: Any) -> dict[str, Any]:
+    """The identifiers and acquisition facts that later stages need, with no None values."""
+    spacing, source = pixel_spacing(ds)
+    return {
+        "format": "DICOM",
+        "study_instance_uid": str(ds.get("StudyInstanceUID", "")),
+        "series_instance_uid": str(ds.get("SeriesInstanceUID", "")),
+        "sop_instance_uid": str(ds.get("SOPInstanceUID", "")),
+        "sop_class_uid": str(ds.get("SOPClassUID", "")),
+        "modality": str(ds.get("Modality", "")),
+        "photometric_interpretation": str(ds.get("PhotometricInterpretation", "")),
+        "bits_stored": int(ds.get("BitsStored", 0) or 0),
+        "view_position": ViewPosition.from_dicom(ds.get("ViewPosition")).value,
+        "patient_orientation": "\\".join(str(v) for v in ds.get("PatientOrientation", []) or []),
+        "transfer_syntax_uid": str(getattr(ds.get("file_meta", {}), "TransferSyntaxUID", "")),
+        "pixel_spacing": spacing,
+        "pixel_spacing_source": source.value,
+    }
+
+
+def read_dicom(
+    path: str | os.PathLike,
+    *,
+    voi: VOISource | str = VOISource.AUTO,
+    voi_index: int = 0,
+    allow_lateral: bool = False,
+    force: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a DICOM radiograph as a float32 ``rows x columns`` array in [0, 1], lungs dark.
+
+    Args:
+        path: the file.
+        voi: which VOI transformation to apply (see :class:`VOISource`).
+        voi_index: which window or VOI LUT item to use when the file has several.
+        allow_lateral: accept lateral views instead of raising :class:`LateralViewError`.
+        force: parse files without the Part 10 preamble.
+
+    Returns:
+        The image and its metadata (see :func:`dicom_metadata`; also ``voi``, ``inverted``).
+
+    Raises:
+        InputError: a subclass naming the file and what is wrong with it.
+    """
+    voi = VOISource.parse(voi)  # a usage error, raised before the file is touched
+    path = Path(path)
+    ds = read_dataset(path, force=force)
+    check_radiograph(ds, path, allow_lateral=allow_lateral)
+    stored = decode_stored(ds, path)
+    try:
+        values, value_range = apply_modality(stored, ds)
+        values, value_range, voi_text = apply_voi(values, ds, value_range, voi, voi_index)
+    except ValueError as err:
+        raise InputError(path, f"grayscale transform failed: {err}") from err
+    image = to_unit_range(values, value_range)
+    inverted = needs_inversion(ds)
+    if inverted:
+        image = 1.0 - image
+    meta = dicom_metadata(ds)
+    meta.update(voi=voi_text, inverted=inverted)
+    return image, meta

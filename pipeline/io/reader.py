@@ -1,0 +1,165 @@
+"""One entry point for every chest X-ray file, and its MONAI transforms.
+
+:func:`read_cxr` dispatches on content (DICOM is recognised by its ``DICM`` marker, not its
+name) and returns the same contract for every format: a float32 ``rows x columns`` array in
+[0, 1] with lungs dark, and metadata with the original size and, for DICOM, the identifiers
+and pixel spacing. :class:`LoadCXR`/:class:`LoadCXRd` wrap it as MONAI transforms giving a
+channel-first :class:`monai.data.MetaTensor`; training, the bundle and the batch CLI all load
+images through them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import ImageReader, MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from pipeline.enums import InputFormat
+from pipeline.io.dicom import VOISource, read_dicom
+from pipeline.io.errors import InputError, NotAnImageError
+from pipeline.io.images import check_size, detect_format, read_itk, read_pil
+
+_PIL_FORMATS = (InputFormat.PNG, InputFormat.JPEG, InputFormat.TIFF, InputFormat.BMP)
+SUPPORTED_FORMATS = ", ".join(f.value for f in InputFormat)
+
+
+def read_cxr(
+    path: str | os.PathLike,
+    *,
+    voi: VOISource | str = VOISource.AUTO,
+    voi_index: int = 0,
+    allow_lateral: bool = False,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a chest radiograph of any supported format.
+
+    Args:
+        path: the file.
+        voi: DICOM only: which VOI transformation to apply.
+        voi_index: DICOM only: which window / VOI LUT item to use.
+        allow_lateral: DICOM only: accept lateral views.
+
+    Returns:
+        ``(image, meta)``: float32 ``rows x columns`` in [0, 1]; ``meta`` has ``format``,
+        ``original_shape``, ``pixel_spacing`` (row, column mm; NaN when unknown),
+        ``pixel_spacing_source``, DICOM UIDs (empty for other formats) and more.
+
+    Raises:
+        InputError: a subclass naming the file and the reason.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt is InputFormat.DICOM or fmt is None:
+        try:
+            image, meta = read_dicom(
+                path, voi=voi, voi_index=voi_index, allow_lateral=allow_lateral, force=True
+            )
+        except NotAnImageError as err:
+            if fmt is InputFormat.DICOM:
+                raise
+            raise NotAnImageError(
+                path, f"not DICOM and not an image format lungseg reads ({SUPPORTED_FORMATS})"
+            ) from err
+    elif fmt in _PIL_FORMATS:
+        image, meta = read_pil(path)
+    else:
+        image, meta = read_itk(path, fmt)
+    check_size(image, path)
+    meta.update(filename_or_obj=str(path), original_shape=tuple(int(s) for s in image.shape))
+    return image, meta
+
+
+def _affine(spacing: tuple[float, float]) -> torch.Tensor:
+    row, col = (1.0 if np.isnan(s) else float(s) for s in spacing)
+    return torch.diag(torch.tensor([row, col, 1.0, 1.0], dtype=torch.float64))
+
+
+def to_meta_tensor(image: np.ndarray, meta: dict[str, Any]) -> MetaTensor:
+    """Wrap a ``rows x columns`` image as a channel-first MetaTensor ``(1, rows, columns)``."""
+    meta = dict(meta)
+    meta.update(
+        spatial_shape=np.asarray(image.shape),
+        original_channel_dim="no_channel",
+        affine=_affine(meta.get("pixel_spacing", (float("nan"),) * 2)),
+    )
+    meta["original_affine"] = meta["affine"].clone()
+    return MetaTensor(torch.from_numpy(np.ascontiguousarray(image))[None], meta=meta)
+
+
+class LoadCXR(Transform):
+    """Load a chest X-ray file as a ``(1, rows, columns)`` MetaTensor in [0, 1].
+
+    Unlike ``monai.transforms.LoadImage`` with a custom reader, errors keep their type
+    (:class:`~pipeline.io.errors.InputError`) and name the file.
+
+    Args:
+        voi: DICOM VOI transformation (``auto``, ``lut``, ``window``, ``none``).
+        voi_index: which window / VOI LUT item to use (0 = first).
+        allow_lateral: accept lateral DICOM views.
+    """
+
+    def __init__(self, voi: str = "auto", voi_index: int = 0, allow_lateral: bool = False):
+        self.voi = VOISource.parse(voi)
+        self.voi_index = voi_index
+        self.allow_lateral = allow_lateral
+
+    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        image, meta = read_cxr(
+            path, voi=self.voi, voi_index=self.voi_index, allow_lateral=self.allow_lateral
+        )
+        return to_meta_tensor(image, meta)
+
+
+class LoadCXRd(MapTransform):
+    """Dictionary wrapper of :class:`LoadCXR`: replaces each key's path by its image."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        voi: str = "auto",
+        voi_index: int = 0,
+        allow_lateral: bool = False,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadCXR(voi=voi, voi_index=voi_index, allow_lateral=allow_lateral)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d
+
+
+class CXRReader(ImageReader):
+    """The same decoding as a MONAI ``ImageReader``, for ``LoadImage(reader=CXRReader())``.
+
+    Prefer :class:`LoadCXR`: ``LoadImage`` turns reader errors into a generic RuntimeError.
+    """
+
+    def __init__(self, voi: str = "auto", voi_index: int = 0, allow_lateral: bool = False):
+        self.options = {"voi": VOISource.parse(voi), "voi_index": voi_index}
+        self.options["allow_lateral"] = allow_lateral
+
+    def verify_suffix(self, filename: Any) -> bool:
+        """Accept any single file whose format is recognised (by content or suffix)."""
+        try:
+            return isinstance(filename, (str, os.PathLike)) and detect_format(filename) is not None
+        except InputError:
+            return False
+
+    def read(self, data: Any, **kwargs: Any) -> Any:
+        """Decode the file now, so errors surface here with their type."""
+        return read_cxr(data, **{**self.options, **kwargs})
+
+    def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
+        """Return the array (no channel) and MONAI-style metadata."""
+        image, meta = img
+        tensor = to_meta_tensor(image, meta)
+        return image, dict(tensor.meta)
