@@ -22,7 +22,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/lungseg dicomize --data "$(LUNGSEG_DATA)" --count 8 -o $(DEMO_OUT)/dicom
+	$(BIN)/lungseg dicomize --data "$(LUNGSEG_DATA)" --count 14 -o $(DEMO_OUT)/dicom
 	$(BIN)/lungseg preview $(DEMO_OUT)/dicom -o $(DEMO_OUT)/previews
 
 test: install

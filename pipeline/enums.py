@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from enum import Enum
+import enum
 
 
-class StrEnum(str, Enum):
+class StrEnum(enum.StrEnum):
     """A string enum whose ``str()`` is its value."""
-
-    def __str__(self) -> str:
-        return str(self.value)
 
     @classmethod
     def parse(cls, value: str | StrEnum) -> StrEnum:

@@ -136,7 +136,9 @@ def _base_dataset(spec: _Spec, name: str, spacing_mm: float | None) -> Any:
     ds.StudyDate = ds.ContentDate = dt.date.today().strftime("%Y%m%d")
     ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.AccessionNumber = "1", 1, 1, ""
     ds.BodyPartExamined, ds.ViewPosition, ds.PatientOrientation = "CHEST", "PA", ["L", "F"]
-    ds.ImageType = ["DERIVED", "SECONDARY"] if spec.sop_class == SECONDARY_CAPTURE else ["ORIGINAL", "PRIMARY"]
+    ds.ImageType = (
+        ["DERIVED", "SECONDARY"] if spec.sop_class == SECONDARY_CAPTURE else ["ORIGINAL", "PRIMARY"]
+    )
     if spec.sop_class == SECONDARY_CAPTURE:
         ds.ConversionType = "WSD"
     if spacing_mm:
@@ -223,3 +225,26 @@ def write_dicom(ds: Any, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     return path
+
+
+def dicomize(
+    images: list[Path],
+    out_dir: str | os.PathLike,
+    variants: list[DicomVariant],
+    spacing_mm: float | None = None,
+) -> list[Path]:
+    """Convert 8-bit grayscale images to DICOM, cycling through ``variants``.
+
+    Image ``i`` is written as ``out_dir/<variant>/<stem>.dcm`` with ``variants[i % n]``.
+    UIDs derive from the image name, so a rerun writes identical files.
+    """
+    from PIL import Image
+
+    written = []
+    for i, image_path in enumerate(images):
+        variant = variants[i % len(variants)]
+        with Image.open(image_path) as img:
+            pixels = np.asarray(img.convert("L"))
+        ds = build_dicom(pixels, variant, name=image_path.name, spacing_mm=spacing_mm)
+        written.append(write_dicom(ds, Path(out_dir) / variant.value / f"{image_path.stem}.dcm"))
+    return written

@@ -125,7 +125,8 @@ def check_radiograph(ds: Any, path: str | os.PathLike, *, allow_lateral: bool = 
     view = ViewPosition.from_dicom(ds.get("ViewPosition"))
     if view.is_lateral and not allow_lateral:
         raise LateralViewError(
-            path, f"lateral view (ViewPosition {view.value}); only frontal PA/AP views are segmented"
+            path,
+            f"lateral view (ViewPosition {view.value}); only frontal PA/AP views are segmented",
         )
 
 
@@ -134,7 +135,7 @@ def _check_sop_class(ds: Any, path: str | os.PathLike) -> None:
     uid = str(ds.get("SOPClassUID", "") or meta.get("MediaStorageSOPClassUID", ""))
     if uid in SUPPORTED_SOP_CLASSES:
         return
-    if not uid and str(ds.get("Modality", "")).upper() in SUPPORTED_MODALITIES + ("",):
+    if not uid and str(ds.get("Modality", "")).upper() in (*SUPPORTED_MODALITIES, ""):
         return
     from pydicom.uid import UID
 
@@ -265,12 +266,17 @@ def _apply_window(arr, ds, value_range, index, has_window):
 
 def _check_index(index: int, count: int, what: str) -> None:
     if not 0 <= index < count:
-        raise ValueError(f"{what} index {index} is out of range; the file has {count} (0..{count - 1})")
+        raise ValueError(
+            f"{what} index {index} is out of range; the file has {count} (0..{count - 1})"
+        )
 
 
 def needs_inversion(ds: Any) -> bool:
-    """True when low values display white: MONOCHROME1 (unless its Presentation LUT Shape is
-    IDENTITY) or any image whose Presentation LUT Shape is INVERSE."""
+    """Tell whether low values display white, so the image must be inverted.
+
+    That is MONOCHROME1 (unless its Presentation LUT Shape is IDENTITY), or any image whose
+    Presentation LUT Shape is INVERSE.
+    """
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     shape = str(ds.get("PresentationLUTShape", "")).strip().upper()
     if photometric == "MONOCHROME1":

@@ -4,6 +4,9 @@ Every reader returns a float32 ``rows x columns`` array in [0, 1] as the file st
 (never its transpose): PIL's raster order for PNG/JPEG/TIFF/BMP, ITK's for NIfTI/MHA/NRRD
 (the first index, ``i``/``x``, is the column, as in ITK, 3D Slicer and DICOM).
 
+NIfTI is read with nibabel, not SimpleITK: ITK silently zero-fills a truncated NIfTI file
+(even gzipped), nibabel reports it.
+
 Values are scaled by the range of the stored type (8-bit: 0..255, 16-bit: 0..65535, so a
 PNG and the DICOM made from it agree), or by the image's own min..max for signed, 32-bit
 and floating-point data whose range the type does not tell.
@@ -42,9 +45,7 @@ _SUFFIXES: dict[str, InputFormat] = {
     ".mhd": InputFormat.MHA,
     ".nrrd": InputFormat.NRRD,
     ".nhdr": InputFormat.NRRD,
-    ".dcm": InputFormat.DICOM,
-    ".dicom": InputFormat.DICOM,
-}
+}  # DICOM is never recognised by name: a .dcm without the marker is tried as a raw dataset
 _TYPE_RANGES = {np.dtype(np.uint8): (0.0, 255.0), np.dtype(np.uint16): (0.0, 65535.0)}
 
 
@@ -145,30 +146,66 @@ def read_pil(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
     return to_unit_range(arr, lo_hi), base_metadata(fmt)
 
 
+def _in_plane(arr: np.ndarray, path: Path, axes: tuple[int, int]) -> np.ndarray:
+    """Keep the two in-plane ``axes``; every other axis must be a singleton (no volumes)."""
+    if any(n != 1 for i, n in enumerate(arr.shape) if i not in axes):
+        raise MultiFrameError(
+            path, f"array of shape {arr.shape} is a volume; expected one 2D image"
+        )
+    return arr.reshape([arr.shape[i] for i in axes])
+
+
+def _itk_reason(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    useful = [ln for ln in lines if not ln.startswith(("Reason:", "itk::"))] or lines
+    return " ".join(useful)[:300] or "unreadable"
+
+
 def read_itk(path: str | os.PathLike, fmt: InputFormat) -> tuple[np.ndarray, dict[str, Any]]:
-    """Read NIfTI, MHA/MHD or NRRD with SimpleITK (ITK index order: rows = y, columns = x)."""
+    """Read MHA/MHD or NRRD with SimpleITK (ITK index order: rows = y, columns = x)."""
     import SimpleITK as sitk
 
     path = Path(path)
     try:
         img = sitk.ReadImage(str(path))
     except RuntimeError as err:
-        reason = str(err).strip().splitlines()[-1] if str(err).strip() else "unreadable"
-        raise TruncatedFileError(path, f"{fmt.value} file cannot be read: {reason}") from err
-    arr = sitk.GetArrayFromImage(img)
+        raise TruncatedFileError(
+            path, f"{fmt.value} file cannot be read: {_itk_reason(err)}"
+        ) from err
+    arr = sitk.GetArrayFromImage(img)  # (z, y, x) or (y, x), components last
     if img.GetNumberOfComponentsPerPixel() > 1:
         arr = rgb_to_gray(arr, path)
-    if arr.ndim == 3:
-        if arr.shape[0] != 1:
-            raise MultiFrameError(path, f"3D volume of {arr.shape[0]} slices; expected one 2D image")
-        arr = arr[0]
+    arr = _in_plane(arr, path, (arr.ndim - 2, arr.ndim - 1))
     spacing = img.GetSpacing()
+    return to_unit_range(arr, value_range(arr)), _with_spacing(fmt, spacing[1], spacing[0])
+
+
+def read_nifti(path: str | os.PathLike) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read NIfTI with nibabel; its ``(i, j)`` array is ``(x, y)``, so rows are ``j``."""
+    import zlib
+
+    import nibabel as nib
+
+    path = Path(path)
+    try:
+        img = nib.load(path)
+        arr = np.asanyarray(img.dataobj)
+    except (OSError, EOFError, ValueError, zlib.error, nib.filebasedimages.ImageFileError) as err:
+        raise TruncatedFileError(path, f"NIfTI file cannot be read: {err}") from err
+    arr = _in_plane(arr, path, (0, 1)).T
+    zooms = img.header.get_zooms()
+    return to_unit_range(arr, value_range(arr)), _with_spacing(
+        InputFormat.NIFTI, zooms[1], zooms[0]
+    )
+
+
+def _with_spacing(fmt: InputFormat, row_mm: float, col_mm: float) -> dict[str, Any]:
     meta = base_metadata(fmt)
     meta.update(
-        pixel_spacing=(float(spacing[1]), float(spacing[0])),
+        pixel_spacing=(float(row_mm), float(col_mm)),
         pixel_spacing_source=SpacingSource.FILE_HEADER.value,
     )
-    return to_unit_range(arr, value_range(arr)), meta
+    return meta
 
 
 def check_size(arr: np.ndarray, path: str | os.PathLike) -> None:

@@ -24,7 +24,7 @@ from monai.transforms import MapTransform, Transform
 from pipeline.enums import InputFormat
 from pipeline.io.dicom import VOISource, read_dicom
 from pipeline.io.errors import InputError, NotAnImageError
-from pipeline.io.images import check_size, detect_format, read_itk, read_pil
+from pipeline.io.images import check_size, detect_format, read_itk, read_nifti, read_pil
 
 _PIL_FORMATS = (InputFormat.PNG, InputFormat.JPEG, InputFormat.TIFF, InputFormat.BMP)
 SUPPORTED_FORMATS = ", ".join(f.value for f in InputFormat)
@@ -68,6 +68,8 @@ def read_cxr(
             ) from err
     elif fmt in _PIL_FORMATS:
         image, meta = read_pil(path)
+    elif fmt is InputFormat.NIFTI:
+        image, meta = read_nifti(path)
     else:
         image, meta = read_itk(path, fmt)
     check_size(image, path)
@@ -110,6 +112,7 @@ class LoadCXR(Transform):
         self.allow_lateral = allow_lateral
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        """Read ``path``; raise :class:`InputError` (a subclass) for bad input."""
         image, meta = read_cxr(
             path, voi=self.voi, voi_index=self.voi_index, allow_lateral=self.allow_lateral
         )
@@ -131,6 +134,7 @@ class LoadCXRd(MapTransform):
         self.loader = LoadCXR(voi=voi, voi_index=voi_index, allow_lateral=allow_lateral)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Load every key's file."""
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.loader(d[key])
@@ -147,16 +151,23 @@ class CXRReader(ImageReader):
         self.options = {"voi": VOISource.parse(voi), "voi_index": voi_index}
         self.options["allow_lateral"] = allow_lateral
 
+    @staticmethod
+    def _single(filename: Any) -> str | os.PathLike:
+        names = [filename] if isinstance(filename, (str, os.PathLike)) else list(filename)
+        if len(names) != 1:
+            raise ValueError(f"CXRReader reads one file at a time, got {len(names)}")
+        return names[0]
+
     def verify_suffix(self, filename: Any) -> bool:
         """Accept any single file whose format is recognised (by content or suffix)."""
         try:
-            return isinstance(filename, (str, os.PathLike)) and detect_format(filename) is not None
-        except InputError:
+            return detect_format(self._single(filename)) is not None
+        except (InputError, ValueError):
             return False
 
     def read(self, data: Any, **kwargs: Any) -> Any:
         """Decode the file now, so errors surface here with their type."""
-        return read_cxr(data, **{**self.options, **kwargs})
+        return read_cxr(self._single(data), **{**self.options, **kwargs})
 
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         """Return the array (no channel) and MONAI-style metadata."""

@@ -57,7 +57,9 @@ class TopHatEnhanced(_Wrapped):
 class BinarizeMaskd(_Wrapped):
     """Dictionary wrapper of :class:`~pipeline.transforms.intensity.BinarizeMask`."""
 
-    def __init__(self, keys: KeysCollection, fraction: float = 0.5, allow_missing_keys: bool = False):
+    def __init__(
+        self, keys: KeysCollection, fraction: float = 0.5, allow_missing_keys: bool = False
+    ):
         super().__init__(keys, BinarizeMask(fraction), allow_missing_keys)
 
 
@@ -82,6 +84,7 @@ class Letterboxd(MapTransform):
         self.transforms = {k: Letterbox(size, m) for k, m in zip(self.keys, modes, strict=True)}
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Letterbox every key with its own interpolation."""
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.transforms[key](d[key])
@@ -110,6 +113,7 @@ class Unletterboxd(MapTransform):
         self.transform = Unletterbox(mode)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Map every key back to the original grid."""
         d = dict(data)
         params = None
         if self.ref_key is not None:

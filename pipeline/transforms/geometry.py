@@ -51,7 +51,9 @@ class LetterboxParams:
     @classmethod
     def from_meta(cls, meta: dict[str, Any]) -> LetterboxParams:
         """Rebuild from :meth:`to_meta` output (also a collated single item)."""
-        return cls(**{k: tuple(int(x) for x in torch.as_tensor(v).flatten()) for k, v in meta.items()})
+        return cls(
+            **{k: tuple(int(x) for x in torch.as_tensor(v).flatten()) for k, v in meta.items()}
+        )
 
 
 def _plain(img: Any) -> torch.Tensor:
@@ -127,6 +129,7 @@ class Letterbox(Transform):
         self.size, self.mode = _pair(size), Interpolation.parse(mode)
 
     def __call__(self, img: torch.Tensor) -> MetaTensor:
+        """Letterbox ``img``; the parameters go to ``meta["letterbox"]``."""
         out, params = letterbox(img, self.size, self.mode)
         meta = dict(img.meta) if isinstance(img, MetaTensor) else {}
         meta[META_KEY] = params.to_meta()
@@ -141,10 +144,13 @@ class Unletterbox(Transform):
         self.mode = Interpolation.parse(mode)
 
     def __call__(self, img: torch.Tensor, params: LetterboxParams | None = None) -> torch.Tensor:
+        """Undo the letterbox with ``params``, else those in ``img.meta``."""
         if params is None:
             meta = getattr(img, "meta", {})
             if META_KEY not in meta:
-                raise ValueError("no letterbox parameters: pass params or a MetaTensor from Letterbox")
+                raise ValueError(
+                    "no letterbox parameters: pass params or a MetaTensor from Letterbox"
+                )
             params = LetterboxParams.from_meta(meta[META_KEY])
         out = unletterbox(img, params, self.mode)
         if isinstance(img, MetaTensor):

@@ -127,13 +127,17 @@ class _PerChannel(Transform):
         if arr.ndim != 3:
             raise ValueError(f"{type(self).__name__} expects (C, H, W), got shape {arr.shape}")
         out = np.stack([self._apply(channel) for channel in arr])
-        return convert_to_dst_type(out, dst=img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32)[0]
+        return convert_to_dst_type(
+            out, dst=img, dtype=torch.float32 if isinstance(img, torch.Tensor) else np.float32
+        )[0]
 
 
 class CLAHE(_PerChannel):
     """MONAI transform for :func:`clahe` on each channel of a ``(C, H, W)`` image in [0, 1]."""
 
-    def __init__(self, clip_limit: float = 0.01, tile_grid: int | Sequence[int] = 8, nbins: int = 256):
+    def __init__(
+        self, clip_limit: float = 0.01, tile_grid: int | Sequence[int] = 8, nbins: int = 256
+    ):
         self.clip_limit, self.tile_grid, self.nbins = clip_limit, tile_grid, nbins
 
     def _apply(self, image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,170 @@
+"""The ``lungseg`` command: argument parsing only; each command imports what it needs.
+
+Exit codes: 0 when every input is ok (or deliberately skipped), 1 when any failed, 2 for
+usage errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pipeline import __version__
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+VOI_CHOICES = ("auto", "lut", "window", "none")
+
+
+class UsageError(Exception):
+    """A command-line mistake; the message says what to do."""
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from pipeline.io.discovery import iter_inputs
+    from pipeline.io.errors import InputError
+    from pipeline.io.reader import read_cxr
+
+    failed = False
+    for item in iter_inputs(args.inputs):
+        try:
+            image, meta = read_cxr(item.path, voi=args.voi, voi_index=args.voi_index)
+        except InputError as err:
+            failed |= err.status == "failed"
+            row = {"path": str(item.path), "status": err.status, "reason": err.reason}
+        else:
+            row = {"path": str(item.path), "status": "ok", **meta}
+            row.update(min=float(image.min()), max=float(image.max()), mean=float(image.mean()))
+        print(json.dumps(row, default=str))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _cmd_dicomize(args: argparse.Namespace) -> int:
+    from pipeline.io.convert import DicomVariant, dicomize
+    from pipeline.io.datasets import default_data_dir, interleave_by, list_cases
+
+    try:
+        variants = (
+            list(DicomVariant)
+            if args.variant == ["all"]
+            else [DicomVariant.parse(v) for v in args.variant]
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    images = [Path(p) for p in args.images]
+    if not images:
+        try:
+            cases = list_cases(args.data or default_data_dir())
+        except FileNotFoundError as err:
+            raise UsageError(str(err)) from err
+        images = [c.image for c in interleave_by(cases, "source")[: args.count]]
+    written = dicomize(images, args.output, variants, args.pixel_spacing)
+    for path in written:
+        print(path)
+    print(f"wrote {len(written)} DICOM files under {args.output}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _cmd_prepare_data(args: argparse.Namespace) -> int:
+    from pipeline.io.datasets import prepare_collection
+
+    sources = {}
+    if args.montgomery:
+        root = args.montgomery
+        masks = [root / "ManualMask" / "leftMask", root / "ManualMask" / "rightMask"]
+        sources["montgomery"] = (root / "CXR_png", masks)
+    if args.shenzhen:
+        masks = [args.shenzhen_masks] if args.shenzhen_masks else []
+        sources["shenzhen"] = (args.shenzhen / "CXR_png", masks)
+    missing = [str(d) for d, _ in sources.values() if not d.is_dir()]
+    if not sources or missing:
+        raise UsageError(f"give --montgomery and/or --shenzhen folders with CXR_png/ {missing}")
+    count = prepare_collection(sources, args.output, args.size)
+    print(f"wrote {count} cases to {args.output} (images/, masks/, manifest.csv)")
+    return EXIT_OK if count else EXIT_FAILED
+
+
+def _preview_line(result) -> str:
+    if result.status != "ok":
+        return f"{result.status:7s} {result.path}: {result.reason}"
+    m = result.meta
+    rows, cols = m["original_shape"]
+    photometric = m["photometric_interpretation"] or "-"
+    detail = f"{m['format']} {rows}x{cols} {photometric} voi={m['voi']}"
+    return f"ok      {result.path}  [{detail}] -> {result.output}  {result.seconds:.2f}s"
+
+
+def _cmd_preview(args: argparse.Namespace) -> int:
+    from pipeline.inference.preview import run_previews
+
+    counts = {"ok": 0, "skipped": 0, "failed": 0}
+    options = {"size": args.size, "clip_limit": args.clahe_clip, "radius": args.tophat_radius}
+    for result in run_previews(args.inputs, args.output, **options):
+        counts[result.status] += 1
+        print(_preview_line(result))
+    summary = ", ".join(f"{n} {status}" for status, n in counts.items())
+    print(f"{summary}; previews in {args.output}")
+    return EXIT_FAILED if counts["failed"] else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lungseg`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="lungseg", description="Lung segmentation of chest X-rays with MONAI."
+    )
+    parser.add_argument("--version", action="version", version=f"lungseg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    info = sub.add_parser("info", help="decode files and print their metadata as JSON lines")
+    info.add_argument("inputs", nargs="+", help="files or folders (searched recursively)")
+    info.add_argument("--voi", choices=VOI_CHOICES, default="auto", help="DICOM VOI transform")
+    info.add_argument("--voi-index", type=int, default=0, help="which window / VOI LUT (0 = first)")
+    info.set_defaults(func=_cmd_info)
+
+    dcm = sub.add_parser("dicomize", help="build DICOM radiographs from 8-bit images")
+    dcm.add_argument("images", nargs="*", help="PNG/JPEG files (default: the shared data set)")
+    dcm.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    dcm.add_argument("--data", type=Path, help="collection to take images from ($LUNGSEG_DATA)")
+    dcm.add_argument("--count", type=int, default=8, help="images to take from --data")
+    dcm.add_argument("--variant", nargs="+", default=["all"], help="encodings to cycle (or all)")
+    dcm.add_argument("--pixel-spacing", type=float, help="ImagerPixelSpacing to write, in mm")
+    dcm.set_defaults(func=_cmd_dicomize)
+
+    prep = sub.add_parser("prepare-data", help="build a collection from the NLM downloads")
+    prep.add_argument("--montgomery", type=Path, help="unzipped MontgomerySet folder")
+    prep.add_argument("--shenzhen", type=Path, help="unzipped ChinaSet_AllFiles folder")
+    prep.add_argument("--shenzhen-masks", type=Path, help="folder of Shenzhen lung masks")
+    prep.add_argument("--size", type=int, help="resize: longer side in pixels (default: keep)")
+    prep.add_argument("-o", "--output", required=True, type=Path, help="collection folder")
+    prep.set_defaults(func=_cmd_prepare_data)
+
+    prev = sub.add_parser(
+        "preview", help="write preprocessing previews (decoded | CLAHE | top-hat)"
+    )
+    prev.add_argument("inputs", nargs="+", help="files or folders (searched recursively)")
+    prev.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    prev.add_argument("--size", type=int, default=512, help="panel size in pixels")
+    prev.add_argument("--clahe-clip", type=float, default=0.01, help="CLAHE clip limit (0, 1]")
+    prev.add_argument("--tophat-radius", type=int, default=15, help="structuring element radius")
+    prev.set_defaults(func=_cmd_preview)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``lungseg``; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (UsageError, FileNotFoundError) as err:
+        print(f"lungseg {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except ValueError as err:  # bad option values raised by the library, quoting the allowed set
+        print(f"lungseg {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Inference services: previews now; bundle loading, batch runner and report later."""

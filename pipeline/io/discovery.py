@@ -1,0 +1,44 @@
+"""Find input files and map them to output paths that mirror the input tree."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class InputFile:
+    """A file to process and its path relative to the folder it was found under."""
+
+    path: Path
+    relative: Path
+
+    def output(self, out_dir: str | os.PathLike, suffix: str) -> Path:
+        """``out_dir/relative`` with the file's suffix(es) replaced by ``suffix``."""
+        name = self.relative.name
+        stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
+        return Path(out_dir) / self.relative.parent / f"{stem}{suffix}"
+
+
+def iter_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[InputFile]:
+    """Yield the files under ``inputs`` (files as given, folders recursively, sorted).
+
+    Hidden files and folders (a leading dot) are skipped: they are never radiographs and a
+    folder being written by this tool holds such temporaries.
+
+    Raises:
+        FileNotFoundError: an input does not exist (named in the message).
+    """
+    for item in inputs:
+        root = Path(item)
+        if root.is_file():
+            yield InputFile(root, Path(root.name))
+        elif root.is_dir():
+            for path in sorted(root.rglob("*")):
+                rel = path.relative_to(root)
+                if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+                    yield InputFile(path, rel)
+        else:
+            raise FileNotFoundError(f"input {str(root)!r} does not exist")

@@ -1,0 +1,39 @@
+"""Write images for people: PNG previews (masks and overlays join later)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.io.atomic import atomic_path
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    """Map a [0, 1] array to uint8 0..255 (clipped, rounded)."""
+    return np.rint(np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255).astype(np.uint8)
+
+
+def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
+    """Save a ``rows x columns`` [0, 1] array (or an RGB uint8 array) as PNG, atomically."""
+    from PIL import Image
+
+    arr = image if image.dtype == np.uint8 else to_uint8(image)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr).save(tmp, format="PNG")
+    return path
+
+
+def side_by_side(panels: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:
+    """Join equally tall [0, 1] panels horizontally with a white gap."""
+    rows = max(p.shape[0] for p in panels)
+    spacer = np.ones((rows, gap), dtype=np.float32)
+    parts: list[np.ndarray] = []
+    for panel in panels:
+        if panel.shape[0] != rows:
+            raise ValueError(f"panels differ in height: {[p.shape for p in panels]}")
+        parts.extend([panel.astype(np.float32), spacer])
+    return np.concatenate(parts[:-1], axis=1)
