@@ -1,0 +1,135 @@
+"""Datalists and deterministic, stratified splits for training and evaluation.
+
+A datalist is a list of ``{"image": path, "label": path, "name": ..., <manifest columns>}``.
+It comes from a collection folder (``images/`` + ``masks/`` paired by file name, with the
+optional ``manifest.csv``), or from a CSV/JSON file with ``image`` and ``label`` entries.
+
+Splits are a pure function of the case names, the fractions and the seed: each stratum
+(by default every ``source`` x ``tuberculosis`` combination) is shuffled with the seed and cut
+by the fractions, so the proportions of each group are kept in every part. With ``folds > 1``
+the non-test cases are dealt into folds per stratum and ``fold`` picks the validation fold.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.io.datasets import list_cases
+
+PARTS = ("train", "validation", "test")
+
+
+def datalist(source: str | os.PathLike) -> list[dict[str, Any]]:
+    """Labelled cases from a collection folder or a CSV/JSON datalist file.
+
+    Raises:
+        FileNotFoundError: no such folder/file, or a case's image or label is missing.
+        ValueError: a datalist file without ``image``/``label`` entries.
+    """
+    path = Path(source)
+    if path.is_dir():
+        items = [
+            {"image": str(c.image), "label": str(c.mask), "name": c.name, **c.fields}
+            for c in list_cases(path)
+            if c.mask is not None
+        ]
+    elif path.suffix.lower() in (".csv", ".json"):
+        items = _read_datalist_file(path)
+    else:
+        raise FileNotFoundError(f"{path}: not a collection folder nor a .csv/.json datalist")
+    if not items:
+        raise FileNotFoundError(f"{path}: no labelled case (image with a mask of the same name)")
+    return items
+
+
+def _read_datalist_file(path: Path) -> list[dict[str, Any]]:
+    if path.suffix.lower() == ".json":
+        raw = json.loads(path.read_text())
+        rows = raw.get("training", raw) if isinstance(raw, dict) else raw
+    else:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+    items = []
+    for i, row in enumerate(rows):
+        if "image" not in row or "label" not in row:
+            raise ValueError(f"{path}: entry {i} lacks 'image' or 'label': {row!r}")
+        item = {**row, "image": _resolve(path, row["image"]), "label": _resolve(path, row["label"])}
+        item.setdefault("name", Path(item["image"]).name)
+        items.append(item)
+    return items
+
+
+def _resolve(datalist_file: Path, value: str) -> str:
+    p = Path(value)
+    return str(p if p.is_absolute() else datalist_file.parent / p)
+
+
+def _strata(items: Sequence[dict[str, Any]], keys: Sequence[str]) -> dict[tuple, list[int]]:
+    groups: dict[tuple, list[int]] = {}
+    for i, item in enumerate(items):
+        groups.setdefault(tuple(str(item.get(k, "")) for k in keys), []).append(i)
+    return groups
+
+
+def split(
+    items: Sequence[dict[str, Any]],
+    val_fraction: float = 0.15,
+    test_fraction: float = 0.15,
+    seed: int = 0,
+    stratify: Sequence[str] = ("source", "tuberculosis"),
+    folds: int = 0,
+    fold: int = 0,
+) -> dict[str, list[dict[str, Any]]]:
+    """Split a datalist into ``train``, ``validation`` and ``test`` (see module docstring)."""
+    if not 0 <= val_fraction < 1 or not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"fractions val={val_fraction} test={test_fraction} must be in [0, 1) and sum below 1"
+        )
+    if folds and not 0 <= fold < folds:
+        raise ValueError(f"fold {fold} is out of range for {folds} folds (0..{folds - 1})")
+    order = sorted(range(len(items)), key=lambda i: str(items[i].get("name", items[i]["image"])))
+    ordered = [items[i] for i in order]
+    parts: dict[str, list[dict[str, Any]]] = {p: [] for p in PARTS}
+    rng = np.random.default_rng(seed)
+    for indices in _strata(ordered, stratify).values():
+        shuffled = [ordered[i] for i in rng.permutation(indices)]
+        n_test = round(test_fraction * len(shuffled))
+        parts["test"] += shuffled[:n_test]
+        rest = shuffled[n_test:]
+        if folds > 1:
+            in_fold = [i % folds == fold for i in range(len(rest))]
+            parts["validation"] += [c for c, v in zip(rest, in_fold, strict=True) if v]
+            parts["train"] += [c for c, v in zip(rest, in_fold, strict=True) if not v]
+        else:
+            n_val = round(val_fraction * len(shuffled))
+            parts["validation"] += rest[:n_val]
+            parts["train"] += rest[n_val:]
+    return parts
+
+
+def load_split(
+    source: str | os.PathLike, part: str, limit: int | None = None, **kwargs: Any
+) -> list[dict[str, Any]]:
+    """One part of the split of ``source``, optionally its first ``limit`` cases."""
+    if part not in PARTS:
+        raise ValueError(f"part {part!r} is not one of: {', '.join(PARTS)}")
+    items = split(datalist(source), **kwargs)[part]
+    return items[:limit] if limit else items
+
+
+def fingerprint(items: Sequence[dict[str, Any]]) -> str:
+    """A short hash of the cases' names and file sizes: the same data gives the same print."""
+    h = hashlib.sha256()
+    for item in sorted(items, key=lambda x: str(x["image"])):
+        for key in ("image", "label"):
+            p = Path(item[key])
+            h.update(f"{p.name}:{p.stat().st_size if p.exists() else -1};".encode())
+    return h.hexdigest()[:16]
