@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.lungseg-installed
 TORCH  := torch==2.13.0
 # The shared Montgomery + Shenzhen data; override with `make demo LUNGSEG_DATA=/path`.
-LUNGSEG_DATA ?= ../shared/data/montgomery-shenzhen
+LUNGSEG_DATA ?= $(abspath ../shared/data/montgomery-shenzhen)
 DEMO_OUT ?= outputs/demo
 export LUNGSEG_DATA
 

@@ -86,6 +86,79 @@ def _cmd_prepare_data(args: argparse.Namespace) -> int:
     return EXIT_OK if count else EXIT_FAILED
 
 
+NETWORK_CHOICES = ("res_unet", "basic_unet", "unetpp_efficientnet", "resnet50_unet")
+TRAIN_OPTIONS = {  # CLI option -> bundle config id
+    "data": "dataset_dir",
+    "network": "network_name",
+    "pretrained": "pretrained",
+    "epochs": "max_epochs",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "loss": "loss_name",
+    "optimizer": "optimizer_name",
+    "scheduler": "scheduler_name",
+    "image_size": "image_size",
+    "augmentation": "augmentation",
+    "max_cases": "max_cases",
+    "resume": "resume",
+    "device": "device_name",
+    "seed": "seed",
+    "workers": "num_workers",
+    "early_stop": "early_stop_patience",
+}
+
+
+def _parse_set(items: list[str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(
+                f"--set {item!r} must be KEY=VALUE (a bundle config id and a JSON value)"
+            )
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.training.run import BUNDLE, train
+
+    overrides = {
+        cfg: getattr(args, opt)
+        for opt, cfg in TRAIN_OPTIONS.items()
+        if getattr(args, opt) is not None
+    }
+    for key in ("dataset_dir", "pretrained", "resume"):
+        if key in overrides and "://" not in str(overrides[key]) and overrides[key] != "imagenet":
+            overrides[key] = str(Path(overrides[key]).resolve())
+    split = {
+        "val_fraction": args.val_fraction,
+        "test_fraction": args.test_fraction,
+        "seed": args.seed or 0,
+    }
+    split.update(folds=args.folds, fold=args.fold)
+    output = Path(args.output or f"outputs/train/{args.network}").resolve()
+    overrides.update(split=split, bundle_root=str(output), progress=not args.no_progress)
+    overrides.update(_parse_set(args.set))
+    files = ("train.json", "multi_gpu_train.json") if args.distributed else ("train.json",)
+    result = train(
+        overrides,
+        bundle=args.bundle or BUNDLE,
+        config_files=files,
+        mlflow=not args.no_mlflow,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+    )
+    print(
+        f"trained {result['epochs']} epochs; best validation Dice {result['best_metric']:.4f} "
+        f"at epoch {result['best_epoch']}; checkpoints in {output / 'models'}"
+    )
+    return EXIT_OK
+
+
 def _preview_line(result) -> str:
     if result.status != "ok":
         return f"{result.status:7s} {result.path}: {result.reason}"
@@ -139,6 +212,42 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--size", type=int, help="resize: longer side in pixels (default: keep)")
     prep.add_argument("-o", "--output", required=True, type=Path, help="collection folder")
     prep.set_defaults(func=_cmd_prepare_data)
+
+    tr = sub.add_parser("train", help="train a network with the bundle's training config")
+    tr.add_argument(
+        "--data", type=Path, help="collection folder or CSV/JSON datalist ($LUNGSEG_DATA)"
+    )
+    tr.add_argument("--network", choices=NETWORK_CHOICES, default="res_unet")
+    tr.add_argument("--pretrained", help="encoder weights: a file, a URL or 'imagenet'")
+    tr.add_argument("--epochs", type=int, help="maximum epochs (bundle default 30)")
+    tr.add_argument("--batch-size", type=int)
+    tr.add_argument("--lr", type=float, help="learning rate (default 1e-3)")
+    tr.add_argument("--loss", choices=("dice_ce", "pgdl", "pcl"))
+    tr.add_argument("--optimizer", choices=("auto", "adam", "nadam", "adamw"))
+    tr.add_argument("--scheduler", choices=("plateau", "cosine", "none"))
+    tr.add_argument("--image-size", type=int, help="network input size (default 256)")
+    tr.add_argument("--augmentation", choices=("default", "light", "none"))
+    tr.add_argument("--early-stop", type=int, help="patience in epochs (0 disables)")
+    tr.add_argument("--val-fraction", type=float, default=0.15)
+    tr.add_argument("--test-fraction", type=float, default=0.15)
+    tr.add_argument("--folds", type=int, default=0, help="k-fold cross-validation: number of folds")
+    tr.add_argument("--fold", type=int, default=0, help="which fold validates")
+    tr.add_argument(
+        "--max-cases", type=int, help="use only the first N cases of each part (smoke runs)"
+    )
+    tr.add_argument("--seed", type=int)
+    tr.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
+    tr.add_argument("--workers", type=int, help="data loader worker processes")
+    tr.add_argument("--resume", type=Path, help="checkpoint (last.pt) to continue from")
+    tr.add_argument("-o", "--output", type=Path, help="run folder (models/, eval/)")
+    tr.add_argument("--bundle", type=Path, help="bundle folder (default: the shipped one)")
+    tr.add_argument("--tracking-uri", help="MLflow URI (default: sqlite under mlruns/)")
+    tr.add_argument("--experiment", default="lungseg", help="MLflow experiment name")
+    tr.add_argument("--no-mlflow", action="store_true", help="do not track the run")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--distributed", action="store_true", help="DDP: run under torchrun")
+    tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config id")
+    tr.set_defaults(func=_cmd_train)
 
     prev = sub.add_parser(
         "preview", help="write preprocessing previews (decoded | CLAHE | top-hat)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -106,8 +105,8 @@ def test_skipped_inputs_do_not_fail_the_run(tmp_path, pixels, capsys):
         (["dicomize", "--data", "/nonexistent", "-o", "x"], "no images/ folder"),
     ],
 )
-def test_usage_errors_exit_2_with_a_message(tmp_path, argv, message, capsys):
-    os.chdir(tmp_path)
+def test_usage_errors_exit_2_with_a_message(tmp_path, argv, message, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert main(argv) == EXIT_USAGE
     assert message in capsys.readouterr().err
 

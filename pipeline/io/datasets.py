@@ -24,7 +24,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 def default_data_dir() -> Path:
     """``$LUNGSEG_DATA`` if set, else ``../shared/data/montgomery-shenzhen`` beside the repo."""
     env = os.environ.get(ENV_VAR)
-    return Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "montgomery-shenzhen"
+    path = Path(env) if env else REPO_ROOT.parent / "shared" / "data" / "montgomery-shenzhen"
+    return path.resolve()
 
 
 @dataclass(frozen=True)

@@ -60,6 +60,8 @@ class UNetPlusPlusEfficientNet(nn.Module):
         self.encoder = EfficientNetEncoder(
             model_name=backbone, pretrained=False, spatial_dims=2, in_channels=in_channels
         )
+        for unused in ("_conv_head", "_bn1", "_fc"):  # the classifier head: dead weights for DDP
+            setattr(self.encoder, unused, nn.Identity())
         self.depth = 4
         self.deep_supervision = deep_supervision
         width = [*decoder_channels, enc[4]]  # channels of X[i][j>0]; level 4 is the encoder
