@@ -22,79 +22,155 @@ import torch.nn.functional as F  # noqa: N812
 from monai.config import KeysCollection
 from monai.transforms import (
     MapTransform,
-    RandAffined,
     RandFlipd,
     RandGaussianNoised,
     RandomizableTransform,
     RandScaleIntensityd,
 )
-from monai.utils import ensure_tuple_rep
+from monai.utils import convert_to_dst_type, ensure_tuple_rep
 
 
-def coarse_elastic(
-    img: torch.Tensor, displacement: torch.Tensor, mode: str = "bilinear"
+def _base_grid(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ys, xs = torch.meshgrid(
+        torch.arange(rows, dtype=torch.float32),
+        torch.arange(cols, dtype=torch.float32),
+        indexing="ij",
+    )
+    return ys, xs
+
+
+def warp_grid(
+    shape: tuple[int, int],
+    matrix: torch.Tensor | None = None,
+    shift: tuple[float, float] = (0.0, 0.0),
+    displacement: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Warp ``(C, H, W)`` by a coarse displacement field ``(2, g, g)`` in pixels (rows, cols).
-
-    The field is upsampled bicubically to the image size, as in the U-Net paper.
-    """
-    _, rows, cols = img.shape
-    field = F.interpolate(
-        displacement[None].float(), size=(rows, cols), mode="bicubic", align_corners=True
-    )[0]
-    ys, xs = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
-    grid_y = (ys + field[0]) / max(rows - 1, 1) * 2 - 1
-    grid_x = (xs + field[1]) / max(cols - 1, 1) * 2 - 1
-    grid = torch.stack([grid_x, grid_y], dim=-1)[None].to(
-        img.dtype if img.is_floating_point() else torch.float32
-    )
-    sample_mode = "nearest" if mode == "nearest" else "bilinear"
-    out = F.grid_sample(
-        img[None].float(), grid, mode=sample_mode, padding_mode="zeros", align_corners=True
-    )
-    return out[0].to(img.dtype)
-
-
-class RandCoarseElasticd(RandomizableTransform, MapTransform):
-    """Elastic deformation with Gaussian displacements on a coarse grid (U-Net paper).
+    """Sampling grid for ``F.grid_sample``: output pixel -> input pixel, in one pass.
 
     Args:
-        keys: keys to warp with the same field.
-        prob: probability of warping a sample.
-        grid: control points per side (3 in the U-Net paper).
-        sigma: standard deviation of the displacements in pixels (10 in the paper).
+        shape: ``(rows, columns)``.
+        matrix: 2x2 linear map about the image centre acting on ``(x, y)`` (rotation, shear,
+            zoom); identity when None.
+        shift: ``(rows, columns)`` translation in pixels.
+        displacement: coarse field ``(2, g, g)`` in pixels (rows, columns), upsampled
+            bicubically (the U-Net paper's elastic deformation); none when None.
+
+    Returns:
+        ``(1, rows, columns, 2)`` grid normalised to [-1, 1] (``align_corners=True``).
+    """
+    rows, cols = shape
+    ys, xs = _base_grid(rows, cols)
+    cy, cx = (rows - 1) / 2, (cols - 1) / 2
+    m = torch.eye(2) if matrix is None else matrix.float()
+    src_x = m[0, 0] * (xs - cx) + m[0, 1] * (ys - cy) + cx + shift[1]
+    src_y = m[1, 0] * (xs - cx) + m[1, 1] * (ys - cy) + cy + shift[0]
+    if displacement is not None:
+        field = F.interpolate(
+            displacement[None].float(), size=shape, mode="bicubic", align_corners=True
+        )[0]
+        src_y, src_x = src_y + field[0], src_x + field[1]
+    grid = torch.stack([src_x / max(cols - 1, 1), src_y / max(rows - 1, 1)], dim=-1) * 2 - 1
+    return grid[None]
+
+
+def warp(img: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Resample a ``(C, H, W)`` tensor on ``grid`` (zeros outside); ``nearest`` for masks.
+
+    The result has the input's type (a MetaTensor keeps its metadata), so warped and
+    unwarped samples collate into one batch.
+    """
+    plain = img.as_tensor() if hasattr(img, "as_tensor") else torch.as_tensor(img)
+    out = F.grid_sample(
+        plain[None].float(),
+        grid,
+        mode="nearest" if mode == "nearest" else "bilinear",
+        padding_mode="zeros",
+        align_corners=True,
+    )[0]
+    return convert_to_dst_type(out, dst=img)[0]
+
+
+def affine_matrix(rotate_deg: float, shear: tuple[float, float], zoom: float) -> torch.Tensor:
+    """2x2 map on ``(x, y)``: rotation, then shear, then zoom (> 1 enlarges the content)."""
+    a = math.radians(rotate_deg)
+    rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+    sh = torch.tensor([[1.0, shear[0]], [shear[1], 1.0]])
+    return rot @ sh / zoom
+
+
+class RandWarpd(RandomizableTransform, MapTransform):
+    """Random affine (rotation, shift, shear, zoom) and coarse elastic warp in one resampling.
+
+    Image and mask share one sampling grid, computed once per sample, so they stay aligned
+    and each is interpolated only once (cheaper and sharper than chaining MONAI's
+    ``RandAffined`` and an elastic transform).
+
+    Args:
+        keys: keys to warp together.
+        prob: probability of the affine part.
+        rotate_deg: rotation drawn from +-``rotate_deg`` degrees.
+        shift: translation drawn from +-``shift`` x the image size, per axis.
+        shear: shear factors drawn from +-``shear``.
+        zoom: zoom drawn from 1 +- ``zoom``.
+        elastic_prob: probability of adding the elastic field.
+        elastic_grid: control points per side (3 in the U-Net paper).
+        elastic_sigma: standard deviation of the displacements in pixels (10 in the paper).
         mode: interpolation per key (``bilinear`` for images, ``nearest`` for masks).
     """
 
     def __init__(
         self,
         keys: KeysCollection,
-        prob: float = 0.3,
-        grid: int = 3,
-        sigma: float = 10.0,
+        prob: float = 0.8,
+        rotate_deg: float = 10.0,
+        shift: float = 0.05,
+        shear: float = 0.05,
+        zoom: float = 0.1,
+        elastic_prob: float = 0.3,
+        elastic_grid: int = 3,
+        elastic_sigma: float = 10.0,
         mode: str | Sequence[str] = "bilinear",
         allow_missing_keys: bool = False,
     ):
         MapTransform.__init__(self, keys, allow_missing_keys)
-        RandomizableTransform.__init__(self, prob)
-        self.grid, self.sigma = int(grid), float(sigma)
+        RandomizableTransform.__init__(self, 1.0)
+        self.affine_prob, self.elastic_prob = prob, elastic_prob
+        self.rotate_deg, self.shift, self.shear, self.zoom = rotate_deg, shift, shear, zoom
+        self.elastic_grid, self.elastic_sigma = int(elastic_grid), float(elastic_sigma)
         self.mode = ensure_tuple_rep(mode, len(self.keys))
-        self._field: torch.Tensor | None = None
+        self._params: dict[str, Any] = {}
 
     def randomize(self, data: Any = None) -> None:
-        """Draw whether to warp and the displacement field."""
-        super().randomize(None)
-        field = self.R.normal(0.0, self.sigma, size=(2, self.grid, self.grid))
-        self._field = torch.from_numpy(field.astype(np.float32))
+        """Draw the affine parameters and the elastic field (each may be skipped)."""
+        r = self.R
+        p: dict[str, Any] = {"matrix": None, "shift": (0.0, 0.0), "displacement": None}
+        if r.rand() < self.affine_prob:
+            shear = (r.uniform(-self.shear, self.shear), r.uniform(-self.shear, self.shear))
+            zoom = r.uniform(1 - self.zoom, 1 + self.zoom)
+            p["matrix"] = affine_matrix(r.uniform(-self.rotate_deg, self.rotate_deg), shear, zoom)
+            p["shift"] = (r.uniform(-self.shift, self.shift), r.uniform(-self.shift, self.shift))
+        if r.rand() < self.elastic_prob:
+            field = r.normal(
+                0.0, self.elastic_sigma, size=(2, self.elastic_grid, self.elastic_grid)
+            )
+            p["displacement"] = torch.from_numpy(field.astype(np.float32))
+        self._params = p
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
-        """Warp every key with one field (or pass the sample through)."""
+        """Warp every key with one grid (or pass the sample through unchanged)."""
         d = dict(data)
         self.randomize()
-        if not self._do_transform:
+        p = self._params
+        if p["matrix"] is None and p["displacement"] is None:
             return d
+        first = next(iter(self.key_iterator(d)), None)
+        if first is None:
+            return d
+        shape = tuple(d[first].shape[-2:])
+        shift = (p["shift"][0] * shape[0], p["shift"][1] * shape[1])
+        grid = warp_grid(shape, p["matrix"], shift, p["displacement"])
         for key, mode in self.key_iterator(d, self.mode):
-            d[key] = coarse_elastic(d[key], self._field, mode)
+            d[key] = warp(d[key], grid, mode)
         return d
 
 
@@ -102,7 +178,6 @@ def augmentations(
     preset: str = "default",
     keys: Sequence[str] = ("image", "label"),
     image_key: str = "image",
-    size: int = 256,
     hflip: bool = False,
 ) -> list[Any]:
     """The augmentation transforms of a preset.
@@ -112,7 +187,6 @@ def augmentations(
             ``none``.
         keys: image and label keys (geometric transforms apply to all of them).
         image_key: the key intensity transforms apply to.
-        size: the model input size (shifts are 5% of it).
         hflip: add random horizontal flips (off by default; see the module docstring).
     """
     if preset not in ("default", "light", "none"):
@@ -120,21 +194,10 @@ def augmentations(
     if preset == "none":
         return []
     modes = ["bilinear" if k == image_key else "nearest" for k in keys]
-    out: list[Any] = [
-        RandAffined(
-            keys=list(keys),
-            prob=0.8,
-            rotate_range=math.radians(10),
-            shear_range=(0.05, 0.05),
-            translate_range=(0.05 * size, 0.05 * size),
-            scale_range=(0.1, 0.1),
-            mode=modes,
-            padding_mode="zeros",
-        )
-    ]
+    elastic = 0.3 if preset == "default" else 0.0
+    out: list[Any] = [RandWarpd(keys=list(keys), elastic_prob=elastic, mode=modes)]
     if preset == "default":
         out += [
-            RandCoarseElasticd(keys=list(keys), prob=0.3, grid=3, sigma=10.0, mode=modes),
             RandScaleIntensityd(keys=image_key, factors=0.2, prob=0.5),
             RandGaussianNoised(keys=image_key, prob=0.2, std=0.02),
         ]

@@ -8,25 +8,37 @@ import torch
 from monai.transforms import Compose, RandFlipd
 
 from pipeline.transforms import letterbox
-from pipeline.transforms.augment import RandCoarseElasticd, augmentations, coarse_elastic
+from pipeline.transforms.augment import RandWarpd, affine_matrix, augmentations, warp, warp_grid
 
 
-def test_zero_displacement_is_identity():
+def test_identity_grid_leaves_the_image_alone():
     img = torch.rand(1, 40, 30)
-    torch.testing.assert_close(coarse_elastic(img, torch.zeros(2, 3, 3)), img, atol=1e-5, rtol=0)
+    torch.testing.assert_close(warp(img, warp_grid((40, 30))), img, atol=1e-5, rtol=0)
 
 
-def test_constant_displacement_shifts_by_whole_pixels():
+def test_shift_and_displacement_move_by_whole_pixels():
     img = torch.rand(1, 40, 30)
+    shifted = warp(img, warp_grid((40, 30), shift=(2.0, 0.0)), mode="nearest")
+    torch.testing.assert_close(shifted[:, :-2], img[:, 2:], atol=1e-6, rtol=0)  # out[y] = in[y + 2]
+    assert shifted[:, -2:].abs().sum() == 0  # zeros come in from outside
     field = torch.zeros(2, 3, 3)
-    field[0] = 2.0  # sample 2 rows further down: out[y] = in[y + 2]
-    out = coarse_elastic(img, field, mode="nearest")
-    torch.testing.assert_close(out[:, :-2], img[:, 2:], atol=1e-6, rtol=0)
-    assert out[:, -2:].abs().sum() == 0  # padded with zeros
+    field[1] = -3.0  # a constant elastic field is a shift too: out[:, x] = in[:, x - 3]
+    moved = warp(img, warp_grid((40, 30), displacement=field), mode="nearest")
+    torch.testing.assert_close(moved[:, :, 3:], img[:, :, :-3], atol=1e-6, rtol=0)
 
 
-def test_elastic_warps_image_and_mask_alike():
-    t = RandCoarseElasticd(["image", "label"], prob=1.0, sigma=10, mode=["bilinear", "nearest"])
+def test_affine_matrix_by_hand():
+    m = affine_matrix(90.0, (0.0, 0.0), 2.0)  # quarter turn, content twice as large
+    torch.testing.assert_close(m, torch.tensor([[0.0, -0.5], [0.5, 0.0]]), atol=1e-6, rtol=0)
+    img = torch.zeros(1, 5, 5)
+    img[0, 2, 4] = 1.0  # right of the centre
+    out = warp(img, warp_grid((5, 5), affine_matrix(90.0, (0.0, 0.0), 1.0)), mode="nearest")
+    # output (x, y) samples input (-(y - 2) + 2, x): output (x=2, y=0) reads input (x=4, y=2)
+    assert out[0, 0, 2] == 1.0 and out.sum() == 1.0
+
+
+def test_warp_moves_image_and_mask_alike():
+    t = RandWarpd(["image", "label"], prob=1.0, elastic_prob=1.0, mode=["bilinear", "nearest"])
     t.set_random_state(3)
     mask = torch.zeros(1, 64, 64)
     mask[:, 16:48, 20:44] = 1
@@ -44,7 +56,7 @@ def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_default_preset_keeps_real_masks_aligned_and_binary(lung_mask):
     mask = torch.from_numpy(lung_mask[None].astype(np.float32))
     boxed, _ = letterbox(mask, 256, mode="nearest")
-    aug = Compose(augmentations("default", size=256))
+    aug = Compose(augmentations("default"))
     aug.set_random_state(0)
     moved = 0
     for _ in range(10):
@@ -54,6 +66,21 @@ def test_default_preset_keeps_real_masks_aligned_and_binary(lung_mask):
         assert _dice((out["image"] > 0.5 * out["image"].max()).float(), out["label"]) > 0.95
         moved += int(not torch.equal(out["label"], boxed))
     assert moved >= 7
+
+
+def test_warped_and_untouched_samples_collate_into_one_batch():
+    from monai.data import MetaTensor, list_data_collate
+
+    t = RandWarpd(["image", "label"], prob=0.5, elastic_prob=0.0, mode=["bilinear", "nearest"])
+    t.set_random_state(0)
+    samples = []
+    for _ in range(8):
+        img = MetaTensor(torch.rand(1, 32, 32), meta={"filename_or_obj": "x.png"})
+        samples.append(t({"image": img, "label": MetaTensor((img > 0.5).float())}))
+    assert all(isinstance(s["image"], MetaTensor) for s in samples)
+    batch = list_data_collate(samples)
+    assert batch["image"].shape == (8, 1, 32, 32)
+    assert list(batch["image"].meta["filename_or_obj"]) == ["x.png"] * 8
 
 
 def test_horizontal_flip_is_off_unless_asked():
