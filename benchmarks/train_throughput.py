@@ -66,6 +66,18 @@ def full_step_rate(parts: dict, iters: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+def data_ms_per_image(parts: dict, epochs: int = 3) -> float:
+    """Milliseconds per image to iterate the training loader alone (augmentation, collation)."""
+    loader = parts["train#dataloader"]
+    for _ in loader:  # warm-up
+        pass
+    start, images = time.perf_counter(), 0
+    for _ in range(epochs):
+        for batch in loader:
+            images += batch["image"].shape[0]
+    return 1000 * (time.perf_counter() - start) / images
+
+
 def compute_rate(parts: dict, iters: int) -> float:
     dev = parts["device"]
     batch = next(iter(parts["train#dataloader"]))
@@ -85,9 +97,15 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--iters", type=int, default=6, help="measured iterations (after one warm-up)")
+    ap.add_argument("--data-only", action="store_true", help="only time the data loader")
     ap.add_argument("--out", type=Path, default=Path("outputs/benchmarks/train_throughput.json"))
     args = ap.parse_args()
     torch.manual_seed(0)
+    if args.data_only:
+        for size in args.sizes:
+            parts = build("res_unet", size, args.batch, cases=64)
+            print(json.dumps({"size": size, "data_ms_per_image": data_ms_per_image(parts)}))
+        return
     rows = []
     for size in args.sizes:
         for network in args.networks:
