@@ -79,7 +79,9 @@ class MLflowExtras:
     ):
         self.mlflow_handler, self.validator, self.network = mlflow_handler, validator, network
         self.checkpoint, self.val_loader, self.n_overlays = Path(checkpoint), val_loader, n_overlays
-        self.tags, self.log_model = dict(tags or {}), log_model
+        # the commit the run starts from (read now: the tree may move on while it trains)
+        self.tags = {"git_commit": git_commit(Path(__file__).parent), **(tags or {})}
+        self.log_model = log_model
         self.history: dict[str, list[float]] = {"train_loss": [], "val_metric": []}
         self._losses: list[float] = []
 
@@ -109,8 +111,7 @@ class MLflowExtras:
         if run is None:
             return
         client, run_id = self.mlflow_handler.client, run.info.run_id
-        tags = {"git_commit": git_commit(Path(__file__).parent), **self.tags}
-        for key, value in tags.items():
+        for key, value in self.tags.items():
             client.set_tag(run_id, key, str(value))
         with tempfile.TemporaryDirectory() as tmp:
             curve = _plot_curves(self.history, Path(tmp) / "learning_curve.png")
