@@ -172,7 +172,9 @@ def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarra
     """RGB uint8 image with the true lung border in green and the predicted one in red."""
     from scipy import ndimage
 
-    gray = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    from pipeline.io.writers import to_uint8
+
+    gray = to_uint8(image)
     rgb = np.repeat(gray[..., None], 3, axis=2)
     for mask, colour in ((truth, (0, 255, 0)), (pred, (255, 0, 0))):
         edge = mask & ~ndimage.binary_erosion(mask, iterations=1)
