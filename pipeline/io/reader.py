@@ -82,16 +82,23 @@ def _affine(spacing: tuple[float, float]) -> torch.Tensor:
     return torch.diag(torch.tensor([row, col, 1.0, 1.0], dtype=torch.float64))
 
 
-def to_meta_tensor(image: np.ndarray, meta: dict[str, Any]) -> MetaTensor:
-    """Wrap a ``rows x columns`` image as a channel-first MetaTensor ``(1, rows, columns)``."""
-    meta = dict(meta)
-    meta.update(
+def monai_meta(image: np.ndarray, meta: dict[str, Any]) -> dict[str, Any]:
+    """``meta`` plus the keys MONAI expects (spatial shape, no channel, affine from spacing)."""
+    out = dict(meta)
+    affine = _affine(out.get("pixel_spacing", (float("nan"),) * 2))
+    out.update(
         spatial_shape=np.asarray(image.shape),
         original_channel_dim="no_channel",
-        affine=_affine(meta.get("pixel_spacing", (float("nan"),) * 2)),
+        affine=affine,
+        original_affine=affine.clone(),
     )
-    meta["original_affine"] = meta["affine"].clone()
-    return MetaTensor(torch.from_numpy(np.ascontiguousarray(image))[None], meta=meta)
+    return out
+
+
+def to_meta_tensor(image: np.ndarray, meta: dict[str, Any]) -> MetaTensor:
+    """Wrap a ``rows x columns`` image as a channel-first MetaTensor ``(1, rows, columns)``."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image))[None]
+    return MetaTensor(tensor, meta=monai_meta(image, meta))
 
 
 class LoadCXR(Transform):
@@ -172,5 +179,4 @@ class CXRReader(ImageReader):
     def get_data(self, img: Any) -> tuple[np.ndarray, dict]:
         """Return the array (no channel) and MONAI-style metadata."""
         image, meta = img
-        tensor = to_meta_tensor(image, meta)
-        return image, dict(tensor.meta)
+        return image, monai_meta(image, meta)

@@ -118,22 +118,24 @@ class MLflowExtras:
             client.log_artifact(run_id, str(curve))
             if self.checkpoint.is_file():
                 client.log_artifact(run_id, str(self.checkpoint), artifact_path="checkpoint")
-            overlays = self._overlays(Path(tmp) / "overlays")
+            net = self._best_network()
+            overlays = self._overlays(net, Path(tmp) / "overlays")
             if overlays:
                 client.log_artifacts(run_id, str(overlays), artifact_path="overlays")
         if self.log_model:
-            self._log_model(run_id)
+            self._log_model(net, run_id)
 
     def _best_network(self) -> torch.nn.Module:
+        """The trained network with the best checkpoint's weights (read once)."""
         net = getattr(self.network, "module", self.network)
         if self.checkpoint.is_file():
             net.load_state_dict(torch.load(self.checkpoint, map_location="cpu", weights_only=True))
         return net
 
-    def _overlays(self, out_dir: Path) -> Path | None:
+    def _overlays(self, net: torch.nn.Module, out_dir: Path) -> Path | None:
         from pipeline.io.writers import save_png
 
-        net, drawn = self._best_network(), 0
+        drawn = 0
         device = next(net.parameters()).device
         net.eval()
         with torch.no_grad():
@@ -150,11 +152,11 @@ class MLflowExtras:
                         return out_dir
         return out_dir if drawn else None
 
-    def _log_model(self, run_id: str) -> None:
+    def _log_model(self, net: torch.nn.Module, run_id: str) -> None:
         import mlflow
         import monai
 
-        net = self._best_network().cpu().eval()
+        net = net.cpu().eval()
         example = next(iter(self.val_loader))["image"][:1].as_tensor().cpu().numpy()
         mlflow.set_tracking_uri(self.mlflow_handler.client.tracking_uri)
         with mlflow.start_run(run_id=run_id):

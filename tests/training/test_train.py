@@ -76,26 +76,17 @@ def test_resume_continues_from_the_saved_epoch(tmp_path, data_dir):
     assert result["epochs"] == 2 and saved_epoch() == 2
 
 
+def _tiny_train_args(data_dir, out, batch: int) -> list[str]:
+    """``lungseg train`` arguments for a one-epoch run on 8 cases at 64², no progress bar."""
+    return [
+        "train", "--data", str(data_dir), "--max-cases", "8", "--epochs", "1",
+        "--batch-size", str(batch), "--image-size", "64", "--no-progress",
+        "-o", str(out), "--set", "cache_workers=0",
+    ]  # fmt: skip
+
+
 def test_cli_train(tmp_path, data_dir, capsys):
-    argv = [
-        "train",
-        "--data",
-        str(data_dir),
-        "--max-cases",
-        "8",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "4",
-        "--image-size",
-        "64",
-        "--no-mlflow",
-        "--no-progress",
-        "-o",
-        str(tmp_path),
-        "--set",
-        "cache_workers=0",
-    ]
+    argv = [*_tiny_train_args(data_dir, tmp_path, batch=4), "--no-mlflow"]
     assert main(argv) == EXIT_OK
     assert "trained 1 epochs; best validation Dice" in capsys.readouterr().out
     assert (tmp_path / "models" / "model.pt").is_file()
@@ -119,23 +110,9 @@ def test_torchrun_two_cpu_processes(tmp_path, data_dir, tracking):
         "pipeline.cli",
         "train",
         "--distributed",
-        "--data",
-        str(data_dir),
-        "--max-cases",
-        "8",
-        "--epochs",
-        "1",
-        "--batch-size",
-        "2",
-        "--image-size",
-        "64",
-        "--no-progress",
-        "-o",
-        str(tmp_path),
+        *_tiny_train_args(data_dir, tmp_path, batch=2)[1:],
         "--experiment",
         "ddp",
-        "--set",
-        "cache_workers=0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
