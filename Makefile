@@ -24,6 +24,9 @@ $(STAMP): setup.cfg pyproject.toml
 demo: install
 	$(BIN)/lungseg dicomize --data "$(LUNGSEG_DATA)" --count 14 -o $(DEMO_OUT)/dicom
 	$(BIN)/lungseg preview $(DEMO_OUT)/dicom -o $(DEMO_OUT)/previews
+	cd bundles/lung_cxr_segmentation && ../../$(BIN)/python -m monai.bundle run \
+		--config_file configs/inference.json \
+		--dataset_dir "$(abspath $(DEMO_OUT))/dicom" --output_dir "$(abspath $(DEMO_OUT))/masks"
 
 test: install
 	$(BIN)/python -m pytest

@@ -98,6 +98,8 @@ TRAIN_OPTIONS = {  # CLI option -> bundle config id
     "optimizer": "optimizer_name",
     "scheduler": "scheduler_name",
     "image_size": "image_size",
+    "clahe": "clahe",
+    "tophat": "tophat",
     "augmentation": "augmentation",
     "max_cases": "max_cases",
     "resume": "resume",
@@ -227,6 +229,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--scheduler", choices=("plateau", "cosine", "none"))
     tr.add_argument("--image-size", type=int, help="network input size (default 256)")
     tr.add_argument("--augmentation", choices=("default", "light", "none"))
+    tr.add_argument(
+        "--clahe", action="store_true", default=None, help="add CLAHE to the preprocessing"
+    )
+    tr.add_argument(
+        "--tophat", action="store_true", default=None, help="add top-hat/bottom-hat enhancement"
+    )
     tr.add_argument("--early-stop", type=int, help="patience in epochs (0 disables)")
     tr.add_argument("--val-fraction", type=float, default=0.15)
     tr.add_argument("--test-fraction", type=float, default=0.15)

@@ -181,3 +181,19 @@ def test_prepare_data_from_the_nlm_layout(tmp_path, data_dir, case_pixels, case_
     assert merged.shape == (256, 256)
     expected = full[::2, ::2]
     assert 2 * (merged & expected).sum() / (merged.sum() + expected.sum()) > 0.97  # left + right
+
+
+def test_train_maps_options_to_bundle_config_ids(monkeypatch, tmp_path):
+    import pipeline.training.run as run
+
+    seen = {}
+
+    def fake_train(overrides, **kwargs):
+        seen.update(overrides)
+        return {"epochs": 1, "best_metric": 0.5, "best_epoch": 1}
+
+    monkeypatch.setattr(run, "train", fake_train)
+    argv = ["train", "--clahe", "--image-size", "128", "--no-mlflow", "-o", str(tmp_path)]
+    assert main(argv) == EXIT_OK
+    assert seen["clahe"] is True and seen["image_size"] == 128 and "tophat" not in seen
+    assert seen["bundle_root"] == str(tmp_path.resolve())

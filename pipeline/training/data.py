@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import os
 from collections.abc import Sequence
@@ -118,11 +119,20 @@ def split(
 def load_split(
     source: str | os.PathLike, part: str, limit: int | None = None, **kwargs: Any
 ) -> list[dict[str, Any]]:
-    """One part of the split of ``source``, optionally its first ``limit`` cases."""
+    """One part of the split of ``source``; with ``limit``, that many cases, sources alternating."""
     if part not in PARTS:
         raise ValueError(f"part {part!r} is not one of: {', '.join(PARTS)}")
     items = split(datalist(source), **kwargs)[part]
-    return items[:limit] if limit else items
+    return _interleave(items, "source")[:limit] if limit else items
+
+
+def _interleave(items: Sequence[dict[str, Any]], column: str) -> list[dict[str, Any]]:
+    """Alternate the groups of ``column`` so that a short prefix covers every group."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for item in items:
+        groups.setdefault(item.get(column), []).append(item)
+    mixed = itertools.zip_longest(*groups.values())
+    return [item for row in mixed for item in row if item is not None]
 
 
 def fingerprint(items: Sequence[dict[str, Any]]) -> str:

@@ -1,0 +1,310 @@
+"""The shipped bundle run through MONAI's own runner, as a clinical pipeline would run it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from pipeline.io.convert import DicomVariant, dicomize
+from pipeline.io.datasets import REPO_ROOT
+from pipeline.training.data import load_split
+from tests.conftest import load_png
+
+BUNDLE = REPO_ROOT / "bundles" / "lung_cxr_segmentation"
+SCHEMA = REPO_ROOT / "bundles" / "schemas" / "meta_schema_20240725.json"
+CONFIGS = BUNDLE / "configs"
+
+
+def run_bundle(*args: str, cwd: Path = BUNDLE, **env_vars: str) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ...`` in a child process; fails the test with its output."""
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "1", **env_vars}
+    proc = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+@pytest.fixture(scope="module")
+def held_out(data_dir) -> list[dict]:
+    """Three Montgomery and three Shenzhen cases of the test split (never trained on)."""
+    test = load_split(data_dir, "test")
+    pick = [c for c in test if c["source"] == "montgomery"][:3]
+    return pick + [c for c in test if c["source"] == "shenzhen"][:3]
+
+
+def test_inference_segments_a_folder_of_png_and_dicom(tmp_path, held_out, data_dir):
+    inputs = tmp_path / "in"
+    (inputs / "png").mkdir(parents=True)
+    for case in held_out[::2]:
+        shutil.copy(case["image"], inputs / "png" / case["name"])
+    dicom_cases = [Path(c["image"]) for c in held_out[1::2]]
+    variants = [DicomVariant.MONO1_WINDOW, DicomVariant.JPEG2000, DicomVariant.VOI_LUT]
+    dicomize(dicom_cases, inputs / "dicom", variants)
+    (inputs / "README.txt").write_text("not an image")
+
+    run_bundle(
+        "run",
+        "--config_file",
+        "configs/inference.json",
+        "--dataset_dir",
+        str(inputs),
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--device_name",
+        "cpu",
+    )
+    written = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*.png"))
+    expected = [Path("png") / c["name"] for c in held_out[::2]]
+    expected += [
+        Path("dicom") / v.value / Path(c).with_suffix(".png").name
+        for v, c in zip(variants, dicom_cases, strict=True)
+    ]
+    assert written == sorted(expected)
+    scores = []
+    for rel in written:
+        mask = load_png(tmp_path / "out" / rel)
+        truth = load_png(data_dir / "masks" / rel.name) > 127
+        assert mask.shape == truth.shape and set(np.unique(mask)) <= {0, 255}
+        scores.append(dice(mask > 127, truth))
+    assert min(scores) > 0.9 and np.mean(scores) >= 0.95, scores
+
+
+def test_evaluate_reports_dice_by_source(tmp_path, data_dir):
+    out = tmp_path / "eval"
+    run_bundle(
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/evaluate.json']",
+        "--dataset_dir",
+        str(data_dir),
+        "--output_dir",
+        str(out),
+        "--max_cases",
+        "8",
+        "--device_name",
+        "cpu",
+        "--save_masks",
+        "True",
+    )
+    summary = json.loads((out / "eval_mean_dice_by_group.json").read_text())
+    assert summary["all"]["n"] == 8 and summary["all"]["mean"] >= 0.95
+    assert set(summary["source"]) == {"montgomery", "shenzhen"}
+    assert sum(g["n"] for g in summary["source"].values()) == 8
+    assert len(list(out.glob("*.png"))) == 8
+
+
+def _mlflow_runs(uri: str, experiment: str) -> list:
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+@pytest.mark.slow
+def test_train_config_runs_one_epoch_through_monai_runner_with_mlflow(tmp_path, data_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_bundle(
+        "run",
+        "--config_file",
+        "configs/train.json",
+        "--tracking",
+        "configs/mlflow.json",
+        "--experiment_name",
+        "bundle-train",
+        "--bundle_root",
+        str(tmp_path),
+        "--dataset_dir",
+        str(data_dir),
+        "--max_epochs",
+        "1",
+        "--max_cases",
+        "8",
+        "--image_size",
+        "64",
+        "--cache_workers",
+        "0",
+        "--progress",
+        "False",
+        "--device_name",
+        "cpu",
+        MLFLOW_TRACKING_URI=uri,
+    )
+    (run,) = _mlflow_runs(uri, "bundle-train")
+    assert run.data.params["network"] == "res_unet" and "val_mean_dice" in run.data.metrics
+    state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
+    shipped = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert state.keys() == shipped.keys()
+
+
+@pytest.mark.slow
+def test_evaluate_is_tracked_in_mlflow(tmp_path, data_dir):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_bundle(
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/evaluate.json']",
+        "--tracking",
+        "configs/mlflow.json",
+        "--experiment_name",
+        "bundle-eval",
+        "--dataset_dir",
+        str(data_dir),
+        "--output_dir",
+        str(tmp_path / "eval"),
+        "--max_cases",
+        "4",
+        "--device_name",
+        "cpu",
+        MLFLOW_TRACKING_URI=uri,
+    )
+    (run,) = _mlflow_runs(uri, "bundle-eval")
+    assert run.data.metrics["eval_mean_dice"] >= 0.95
+
+
+@pytest.fixture()
+def no_network(monkeypatch):
+    """Make any attempt to open a socket fail, so 'offline' is really offline."""
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket, "socket", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def test_metadata_verifies_offline_against_the_shipped_schema(no_network):
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(CONFIGS / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_incomplete_metadata_fails_verification(tmp_path, no_network):
+    from monai.bundle import verify_metadata
+
+    meta = json.loads((CONFIGS / "metadata.json").read_text())
+    del meta["network_data_format"]
+    (tmp_path / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="network_data_format"):
+        verify_metadata(meta_file=str(tmp_path / "metadata.json"), filepath=str(SCHEMA))
+
+
+def test_network_input_and_output_match_metadata():
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "inference.json"),
+        device="cpu",
+    )
+
+
+def _inputs(held_out: list[dict]) -> torch.Tensor:
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    pre = parser.get_parsed_content("preprocessing")
+    return torch.stack([pre({"image": c["image"]})["image"].as_tensor() for c in held_out])
+
+
+def _checkpoint_network() -> torch.nn.Module:
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    net = parser.get_parsed_content("network_def")
+    net.load_state_dict(
+        torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    )
+    return net.eval()
+
+
+def _assert_same_masks(ts_path: Path, held_out: list[dict]) -> None:
+    x = _inputs(held_out)
+    with torch.no_grad():
+        expected = _checkpoint_network()(x)
+        got = torch.jit.load(str(ts_path), map_location="cpu")(x)
+    assert torch.equal(expected > 0, got > 0)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_torchscript_export_gives_the_checkpoint_masks(tmp_path, held_out):
+    run_bundle(
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(tmp_path / "model.ts"),
+        "--ckpt_file",
+        "models/model.pt",
+        "--meta_file",
+        "configs/metadata.json",
+        "--config_file",
+        "configs/inference.json",
+    )
+    _assert_same_masks(tmp_path / "model.ts", held_out)
+
+
+def test_shipped_torchscript_is_the_shipped_checkpoint(held_out):
+    _assert_same_masks(BUNDLE / "models" / "model.ts", held_out)
+
+
+def test_weights_stay_under_the_model_zoo_size():
+    for name in ("model.pt", "model.ts"):
+        assert (BUNDLE / "models" / name).stat().st_size < 25 * 2**20
+
+
+def _model_section(name: str) -> dict:
+    config = json.loads((CONFIGS / name).read_text())
+    keys = ("image_size", "clahe", "tophat", "network_name", "network_kwargs", "network_def")
+    section = {k: config[k] for k in keys}
+    transforms = config["preprocessing"]
+    transforms = transforms["transforms"] if isinstance(transforms, dict) else transforms
+    image_steps = []
+    for step in transforms:
+        args = {k: v for k, v in step.items() if k not in ("keys", "mode", "allow_missing_keys")}
+        if "label" not in str(step.get("keys")) or "image" in str(step.get("keys")):
+            image_steps.append(args)
+    section["preprocessing"] = [s for s in image_steps if "BinarizeMask" not in s["_target_"]]
+    return section
+
+
+def test_training_and_inference_define_the_same_model():
+    """MONAI runs each config alone, so both carry the model; this keeps them identical."""
+    assert _model_section("train.json") == _model_section("inference.json")
+
+
+def test_postprocessing_keeps_two_lungs_fills_holes_and_restores_the_grid(held_out):
+    parser = ConfigParser()
+    parser.read_config(str(CONFIGS / "inference.json"))
+    item = parser.get_parsed_content("preprocessing")({"image": held_out[0]["image"]})
+    logits = torch.full_like(item["image"], -10.0)
+    logits[:, 40:200, 30:110] = 10.0  # right lung
+    logits[:, 40:200, 140:220] = 10.0  # left lung
+    logits[:, 100:110, 60:70] = -10.0  # a hole
+    logits[:, 230:236, 120:126] = 10.0  # a spurious blob
+    out = parser.get_parsed_content("postprocessing")({**item, "pred": logits})["pred"]
+    rows, cols = load_png(Path(held_out[0]["image"])).shape
+    assert tuple(out.shape) == (1, rows, cols)
+    from scipy import ndimage
+
+    _, count = ndimage.label(out[0].numpy() > 0)
+    assert count == 2
+    assert not (ndimage.binary_fill_holes(out[0].numpy() > 0) ^ (out[0].numpy() > 0)).any()
