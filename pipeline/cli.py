@@ -184,6 +184,49 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     return EXIT_FAILED if counts["failed"] else EXIT_OK
 
 
+def _parse_formats(text: str) -> list:
+    from pipeline.enums import OutputFormat
+
+    try:
+        return [OutputFormat.parse(f) for f in text.split(",") if f.strip()]
+    except ValueError as err:
+        raise UsageError(f"--formats {text!r}: {err}") from err
+
+
+def _cmd_segment(args: argparse.Namespace) -> int:
+    from pipeline.inference.segment import parse_shard, segment
+
+    try:
+        shard = parse_shard(args.shard)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    if args.batch_size < 1 or args.workers < 0:
+        raise UsageError("--batch-size must be >= 1 and --workers >= 0")
+    summary = segment(
+        args.inputs,
+        args.output,
+        formats=_parse_formats(args.formats),
+        bundle=args.bundle,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        overwrite=args.overwrite,
+        shard=shard,
+        progress=not args.no_progress,
+    )
+    counts = summary["counts"]
+    rate = summary["this_run"]["images_per_second"]
+    print(
+        f"{counts['ok']} ok, {counts['skipped']} skipped, {counts['failed']} failed"
+        f" ({summary['this_run']['processed']} processed now"
+        + (f", {rate:.2f} images/s" if rate else "")
+        + f"); report in {Path(args.output) / 'report.csv'}"
+    )
+    if counts["failed"]:
+        print(f"see the 'reason' column of {Path(args.output) / 'report.csv'}", file=sys.stderr)
+    return EXIT_FAILED if counts["failed"] else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lungseg`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -256,6 +299,23 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--distributed", action="store_true", help="DDP: run under torchrun")
     tr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config id")
     tr.set_defaults(func=_cmd_train)
+
+    seg = sub.add_parser(
+        "segment", help="segment radiographs: DICOM SEG, masks, overlays and a report"
+    )
+    seg.add_argument("inputs", nargs="+", help="files or folders (searched recursively)")
+    seg.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    seg.add_argument(
+        "--formats", default="seg,mask,overlay", help="comma-separated: seg, mask, overlay, nifti"
+    )
+    seg.add_argument("--bundle", type=Path, help="bundle folder (default: the shipped one)")
+    seg.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    seg.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    seg.add_argument("--workers", type=int, default=2, help="decoding worker processes")
+    seg.add_argument("--overwrite", action="store_true", help="redo inputs already done")
+    seg.add_argument("--shard", help="I/N: process the I-th of N deterministic parts")
+    seg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    seg.set_defaults(func=_cmd_segment)
 
     prev = sub.add_parser(
         "preview", help="write preprocessing previews (decoded | CLAHE | top-hat)"

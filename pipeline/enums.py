@@ -81,3 +81,29 @@ class InputFormat(StrEnum):
     NIFTI = "NIfTI"
     MHA = "MHA"
     NRRD = "NRRD"
+
+
+class OutputFormat(StrEnum):
+    """What ``lungseg segment`` writes per input (``--formats``)."""
+
+    SEG = "seg"
+    MASK = "mask"
+    OVERLAY = "overlay"
+    NIFTI = "nifti"
+
+
+class QAFlag(StrEnum):
+    """Quality flags of a segmentation, reported per image."""
+
+    NOT_TWO_COMPONENTS = "not_two_components"
+    IMPLAUSIBLE_AREA = "implausible_area"
+    IMPLAUSIBLE_RATIO = "implausible_left_right_ratio"
+    LOW_CONFIDENCE = "low_confidence"
+
+
+class Status(StrEnum):
+    """Outcome of one input of a batch."""
+
+    OK = "ok"
+    SKIPPED = "skipped"
+    FAILED = "failed"

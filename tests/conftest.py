@@ -54,3 +54,61 @@ def pixels(case_pixels: dict[str, np.ndarray]) -> np.ndarray:
 def lung_mask(case_masks: dict[str, np.ndarray]) -> np.ndarray:
     """The lung mask matching :func:`pixels`."""
     return np.ascontiguousarray(case_masks["MCUCXR_0104_1.png"][:, 50:450])
+
+
+@pytest.fixture(scope="session")
+def radiograph_folder(tmp_path_factory, data_dir) -> dict:
+    """A folder as users have them: held-out cases as PNG and as DICOM in several encodings
+    in nested sub-folders, plus junk (text, truncated, zero-byte, SR object, lateral view).
+
+    Returns:
+        ``{"root": Path, "cases": {relative path: case name}, "expected": {relative path:
+        status}}``; DICOM files carry ImagerPixelSpacing 0.35 mm, except ``rle.dcm``.
+    """
+    from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
+    from pipeline.training.data import load_split
+
+    root = tmp_path_factory.mktemp("radiographs")
+    test = load_split(data_dir, "test", 7)
+    names = [Path(c["image"]).name for c in test]
+    cases: dict[str, str] = {}
+    for name in names[:2]:
+        (root / "png").mkdir(exist_ok=True)
+        (root / "png" / name).write_bytes((data_dir / "images" / name).read_bytes())
+        cases[f"png/{name}"] = name
+    dicoms = {
+        "dicom/a/mono1.dcm": (DicomVariant.MONO1_WINDOW, 0.35),
+        "dicom/a/b/voilut.dcm": (DicomVariant.VOI_LUT, 0.35),
+        "dicom/j2k.dcm": (DicomVariant.JPEG2000, 0.35),
+        "dicom/rle.dcm": (DicomVariant.RLE, None),
+        "dicom/noextension": (DicomVariant.MONO2_16BIT, 0.35),
+    }
+    for (rel, (variant, spacing)), name in zip(dicoms.items(), names[2:], strict=True):
+        pixels = load_png(data_dir / "images" / name)
+        write_dicom(build_dicom(pixels, variant, name=name, spacing_mm=spacing), root / rel)
+        cases[rel] = name
+    junk = root / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("scanned on Monday")
+    (junk / "empty.dcm").write_bytes(b"")
+    full = (root / "dicom/rle.dcm").read_bytes()
+    (junk / "truncated.dcm").write_bytes(full[: len(full) // 2])
+    lateral = build_dicom(load_png(data_dir / "images" / names[0]), name="lateral")
+    lateral.ViewPosition = "LL"
+    write_dicom(lateral, junk / "lateral.dcm")
+    sr = build_dicom(np.zeros((4, 4), np.uint8), name="sr")
+    for keyword in [e.keyword for e in sr if e.tag.group == 0x0028] + ["PixelData"]:
+        delattr(sr, keyword)
+    sr.SOPClassUID, sr.Modality = "1.2.840.10008.5.1.4.1.1.88.33", "SR"
+    write_dicom(sr, junk / "sr.dcm")
+    expected = {rel: "ok" for rel in cases}
+    expected.update(
+        {
+            "junk/notes.txt": "skipped",
+            "junk/lateral.dcm": "skipped",
+            "junk/sr.dcm": "skipped",
+            "junk/empty.dcm": "failed",
+            "junk/truncated.dcm": "failed",
+        }
+    )
+    return {"root": root, "cases": cases, "expected": expected}

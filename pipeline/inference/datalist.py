@@ -7,14 +7,11 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.io.discovery import iter_inputs
+from pipeline.io.discovery import NON_IMAGE_SUFFIXES, iter_inputs
 from pipeline.io.errors import InputError
 from pipeline.io.images import detect_format
 
 logger = logging.getLogger(__name__)
-
-# Suffixes that are never radiographs: sidecar files commonly found beside image folders.
-_NOT_IMAGES = {".csv", ".json", ".jsonl", ".txt", ".md", ".xml", ".yaml", ".yml", ".log"}
 
 
 def image_datalist(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> list[dict[str, Any]]:
@@ -46,7 +43,7 @@ def image_datalist(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> l
 
 
 def _not_an_image(path: os.PathLike) -> str | None:
-    if os.path.splitext(os.fspath(path))[1].lower() in _NOT_IMAGES:
+    if os.path.splitext(os.fspath(path))[1].lower() in NON_IMAGE_SUFFIXES:
         return "not an image file (by its suffix)"
     try:
         fmt = detect_format(path)

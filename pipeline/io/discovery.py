@@ -7,6 +7,11 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+#: Suffixes that are never radiographs: sidecar files commonly found beside image folders.
+NON_IMAGE_SUFFIXES = frozenset(
+    {".csv", ".json", ".jsonl", ".txt", ".md", ".xml", ".yaml", ".yml", ".log", ".pdf", ".html"}
+)
+
 
 @dataclass(frozen=True)
 class InputFile:
@@ -20,6 +25,11 @@ class InputFile:
         name = self.relative.name
         stem = name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
         return Path(out_dir) / self.relative.parent / f"{stem}{suffix}"
+
+    @property
+    def is_sidecar(self) -> bool:
+        """A file that by its suffix is never a radiograph (a README, a CSV...)."""
+        return self.path.suffix.lower() in NON_IMAGE_SUFFIXES
 
 
 def iter_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[InputFile]:

@@ -1,0 +1,124 @@
+"""Right and left lung from a binary lung mask; areas and quality flags.
+
+Side rule (documented in the README): DICOM Patient Orientation (0020,0020) gives the
+patient direction of increasing column first. When it starts with ``R`` the image columns
+run towards the patient's right, so the right lung is the component on the image's right;
+otherwise (``L``, absent, or a non-DICOM image) the radiograph is taken to be displayed in
+the usual way for a PA/AP chest film: the patient's right lung on the image's left.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from pipeline.enums import QAFlag
+
+#: Total lung area as a fraction of the image outside which the result is implausible.
+AREA_FRACTION_RANGE = (0.08, 0.65)
+#: Right/left area ratio outside which the result is implausible (normal adults: ~1.0-1.3).
+RATIO_RANGE = (0.5, 2.0)
+#: Mean probability inside the mask below which confidence is low.
+MIN_CONFIDENCE = 0.85
+
+
+@dataclass
+class LungMeasures:
+    """Per-image result: right/left masks and areas, confidence and QA flags."""
+
+    right: np.ndarray
+    left: np.ndarray
+    components: int
+    confidence: float
+    spacing: tuple[float, float] = (math.nan, math.nan)
+    flags: list[QAFlag] = field(default_factory=list)
+
+    @property
+    def right_px(self) -> int:
+        """Right lung area in pixels."""
+        return int(self.right.sum())
+
+    @property
+    def left_px(self) -> int:
+        """Left lung area in pixels."""
+        return int(self.left.sum())
+
+    def mm2(self, pixels: int) -> float:
+        """An area in mm² from the pixel spacing (NaN when the spacing is unknown)."""
+        return pixels * self.spacing[0] * self.spacing[1]
+
+    def labelmap(self) -> np.ndarray:
+        """uint8 ``rows x columns``: 0 background, 1 right lung, 2 left lung."""
+        out = np.zeros(self.right.shape, dtype=np.uint8)
+        out[self.right] = 1
+        out[self.left] = 2
+        return out
+
+
+def right_on_image_left(patient_orientation: str | None) -> bool:
+    """Whether the patient's right is on the image's left (see the module docstring)."""
+    first = str(patient_orientation or "").replace("\\", "/").split("/")[0].strip().upper()
+    return not first.startswith("R")
+
+
+def split_lungs(
+    mask: np.ndarray, patient_orientation: str | None = None
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Split a binary lung mask into right and left lungs.
+
+    Each connected component goes to the side of the image midline its centroid lies on.
+
+    Returns:
+        ``(right, left, components)``: boolean masks and the number of components.
+    """
+    labels, count = ndimage.label(mask > 0)
+    side_left = np.zeros(mask.shape, dtype=bool)
+    if count:
+        centroids = ndimage.center_of_mass(mask > 0, labels, range(1, count + 1))
+        on_left = [i + 1 for i, (_, col) in enumerate(centroids) if col < mask.shape[1] / 2]
+        side_left = np.isin(labels, on_left)
+    image_right = (labels > 0) & ~side_left
+    if right_on_image_left(patient_orientation):
+        return side_left, image_right, count
+    return image_right, side_left, count
+
+
+def qa_flags(m: LungMeasures) -> list[QAFlag]:
+    """The quality flags a result raises (empty when it looks plausible)."""
+    flags = []
+    if m.components != 2:
+        flags.append(QAFlag.NOT_TWO_COMPONENTS)
+    fraction = (m.right_px + m.left_px) / m.right.size
+    if not AREA_FRACTION_RANGE[0] <= fraction <= AREA_FRACTION_RANGE[1]:
+        flags.append(QAFlag.IMPLAUSIBLE_AREA)
+    ratio = m.right_px / m.left_px if m.left_px else math.inf
+    if not RATIO_RANGE[0] <= ratio <= RATIO_RANGE[1]:
+        flags.append(QAFlag.IMPLAUSIBLE_RATIO)
+    if not m.confidence >= MIN_CONFIDENCE:
+        flags.append(QAFlag.LOW_CONFIDENCE)
+    return flags
+
+
+def measure(
+    mask: np.ndarray,
+    probability: np.ndarray,
+    patient_orientation: str | None = None,
+    spacing: tuple[float, float] = (math.nan, math.nan),
+) -> LungMeasures:
+    r"""Split, measure and flag one post-processed mask.
+
+    Args:
+        mask: binary ``rows x columns`` lung mask (after post-processing).
+        probability: lung probability on the same grid (for the confidence).
+        patient_orientation: DICOM Patient Orientation, e.g. ``"L\\F"``.
+        spacing: (row, column) pixel spacing in mm, NaN when unknown.
+    """
+    right, left, count = split_lungs(mask, patient_orientation)
+    inside = probability[mask > 0]
+    confidence = float(inside.mean()) if inside.size else 0.0
+    m = LungMeasures(right, left, count, confidence, tuple(float(s) for s in spacing))
+    m.flags = qa_flags(m)
+    return m

@@ -1,0 +1,98 @@
+"""The bundle's model as the batch and serving code use it: loaded from ``inference.json``.
+
+Network, preprocessing and post-processing all come from the bundle config; nothing here
+repeats them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.training.run import BUNDLE
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class BundleModel:
+    """Preprocess, predict and post-process with a bundle's inference config.
+
+    Args:
+        bundle: the bundle folder (default: the shipped one).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Raises:
+        FileNotFoundError: the bundle has no ``configs/inference.json`` or no checkpoint.
+    """
+
+    def __init__(self, bundle: str | os.PathLike | None = None, device: str = "auto"):
+        from monai.bundle import ConfigParser
+
+        self.bundle = Path(bundle or BUNDLE).resolve()
+        config = self.bundle / "configs" / "inference.json"
+        if not config.is_file():
+            raise FileNotFoundError(f"{self.bundle}: not a bundle (no configs/inference.json)")
+        parser = ConfigParser()
+        parser.read_config(str(config))
+        parser.update({"bundle_root": str(self.bundle), "device_name": device})
+        self.checkpoint = Path(parser.get_parsed_content("ckpt_path"))
+        if not self.checkpoint.is_file():
+            raise FileNotFoundError(f"{self.checkpoint}: the bundle's checkpoint is missing")
+        self.device = parser.get_parsed_content("device")
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.postprocessing = parser.get_parsed_content("postprocessing")
+        self.network = parser.get_parsed_content("network_def").to(self.device).eval()
+        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
+        self.network.load_state_dict(state)
+        meta = json.loads((self.bundle / "configs" / "metadata.json").read_text())
+        self.name, self.version = meta.get("name", self.bundle.name), meta.get("version", "")
+
+    def identity(self) -> dict[str, str]:
+        """Name, version and checkpoint checksum, for reports."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "bundle": str(self.bundle),
+            "checkpoint_sha256": file_sha256(self.checkpoint),
+        }
+
+    def preprocess(self, path: str | os.PathLike) -> dict[str, Any]:
+        """Load and preprocess one file (raises the reader's typed errors)."""
+        return self.preprocessing({"image": str(path)})
+
+    @torch.inference_mode()
+    def predict(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits for a list of preprocessed ``(1, H, W)`` images, as one batch, on the CPU."""
+        batch = torch.stack([torch.as_tensor(img) for img in images]).to(self.device)
+        out = self.network(batch)
+        return (out[0] if isinstance(out, (list, tuple)) else out).float().cpu()
+
+    def postprocess(
+        self, item: dict[str, Any], logits: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Mask and probability on the original grid for one item and its ``(1, H, W)`` logits.
+
+        Returns:
+            ``(mask, probability)``: boolean and float32 ``rows x columns`` arrays.
+        """
+        from pipeline.transforms import LetterboxParams, unletterbox
+        from pipeline.transforms.geometry import META_KEY
+
+        mask = self.postprocessing({**item, "pred": logits})["pred"]
+        params = LetterboxParams.from_meta(item["image"].meta[META_KEY])
+        prob = unletterbox(torch.sigmoid(logits), params, "bilinear")
+        return np.asarray(mask)[0] > 0.5, np.asarray(prob)[0].astype(np.float32)

@@ -1,0 +1,179 @@
+"""Per-image outputs of ``lungseg segment``: mask PNG, overlay PNG, DICOM SEG, NIfTI.
+
+Every file is written to a temporary name beside its target and renamed (atomic).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from pipeline.inference.lungs import LungMeasures
+from pipeline.io.atomic import atomic_path
+from pipeline.io.writers import save_png, to_uint8
+
+#: Outline colours (RGB): patient's right lung, left lung.
+RIGHT_COLOUR, LEFT_COLOUR = (0, 200, 255), (255, 160, 0)
+#: SNOMED CT codes of the two segments (DICOM CID 7151 / 4031 region terms).
+RIGHT_LUNG = ("3341006", "SCT", "Right lung")
+LEFT_LUNG = ("44029006", "SCT", "Left lung")
+
+
+def write_mask(m: LungMeasures, path: str | os.PathLike) -> Path:
+    """Both lungs as one 0/255 PNG of the input's size."""
+    return save_png(np.where(m.right | m.left, 255, 0).astype(np.uint8), path)
+
+
+def _outline(mask: np.ndarray, width: int) -> np.ndarray:
+    edge = mask & ~ndimage.binary_erosion(mask)
+    return ndimage.binary_dilation(edge, iterations=max(0, width - 1)) if width > 1 else edge
+
+
+def _area_text(m: LungMeasures) -> str:
+    def one(px: int) -> str:
+        mm2 = m.mm2(px)
+        return f"{px} px" if math.isnan(mm2) else f"{mm2 / 100:.1f} cm2"
+
+    return f"R {one(m.right_px)}  L {one(m.left_px)}  total {one(m.right_px + m.left_px)}"
+
+
+def overlay_image(image: np.ndarray, m: LungMeasures) -> np.ndarray:
+    """RGB uint8: the radiograph, the right/left lung outlines and the areas written on it."""
+    from PIL import Image, ImageDraw
+
+    gray = to_uint8(image)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    width = max(1, round(max(image.shape) / 400))
+    rgb[_outline(m.right, width)] = RIGHT_COLOUR
+    rgb[_outline(m.left, width)] = LEFT_COLOUR
+    pil = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(pil)
+    size = max(10, image.shape[0] // 40)
+    font = _font(size)
+    draw.rectangle((0, 0, image.shape[1], size + 8), fill=(0, 0, 0))
+    draw.text((4, 2), _area_text(m), fill=(255, 255, 255), font=font)
+    if m.flags:
+        draw.text(
+            (4, size + 10), "QA: " + ", ".join(map(str, m.flags)), fill=(255, 64, 64), font=font
+        )
+    return np.asarray(pil)
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has no sized default font
+        return ImageFont.load_default()
+
+
+def write_overlay(image: np.ndarray, m: LungMeasures, path: str | os.PathLike) -> Path:
+    """Save :func:`overlay_image` as PNG."""
+    return save_png(overlay_image(image, m), path)
+
+
+def write_nifti(m: LungMeasures, path: str | os.PathLike) -> Path:
+    """The right/left labelmap (1/2) as NIfTI, voxel size from the pixel spacing (else 1 mm).
+
+    The array is stored as (columns, rows) so viewers show it in the radiograph's orientation.
+    """
+    import nibabel as nib
+
+    row, col = (1.0 if math.isnan(s) else s for s in m.spacing)
+    affine = np.diag([col, row, 1.0, 1.0])
+    img = nib.Nifti1Image(m.labelmap().T[..., None], affine)
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp) + ".nii.gz")
+        os.replace(str(tmp) + ".nii.gz", tmp)
+    return path
+
+
+#: Type 2 attributes highdicom copies from the source; real files sometimes lack them.
+_TYPE2 = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "StudyID",
+    "AccessionNumber",
+    "ReferringPhysicianName",
+)
+
+
+def _complete_type2(source: Any) -> Any:
+    """A copy of ``source`` with absent Type 2 patient/study attributes present and empty."""
+    import copy
+
+    out = copy.copy(source)
+    for keyword in _TYPE2:
+        if keyword not in out:
+            setattr(out, keyword, "")
+    return out
+
+
+def build_seg(source: Any, m: LungMeasures, uids: dict[str, str], algorithm: dict[str, str]) -> Any:
+    """A highdicom BINARY Segmentation of ``source`` with Right lung and Left lung segments.
+
+    Args:
+        source: the source pydicom Dataset (same Study; referenced instance).
+        m: the measured lungs (source grid).
+        uids: ``series_instance_uid`` and ``sop_instance_uid`` of the new object.
+        algorithm: ``name`` and ``version`` of the algorithm.
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    ident = hd.AlgorithmIdentificationSequence(
+        name=algorithm["name"],
+        version=algorithm["version"],
+        family=codes.cid7162.ArtificialIntelligence,
+    )
+    segments = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=code[2],
+            segmented_property_category=codes.SCT.Organ,
+            segmented_property_type=Code(*code),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=ident,
+        )
+        for number, code in ((1, RIGHT_LUNG), (2, LEFT_LUNG))
+    ]
+    return hd.seg.Segmentation(
+        source_images=[_complete_type2(source)],
+        pixel_array=m.labelmap(),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=segments,
+        series_instance_uid=uids["series_instance_uid"],
+        series_number=9901,
+        sop_instance_uid=uids["sop_instance_uid"],
+        instance_number=int(source.get("InstanceNumber") or 1),
+        manufacturer="lungseg",
+        manufacturer_model_name=algorithm["name"],
+        software_versions=algorithm["version"],
+        device_serial_number="none",
+        series_description="Lung segmentation (research)",
+        omit_empty_frames=False,
+    )
+
+
+def write_seg(seg: Any, path: str | os.PathLike, content_datetime: str | None = None) -> Path:
+    """Save a Segmentation atomically; ``content_datetime`` (YYYYMMDDHHMMSS) pins its dates."""
+    if content_datetime:
+        for prefix in ("Content", "Series"):
+            setattr(seg, f"{prefix}Date", content_datetime[:8])
+            setattr(seg, f"{prefix}Time", content_datetime[8:14])
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        seg.save_as(tmp)
+    return path

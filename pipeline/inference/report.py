@@ -1,0 +1,144 @@
+"""The batch's journal (resume after a crash) and its report (CSV, JSON lines, summary)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.io.atomic import atomic_path
+
+#: Columns of ``report.csv`` (``report.jsonl`` has the same keys), in order.
+REPORT_FIELDS = (
+    "path",
+    "status",
+    "reason",
+    "sop_instance_uid",
+    "rows",
+    "columns",
+    "pixel_spacing_mm",
+    "pixel_spacing_source",
+    "right_area_px",
+    "left_area_px",
+    "total_area_px",
+    "right_area_mm2",
+    "left_area_mm2",
+    "total_area_mm2",
+    "mean_confidence",
+    "qa_flags",
+    "seconds",
+)
+
+JOURNAL = "journal{tag}.jsonl"
+
+
+class JournalMismatchError(ValueError):
+    """The output folder holds a run made with other settings (model or formats)."""
+
+
+class Journal:
+    """Append-only record of finished inputs; a rerun skips what it lists.
+
+    The first line holds the run's settings (model checksum, formats, start time); each
+    following line is one finished input's report row, flushed and fsync'ed before the next
+    input is reported, so a kill -9 loses at most the inputs being processed.
+
+    Args:
+        out_dir: the batch's output folder.
+        header: settings of this run (must match a journal found there).
+        overwrite: start afresh even if a journal exists.
+        tag: file name suffix (``-shard-2-of-4``), so shards can share one output folder.
+
+    Raises:
+        JournalMismatchError: a journal with other settings exists and ``overwrite`` is off.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        header: dict[str, Any],
+        overwrite: bool = False,
+        tag: str = "",
+    ):
+        self.path = Path(out_dir) / JOURNAL.format(tag=tag)
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.header = dict(header)
+        self.resumed = self.path.is_file() and not overwrite
+        if self.resumed:
+            self._load(header)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.path) as tmp:
+                Path(tmp).write_text(json.dumps({"run": self.header}) + "\n")
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for appends)
+
+    def _load(self, header: dict[str, Any]) -> None:
+        lines = self.path.read_text(encoding="utf-8").splitlines()
+        previous = json.loads(lines[0])["run"] if lines else {}
+        for key in ("checkpoint_sha256", "formats"):
+            if previous.get(key) != header.get(key):
+                raise JournalMismatchError(
+                    f"{self.path}: this folder holds a run with {key}={previous.get(key)!r}, "
+                    f"not {header.get(key)!r}; use --overwrite to redo it or another -o folder"
+                )
+        self.header = {**header, "started": previous.get("started", header.get("started"))}
+        for line in lines[1:]:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a crash: that input is simply redone
+            self.rows[row["key"]] = row["row"]
+
+    def done(self, key: str) -> bool:
+        """Whether ``key`` finished in this or an earlier run."""
+        return key in self.rows
+
+    def record(self, key: str, row: dict[str, Any]) -> None:
+        """Append one finished input, durably."""
+        self.rows[key] = row
+        self._fh.write(json.dumps({"key": key, "row": row}) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        """Close the journal file."""
+        self._fh.close()
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.6g}"  # NaN -> empty
+    if isinstance(value, (list, tuple)):
+        return ";".join(str(v) for v in value)
+    return "" if value is None else value
+
+
+def write_reports(
+    out_dir: str | os.PathLike, rows: Iterable[Mapping[str, Any]], tag: str = ""
+) -> None:
+    """Write ``report{tag}.csv`` and ``report{tag}.jsonl`` (rows sorted by path), atomically."""
+    ordered = sorted(rows, key=lambda r: r["path"])
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=REPORT_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for row in ordered:
+        writer.writerow({k: _cell(row.get(k)) for k in REPORT_FIELDS})
+    with atomic_path(Path(out_dir) / f"report{tag}.csv") as tmp:
+        Path(tmp).write_text(text.getvalue(), encoding="utf-8")
+    lines = [json.dumps({k: _json(row.get(k)) for k in REPORT_FIELDS}) for row in ordered]
+    with atomic_path(Path(out_dir) / f"report{tag}.jsonl") as tmp:
+        Path(tmp).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def _json(value: Any) -> Any:
+    return None if isinstance(value, float) and value != value else value
+
+
+def write_summary(out_dir: str | os.PathLike, summary: Mapping[str, Any], tag: str = "") -> None:
+    """Write ``summary{tag}.json`` atomically."""
+    with atomic_path(Path(out_dir) / f"summary{tag}.json") as tmp:
+        Path(tmp).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")

@@ -1,0 +1,399 @@
+"""``lungseg segment``: stream a folder of radiographs through the bundle's model.
+
+Decoding and preprocessing run in DataLoader worker processes, batches go to the model in
+the main process, and outputs are written by a background thread; a bounded queue keeps
+memory flat whatever the number of inputs. Each finished input is journalled, so a rerun
+skips it; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.enums import OutputFormat, Status
+from pipeline.inference.lungs import LungMeasures, measure
+from pipeline.inference.report import Journal, write_reports, write_summary
+from pipeline.io.discovery import InputFile, iter_inputs
+from pipeline.io.errors import InputError
+
+#: Output folder and suffix of each format.
+LAYOUT = {
+    OutputFormat.MASK: ("masks", ".png"),
+    OutputFormat.OVERLAY: ("overlays", ".png"),
+    OutputFormat.SEG: ("seg", ".dcm"),
+    OutputFormat.NIFTI: ("nifti", ".nii.gz"),
+}
+DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"I/N"`` (1 <= I <= N) to ``(I, N)``; None stays None.
+
+    Raises:
+        ValueError: not of that form, quoting the value.
+    """
+    if text is None:
+        return None
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError as err:
+        raise ValueError(f"--shard {text!r} must be I/N with integers, e.g. 1/4") from err
+    if not 1 <= i <= n:
+        raise ValueError(f"--shard {text!r}: I must be between 1 and N ({n})")
+    return i, n
+
+
+def in_shard(relative: Path, shard: tuple[int, int] | None) -> bool:
+    """Whether an input belongs to shard ``(I, N)``: a stable hash of its relative path."""
+    if shard is None:
+        return True
+    digest = hashlib.sha1(relative.as_posix().encode()).digest()
+    return int.from_bytes(digest[:8], "big") % shard[1] == shard[0] - 1
+
+
+@dataclass
+class Job:
+    """One input and where its outputs go."""
+
+    file: InputFile
+    key: str
+    collides_with: str | None = None
+
+    def output(self, out_dir: Path, fmt: OutputFormat) -> Path:
+        """Where this input's ``fmt`` output goes under ``out_dir``."""
+        folder, suffix = LAYOUT[fmt]
+        return self.file.output(out_dir / folder, suffix)
+
+
+def plan(inputs: Sequence[str | os.PathLike], shard: tuple[int, int] | None) -> list[Job]:
+    """The inputs of this shard, in order; two inputs mapping to one output name are marked."""
+    jobs, owners = [], {}
+    for found in iter_inputs(inputs):
+        if not in_shard(found.relative, shard):
+            continue
+        job = Job(found, str(found.path.resolve()))
+        stem = found.output(Path(), "").as_posix()
+        job.collides_with = owners.setdefault(stem, str(found.path)) if stem in owners else None
+        jobs.append(job)
+    return jobs
+
+
+class _Decode:
+    """Dataset over jobs: decode + preprocess in a worker; errors become values, not raises."""
+
+    def __init__(self, jobs: list[Job], load: Callable, rest: Callable, keep_image: bool):
+        self.jobs, self.load, self.rest, self.keep_image = jobs, load, rest, keep_image
+
+    def __len__(self) -> int:
+        """Number of jobs."""
+        return len(self.jobs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        job, start = self.jobs[index], time.perf_counter()
+        out: dict[str, Any] = {"index": index, "start": start}
+        if job.file.is_sidecar:
+            out["error"] = (Status.SKIPPED.value, "not an image file (by its suffix)")
+            out["seconds"] = time.perf_counter() - start
+            return out
+        try:
+            loaded = self.load({"image": str(job.file.path)})
+            if self.keep_image:
+                out["original"] = np.asarray(loaded["image"])[0].copy()
+            out["item"] = self.rest(loaded)
+        except InputError as err:
+            out["error"] = (err.status, err.reason)
+        except Exception as err:  # any decoder failure is reported, not fatal
+            out["error"] = (Status.FAILED.value, f"{type(err).__name__}: {err}")
+        out["seconds"] = time.perf_counter() - start
+        return out
+
+
+@dataclass
+class Summary:
+    """Counts and timing of a batch run."""
+
+    counts: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Status})
+    processed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> bool:
+        """Whether any input failed."""
+        return self.counts[Status.FAILED.value] > 0
+
+
+def _row(path: Path, status: str, reason: str = "", seconds: float = 0.0, **extra: Any) -> dict:
+    return {
+        "path": str(path),
+        "status": status,
+        "reason": reason,
+        "seconds": round(seconds, 4),
+        **extra,
+    }
+
+
+def _measured_row(job: Job, meta: dict[str, Any], m: LungMeasures, seconds: float) -> dict:
+    rows, cols = m.right.shape
+    right, left = m.right_px, m.left_px
+    spacing = m.spacing if not math.isnan(m.spacing[0]) else None
+    return _row(
+        job.file.path,
+        Status.OK.value,
+        seconds=seconds,
+        sop_instance_uid=meta.get("sop_instance_uid") or "",
+        rows=rows,
+        columns=cols,
+        pixel_spacing_mm="" if spacing is None else f"{spacing[0]:.6g}\\{spacing[1]:.6g}",
+        pixel_spacing_source=str(meta.get("pixel_spacing_source") or "none"),
+        right_area_px=right,
+        left_area_px=left,
+        total_area_px=right + left,
+        right_area_mm2=round(m.mm2(right), 2),
+        left_area_mm2=round(m.mm2(left), 2),
+        total_area_mm2=round(m.mm2(right + left), 2),
+        mean_confidence=round(m.confidence, 4),
+        qa_flags=[str(f) for f in m.flags],
+    )
+
+
+class Segmenter:
+    """Runs jobs through a :class:`~pipeline.inference.model.BundleModel` and writes outputs.
+
+    Args:
+        model: the loaded bundle model.
+        out_dir: output folder.
+        formats: what to write per input.
+        journal: the run's journal (finished inputs are skipped).
+        batch_size: images per forward pass.
+        workers: decoding worker processes (0: decode in the main process).
+        progress: show a progress bar with rate and ETA.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        out_dir: Path,
+        formats: Sequence[OutputFormat],
+        journal: Journal,
+        batch_size: int = 8,
+        workers: int = 2,
+        progress: bool = True,
+    ):
+        self.model, self.out_dir, self.formats = model, out_dir, tuple(formats)
+        self.journal, self.batch_size, self.workers = journal, batch_size, workers
+        self.progress = progress
+        self.summary = Summary()
+        ident = model.identity()
+        self.algorithm = {"name": "lungseg " + ident["name"], "version": ident["version"] or "0"}
+        self.checksum = ident["checkpoint_sha256"]
+
+    def run(self, jobs: list[Job]) -> Summary:
+        """Process every job not yet in the journal; return this run's counts."""
+        todo = [j for j in jobs if not self.journal.done(j.key)]
+        if self.journal.resumed:
+            self._remove_stale_temporaries(todo)
+        start = time.perf_counter()
+        with ThreadPoolExecutor(1, thread_name_prefix="lungseg-writer") as writer:
+            pending: list[Future] = []
+            for batch in self._batches(todo):
+                pending = [f for f in pending if not f.done()]
+                while len(pending) > 2 * self.batch_size:  # bounded: memory stays flat
+                    pending.pop(0).result()
+                pending += self._submit(writer, todo, batch)
+            for f in pending:
+                f.result()
+        self.summary.seconds = time.perf_counter() - start
+        return self.summary
+
+    def _remove_stale_temporaries(self, todo: list[Job]) -> None:
+        """Delete temporaries a killed run left beside the outputs it was writing."""
+        for job in todo:
+            for fmt in self.formats:
+                target = job.output(self.out_dir, fmt)
+                if target.parent.is_dir():
+                    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+                        tmp.unlink(missing_ok=True)
+
+    def _batches(self, todo: list[Job]):
+        from torch.utils.data import DataLoader
+        from tqdm import tqdm
+
+        load, rest = _split_preprocessing(self.model.preprocessing)
+        keep = OutputFormat.OVERLAY in self.formats
+        dataset = _Decode(todo, load, rest, keep)
+        loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            num_workers=self.workers,
+            collate_fn=list,
+            persistent_workers=False,
+        )
+        bar = tqdm(total=len(todo), unit="img", disable=not self.progress, dynamic_ncols=True)
+        for batch in loader:
+            yield batch
+            bar.update(len(batch))
+        bar.close()
+
+    def _submit(
+        self, writer: ThreadPoolExecutor, todo: list[Job], batch: list[dict]
+    ) -> list[Future]:
+        ok = [d for d in batch if "error" not in d]
+        logits = self.model.predict([d["item"]["image"] for d in ok]) if ok else []
+        for d, lg in zip(ok, logits, strict=True):
+            d["logits"] = lg
+        return [writer.submit(self._finish, todo[d["index"]], d) for d in batch]
+
+    def _finish(self, job: Job, decoded: dict[str, Any]) -> None:
+        if job.collides_with:
+            row = _row(
+                job.file.path,
+                Status.FAILED.value,
+                f"its outputs would overwrite those of {job.collides_with}",
+            )
+        elif "error" in decoded:
+            status, reason = decoded["error"]
+            row = _row(job.file.path, status, reason, decoded["seconds"])
+        else:
+            try:
+                row = self._write_outputs(job, decoded)
+            except Exception as err:  # one bad output must not stop the batch
+                row = _row(
+                    job.file.path,
+                    Status.FAILED.value,
+                    f"writing outputs: {type(err).__name__}: {err}",
+                )
+        row["seconds"] = round(time.perf_counter() - decoded["start"], 4)
+        self.journal.record(job.key, row)
+        self.summary.counts[row["status"]] += 1
+        self.summary.processed += 1
+
+    def _write_outputs(self, job: Job, decoded: dict[str, Any]) -> dict[str, Any]:
+        item = decoded["item"]
+        meta = item["image"].meta
+        mask, prob = self.model.postprocess(item, decoded["logits"])
+        spacing = tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
+        m = measure(mask, prob, meta.get("patient_orientation"), spacing)
+        from pipeline.inference import outputs
+
+        if OutputFormat.MASK in self.formats:
+            outputs.write_mask(m, job.output(self.out_dir, OutputFormat.MASK))
+        if OutputFormat.OVERLAY in self.formats:
+            outputs.write_overlay(
+                decoded["original"], m, job.output(self.out_dir, OutputFormat.OVERLAY)
+            )
+        if OutputFormat.NIFTI in self.formats:
+            outputs.write_nifti(m, job.output(self.out_dir, OutputFormat.NIFTI))
+        if OutputFormat.SEG in self.formats and meta.get("format") == "DICOM":
+            self._write_seg(job, meta, m)
+        return _measured_row(job, meta, m, decoded["seconds"])
+
+    def _write_seg(self, job: Job, meta: dict[str, Any], m: LungMeasures) -> None:
+        import pydicom
+
+        from pipeline.inference import outputs
+        from pipeline.io.convert import make_uid
+
+        source = pydicom.dcmread(job.file.path, stop_before_pixels=True, force=True)
+        uids = {
+            "series_instance_uid": make_uid(
+                "lungseg-seg-series", meta["series_instance_uid"], self.checksum
+            ),
+            "sop_instance_uid": make_uid("lungseg-seg", meta["sop_instance_uid"], self.checksum),
+        }
+        seg = outputs.build_seg(source, m, uids, self.algorithm)
+        outputs.write_seg(
+            seg, job.output(self.out_dir, OutputFormat.SEG), self.journal.header["started"]
+        )
+
+
+def _split_preprocessing(pre: Any) -> tuple[Callable, Callable]:
+    """The bundle's preprocessing as (loader, the rest), so workers keep the decoded image."""
+    from monai.transforms import Compose
+
+    from pipeline.io.reader import LoadCXRd
+
+    transforms = list(getattr(pre, "transforms", [pre]))
+    if transforms and isinstance(transforms[0], LoadCXRd):
+        return transforms[0], Compose(transforms[1:])
+    raise ValueError("the bundle's preprocessing must start with pipeline.io.LoadCXRd")
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the packages that shape the results."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("lungseg", "monai", "torch", "numpy", "pydicom", "highdicom", "scikit-image"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def segment(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    formats: Sequence[OutputFormat] = DEFAULT_FORMATS,
+    bundle: str | os.PathLike | None = None,
+    device: str = "auto",
+    batch_size: int = 8,
+    workers: int = 2,
+    overwrite: bool = False,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Segment every radiograph under ``inputs`` into ``out_dir``; return the summary.
+
+    Raises:
+        FileNotFoundError: an input or the bundle does not exist.
+        JournalMismatchError: ``out_dir`` holds a run with another model or formats.
+    """
+    from pipeline.inference.model import BundleModel
+
+    out = Path(out_dir)
+    jobs = plan(inputs, shard)
+    model = BundleModel(bundle, device)
+    ident = model.identity()
+    header = {
+        "started": time.strftime("%Y%m%d%H%M%S"),
+        "checkpoint_sha256": ident["checkpoint_sha256"],
+        "formats": sorted(str(f) for f in formats),
+    }
+    tag = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
+    journal = Journal(out, header, overwrite, tag)
+    try:
+        run = Segmenter(model, out, formats, journal, batch_size, workers, progress).run(jobs)
+    finally:
+        journal.close()
+    keys = {j.key for j in jobs}
+    rows = [row for key, row in journal.rows.items() if key in keys]
+    write_reports(out, rows, tag)
+    counts = {s.value: sum(r["status"] == s.value for r in rows) for s in Status}
+    summary = {
+        "counts": counts,
+        "inputs": len(jobs),
+        "this_run": {
+            "processed": run.processed,
+            "seconds": round(run.seconds, 2),
+            "images_per_second": round(run.processed / run.seconds, 3) if run.seconds else None,
+        },
+        "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
+        "formats": header["formats"],
+        "device": str(model.device),
+        "model": ident,
+        "software": software_versions(),
+        "started": journal.header["started"],
+    }
+    write_summary(out, summary, tag)
+    return summary

@@ -1,0 +1,235 @@
+"""``lungseg segment`` on a realistic folder: statuses, outputs, report, resume, shards."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from pipeline.inference.segment import parse_shard, plan
+from tests.conftest import load_png
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _report(out: Path) -> dict[str, dict]:
+    with open(out / "report.csv", newline="") as fh:
+        return {row["path"]: row for row in csv.DictReader(fh)}
+
+
+@pytest.fixture(scope="module")
+def segmented(radiograph_folder, tmp_path_factory):
+    """One uninterrupted run over the folder (two workers, batches of 3)."""
+    root = radiograph_folder["root"]
+    before = _digest(root)
+    out = tmp_path_factory.mktemp("segmented")
+    argv = ["segment", str(root), "-o", str(out), "--workers", "2", "--batch-size", "3"]
+    code = main([*argv, "--no-progress", "--formats", "seg,mask,overlay,nifti"])
+    return {"out": out, "code": code, "before": before, **radiograph_folder}
+
+
+def test_statuses_reasons_and_exit_code(segmented):
+    report = _report(segmented["out"])
+    root = segmented["root"]
+    got = {str(Path(p).relative_to(root)): row["status"] for p, row in report.items()}
+    assert got == segmented["expected"]
+    assert segmented["code"] == EXIT_FAILED  # the truncated and empty files
+    reasons = {str(Path(p).relative_to(root)): row["reason"] for p, row in report.items()}
+    assert "lateral view (ViewPosition LL)" in reasons["junk/lateral.dcm"]
+    assert "Comprehensive SR Storage" in reasons["junk/sr.dcm"]
+    assert "empty" in reasons["junk/empty.dcm"]
+    assert reasons["junk/notes.txt"] == "not an image file (by its suffix)"
+    assert all(row["reason"] == "" for row in report.values() if row["status"] == "ok")
+
+
+def test_masks_have_the_input_size_and_match_the_reference(segmented, data_dir):
+    scores = []
+    for rel, name in segmented["cases"].items():
+        stem = rel.rsplit(".", 1)[0] if rel.endswith((".png", ".dcm")) else rel
+        mask = load_png(segmented["out"] / "masks" / f"{stem}.png")
+        truth = load_png(data_dir / "masks" / name) > 127
+        assert mask.shape == truth.shape and set(np.unique(mask)) <= {0, 255}
+        pred = mask > 127
+        scores.append(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
+    assert min(scores) > 0.9 and np.mean(scores) >= 0.95, scores
+
+
+def test_seg_objects_reference_their_source_and_hold_both_lungs(segmented):
+    import highdicom as hd
+
+    out, root = segmented["out"], segmented["root"]
+    report = _report(out)
+    dicom_rels = [r for r in segmented["cases"] if not r.startswith("png/")]
+    assert sorted(
+        p.relative_to(out / "seg").as_posix() for p in (out / "seg").rglob("*.dcm")
+    ) == sorted((r.rsplit(".", 1)[0] if r.endswith(".dcm") else r) + ".dcm" for r in dicom_rels)
+    for rel in dicom_rels:
+        source = pydicom.dcmread(root / rel)
+        seg = hd.seg.segread(out / "seg" / ((rel[:-4] if rel.endswith(".dcm") else rel) + ".dcm"))
+        referenced = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+        assert referenced.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert seg.StudyInstanceUID == source.StudyInstanceUID
+        assert seg.SeriesInstanceUID != source.SeriesInstanceUID
+        labels = [
+            (s.SegmentLabel, s.SegmentedPropertyTypeCodeSequence[0].CodeValue)
+            for s in seg.SegmentSequence
+        ]
+        assert labels == [("Right lung", "3341006"), ("Left lung", "44029006")]
+        assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName
+        pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1, 2])
+        row = report[str(root / rel)]
+        assert int(pixels[..., 0].sum()) == int(row["right_area_px"])
+        assert int(pixels[..., 1].sum()) == int(row["left_area_px"])
+
+
+def test_report_areas_spacing_and_sides(segmented):
+    report = _report(segmented["out"])
+    root = segmented["root"]
+    j2k = report[str(root / "dicom/j2k.dcm")]
+    assert (
+        j2k["pixel_spacing_source"] == "ImagerPixelSpacing"
+        and j2k["pixel_spacing_mm"] == "0.35\\0.35"
+    )
+    assert float(j2k["total_area_mm2"]) == pytest.approx(
+        int(j2k["total_area_px"]) * 0.35**2, rel=1e-4
+    )
+    assert report[str(root / "dicom/rle.dcm")]["total_area_mm2"] == ""
+    for row in (r for r in report.values() if r["status"] == "ok"):
+        right, left = int(row["right_area_px"]), int(row["left_area_px"])
+        assert right + left == int(row["total_area_px"]) and 0.6 < right / left < 1.8
+        assert row["sop_instance_uid"] or row["path"].endswith(".png")
+        assert float(row["mean_confidence"]) > 0.85 and row["qa_flags"] == ""
+    lines = (segmented["out"] / "report.jsonl").read_text().splitlines()
+    assert len(lines) == len(report) and json.loads(lines[0])["path"] == sorted(report)[0]
+
+
+def test_overlays_nifti_and_summary(segmented):
+    import nibabel as nib
+
+    out = segmented["out"]
+    overlay = load_png(out / "overlays" / "png" / next(iter(segmented["cases"].values())))
+    assert overlay.ndim == 3 and overlay.shape[2] == 3
+    nifti = nib.load(out / "nifti" / "dicom" / "j2k.nii.gz")
+    labels = np.asarray(nifti.dataobj)[..., 0].T
+    assert set(np.unique(labels)) == {0, 1, 2} and nifti.header.get_zooms()[:2] == pytest.approx(
+        (0.35, 0.35)
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"ok": 7, "skipped": 3, "failed": 2} and summary["inputs"] == 12
+    assert len(summary["model"]["checkpoint_sha256"]) == 64 and summary["software"]["monai"]
+
+
+def test_inputs_are_never_modified(segmented):
+    assert _digest(segmented["root"]) == segmented["before"]
+
+
+def _timeless(report: dict[str, dict]) -> dict[str, dict]:
+    return {p: {k: v for k, v in r.items() if k != "seconds"} for p, r in report.items()}
+
+
+def _lungseg(*args: str) -> subprocess.Popen:
+    exe = Path(sys.executable).with_name("lungseg")
+    return subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_9_gives_the_uninterrupted_outputs(segmented, tmp_path):
+    out, root = tmp_path / "out", segmented["root"]
+    args = [
+        "segment",
+        str(root),
+        "-o",
+        str(out),
+        "--workers",
+        "0",
+        "--batch-size",
+        "1",
+        "--no-progress",
+    ]
+    args += ["--formats", "seg,mask,overlay,nifti"]
+    proc = _lungseg(*args)
+    journal = out / "journal.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if journal.is_file() and len(journal.read_text().splitlines()) >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(journal.read_text().splitlines()) - 1
+    assert 3 <= done_before < 12
+    rerun = _lungseg(*args)
+    assert rerun.wait(timeout=300) == EXIT_FAILED, rerun.stdout.read().decode()
+    assert f"({12 - done_before} processed now" in rerun.stdout.read().decode()
+    for fmt in ("masks", "overlays", "nifti"):  # stale temporaries of the killed run are gone
+        assert _digest(out / fmt) == _digest(segmented["out"] / fmt)
+    for seg_file in (segmented["out"] / "seg").rglob("*.dcm"):
+        a, b = (
+            pydicom.dcmread(seg_file),
+            pydicom.dcmread(out / "seg" / seg_file.relative_to(segmented["out"] / "seg")),
+        )
+        assert a.SOPInstanceUID == b.SOPInstanceUID and a.PixelData == b.PixelData
+    assert _timeless(_report(out)) == _timeless(_report(segmented["out"]))
+
+
+def test_overwrite_redoes_and_a_changed_run_needs_it(radiograph_folder, tmp_path, capsys):
+    one = radiograph_folder["root"] / "png"
+    argv = [
+        "segment",
+        str(one),
+        "-o",
+        str(tmp_path),
+        "--workers",
+        "0",
+        "--no-progress",
+        "--formats",
+        "mask",
+    ]
+    assert main(argv) == EXIT_OK
+    assert main(argv) == EXIT_OK and "(0 processed now" in capsys.readouterr().out
+    assert main([*argv, "--overwrite"]) == EXIT_OK and "(2 processed now" in capsys.readouterr().out
+    assert main([*argv[:-1], "mask,overlay"]) == EXIT_USAGE
+    assert "use --overwrite" in capsys.readouterr().err
+
+
+def test_shards_partition_the_inputs(radiograph_folder):
+    root = radiograph_folder["root"]
+    everything = {j.key for j in plan([root], None)}
+    parts = [{j.key for j in plan([root], (i, 3))} for i in (1, 2, 3)]
+    assert set().union(*parts) == everything and sum(map(len, parts)) == len(everything)
+    assert parts == [{j.key for j in plan([root], (i, 3))} for i in (1, 2, 3)]  # deterministic
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--shard", "0/4"], "I must be between 1 and N"),
+        (["--shard", "half"], "must be I/N"),
+        (["--formats", "seg,jpeg"], "OutputFormat 'jpeg' is not one of: seg, mask, overlay, nifti"),
+    ],
+)
+def test_usage_errors_quote_the_value(tmp_path, option, message, capsys):
+    assert main(["segment", str(tmp_path), "-o", str(tmp_path / "o"), *option]) == EXIT_USAGE
+    assert message in capsys.readouterr().err
+
+
+def test_parse_shard():
+    assert parse_shard("2/5") == (2, 5) and parse_shard(None) is None
