@@ -40,15 +40,8 @@ class BundleModel:
     """
 
     def __init__(self, bundle: str | os.PathLike | None = None, device: str = "auto"):
-        from monai.bundle import ConfigParser
-
         self.bundle = Path(bundle or BUNDLE).resolve()
-        config = self.bundle / "configs" / "inference.json"
-        if not config.is_file():
-            raise FileNotFoundError(f"{self.bundle}: not a bundle (no configs/inference.json)")
-        parser = ConfigParser()
-        parser.read_config(str(config))
-        parser.update({"bundle_root": str(self.bundle), "device_name": device})
+        parser = _parser(self.bundle, device)
         self.checkpoint = Path(parser.get_parsed_content("ckpt_path"))
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"{self.checkpoint}: the bundle's checkpoint is missing")
@@ -84,7 +77,42 @@ class BundleModel:
     def postprocess(
         self, item: dict[str, Any], logits: torch.Tensor
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Mask and probability on the original grid for one item and its ``(1, H, W)`` logits.
+        """Mask and probability on the original grid (see :class:`Postprocessor`)."""
+        return Postprocessor.apply(self.postprocessing, item, logits)
+
+
+def _parser(bundle: str | os.PathLike | None, device: str = "cpu") -> Any:
+    from monai.bundle import ConfigParser
+
+    bundle = Path(bundle or BUNDLE).resolve()
+    config = bundle / "configs" / "inference.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"{bundle}: not a bundle (no configs/inference.json)")
+    parser = ConfigParser()
+    parser.read_config(str(config))
+    parser.update({"bundle_root": str(bundle), "device_name": device})
+    return parser
+
+
+class Postprocessor:
+    """The bundle's post-processing alone (no network), for worker processes.
+
+    Args:
+        bundle: the bundle folder (default: the shipped one).
+    """
+
+    def __init__(self, bundle: str | os.PathLike | None = None):
+        self.transform = _parser(bundle).get_parsed_content("postprocessing")
+
+    def __call__(self, item: dict[str, Any], logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Mask and probability on the original grid for one item and its logits."""
+        return self.apply(self.transform, item, logits)
+
+    @staticmethod
+    def apply(
+        transform: Any, item: dict[str, Any], logits: torch.Tensor
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Run ``transform`` on ``{**item, "pred": logits}``; also map the probability back.
 
         Returns:
             ``(mask, probability)``: boolean and float32 ``rows x columns`` arrays.
@@ -92,7 +120,7 @@ class BundleModel:
         from pipeline.transforms import LetterboxParams, unletterbox
         from pipeline.transforms.geometry import META_KEY
 
-        mask = self.postprocessing({**item, "pred": logits})["pred"]
+        mask = transform({**item, "pred": logits})["pred"]
         params = LetterboxParams.from_meta(item["image"].meta[META_KEY])
         prob = unletterbox(torch.sigmoid(logits), params, "bilinear")
         return np.asarray(mask)[0] > 0.5, np.asarray(prob)[0].astype(np.float32)

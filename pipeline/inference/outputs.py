@@ -149,7 +149,7 @@ def build_seg(source: Any, m: LungMeasures, uids: dict[str, str], algorithm: dic
         )
         for number, code in ((1, RIGHT_LUNG), (2, LEFT_LUNG))
     ]
-    return hd.seg.Segmentation(
+    seg = hd.seg.Segmentation(
         source_images=[_complete_type2(source)],
         pixel_array=m.labelmap(),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -165,6 +165,10 @@ def build_seg(source: Any, m: LungMeasures, uids: dict[str, str], algorithm: dic
         series_description="Lung segmentation (research)",
         omit_empty_frames=False,
     )
+    # General Image module, Type 2C for images without Image Orientation/Position (Patient):
+    # the same orientation as the source, whose pixel grid the segmentation shares.
+    seg.PatientOrientation = source.get("PatientOrientation", "")
+    return seg
 
 
 def write_seg(seg: Any, path: str | os.PathLike, content_datetime: str | None = None) -> Path:

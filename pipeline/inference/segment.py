@@ -9,11 +9,10 @@ skips it; every file is written atomically.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,19 +20,21 @@ from typing import Any
 import numpy as np
 
 from pipeline.enums import OutputFormat, Status
-from pipeline.inference.lungs import LungMeasures, measure
+from pipeline.inference.finish import (
+    Context,
+    finish_in_worker,
+    init_worker,
+    output_path,
+    row,
+    safe_finish,
+)
 from pipeline.inference.report import Journal, write_reports, write_summary
 from pipeline.io.discovery import InputFile, iter_inputs
 from pipeline.io.errors import InputError
 
-#: Output folder and suffix of each format.
-LAYOUT = {
-    OutputFormat.MASK: ("masks", ".png"),
-    OutputFormat.OVERLAY: ("overlays", ".png"),
-    OutputFormat.SEG: ("seg", ".dcm"),
-    OutputFormat.NIFTI: ("nifti", ".nii.gz"),
-}
 DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
+#: Stages timed per run (``summary.json`` → ``this_run.stage_seconds``).
+STAGES = ("decode", "preprocess", "forward", "postprocess", "seg_encode", "write")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -71,8 +72,7 @@ class Job:
 
     def output(self, out_dir: Path, fmt: OutputFormat) -> Path:
         """Where this input's ``fmt`` output goes under ``out_dir``."""
-        folder, suffix = LAYOUT[fmt]
-        return self.file.output(out_dir / folder, suffix)
+        return output_path(out_dir, self.file.relative, fmt)
 
 
 def plan(inputs: Sequence[str | os.PathLike], shard: tuple[int, int] | None) -> list[Job]:
@@ -109,7 +109,9 @@ class _Decode:
             loaded = self.load({"image": str(job.file.path)})
             if self.keep_image:
                 out["original"] = np.asarray(loaded["image"])[0].copy()
+            out["decode"] = time.perf_counter() - start
             out["item"] = self.rest(loaded)
+            out["preprocess"] = time.perf_counter() - start - out["decode"]
         except InputError as err:
             out["error"] = (err.status, err.reason)
         except Exception as err:  # any decoder failure is reported, not fatal
@@ -125,45 +127,16 @@ class Summary:
     counts: dict[str, int] = field(default_factory=lambda: {s.value: 0 for s in Status})
     processed: int = 0
     seconds: float = 0.0
+    stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Accumulate time spent in a stage (summed over images, workers and threads)."""
+        self.stages[stage] += seconds
 
     @property
     def failed(self) -> bool:
         """Whether any input failed."""
         return self.counts[Status.FAILED.value] > 0
-
-
-def _row(path: Path, status: str, reason: str = "", seconds: float = 0.0, **extra: Any) -> dict:
-    return {
-        "path": str(path),
-        "status": status,
-        "reason": reason,
-        "seconds": round(seconds, 4),
-        **extra,
-    }
-
-
-def _measured_row(job: Job, meta: dict[str, Any], m: LungMeasures, seconds: float) -> dict:
-    rows, cols = m.right.shape
-    right, left = m.right_px, m.left_px
-    spacing = m.spacing if not math.isnan(m.spacing[0]) else None
-    return _row(
-        job.file.path,
-        Status.OK.value,
-        seconds=seconds,
-        sop_instance_uid=meta.get("sop_instance_uid") or "",
-        rows=rows,
-        columns=cols,
-        pixel_spacing_mm="" if spacing is None else f"{spacing[0]:.6g}\\{spacing[1]:.6g}",
-        pixel_spacing_source=str(meta.get("pixel_spacing_source") or "none"),
-        right_area_px=right,
-        left_area_px=left,
-        total_area_px=right + left,
-        right_area_mm2=round(m.mm2(right), 2),
-        left_area_mm2=round(m.mm2(left), 2),
-        total_area_mm2=round(m.mm2(right + left), 2),
-        mean_confidence=round(m.confidence, 4),
-        qa_flags=[str(f) for f in m.flags],
-    )
 
 
 class Segmenter:
@@ -194,8 +167,13 @@ class Segmenter:
         self.progress = progress
         self.summary = Summary()
         ident = model.identity()
-        self.algorithm = {"name": "lungseg " + ident["name"], "version": ident["version"] or "0"}
-        self.checksum = ident["checkpoint_sha256"]
+        self.context = Context(
+            out_dir=out_dir,
+            formats=self.formats,
+            algorithm={"name": "lungseg " + ident["name"], "version": ident["version"] or "0"},
+            checksum=ident["checkpoint_sha256"],
+            started=journal.header["started"],
+        )
 
     def run(self, jobs: list[Job]) -> Summary:
         """Process every job not yet in the journal; return this run's counts."""
@@ -203,17 +181,33 @@ class Segmenter:
         if self.journal.resumed:
             self._remove_stale_temporaries(todo)
         start = time.perf_counter()
-        with ThreadPoolExecutor(1, thread_name_prefix="lungseg-writer") as writer:
-            pending: list[Future] = []
+        with self._finisher() as pool:
+            pending: list[tuple[Job, Future]] = []
             for batch in self._batches(todo):
-                pending = [f for f in pending if not f.done()]
+                for d in self._forward(batch):
+                    pending.append((todo[d["index"]], self._submit(pool, todo[d["index"]], d)))
                 while len(pending) > 2 * self.batch_size:  # bounded: memory stays flat
-                    pending.pop(0).result()
-                pending += self._submit(writer, todo, batch)
-            for f in pending:
-                f.result()
+                    self._record(*pending.pop(0))
+            for job, future in pending:
+                self._record(job, future)
         self.summary.seconds = time.perf_counter() - start
         return self.summary
+
+    def _finisher(self) -> Executor:
+        """Worker processes for post-processing and writing (a thread when workers is 0)."""
+        if not self.workers:
+            return ThreadPoolExecutor(1, thread_name_prefix="lungseg-finish")
+        import multiprocessing
+
+        import torch
+
+        method = "spawn" if torch.cuda.is_initialized() else "fork"
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context(method),
+            initializer=init_worker,
+            initargs=(str(self.model.bundle),),
+        )
 
     def _remove_stale_temporaries(self, todo: list[Job]) -> None:
         """Delete temporaries a killed run left beside the outputs it was writing."""
@@ -244,76 +238,49 @@ class Segmenter:
             bar.update(len(batch))
         bar.close()
 
-    def _submit(
-        self, writer: ThreadPoolExecutor, todo: list[Job], batch: list[dict]
-    ) -> list[Future]:
+    def _forward(self, batch: list[dict]) -> list[dict]:
+        """Run the network on the decoded images of a batch; attach each one's logits."""
         ok = [d for d in batch if "error" not in d]
+        start = time.perf_counter()
         logits = self.model.predict([d["item"]["image"] for d in ok]) if ok else []
+        self.summary.add("forward", time.perf_counter() - start)
         for d, lg in zip(ok, logits, strict=True):
             d["logits"] = lg
-        return [writer.submit(self._finish, todo[d["index"]], d) for d in batch]
+        return batch
 
-    def _finish(self, job: Job, decoded: dict[str, Any]) -> None:
+    def _submit(self, pool: Executor, job: Job, decoded: dict[str, Any]) -> Future:
+        done: Future = Future()
         if job.collides_with:
-            row = _row(
-                job.file.path,
-                Status.FAILED.value,
-                f"its outputs would overwrite those of {job.collides_with}",
-            )
+            reason = f"its outputs would overwrite those of {job.collides_with}"
+            done.set_result((row(job.file.path, Status.FAILED.value, reason), {}))
         elif "error" in decoded:
             status, reason = decoded["error"]
-            row = _row(job.file.path, status, reason, decoded["seconds"])
+            done.set_result((row(job.file.path, status, reason), {}))
         else:
-            try:
-                row = self._write_outputs(job, decoded)
-            except Exception as err:  # one bad output must not stop the batch
-                row = _row(
-                    job.file.path,
-                    Status.FAILED.value,
-                    f"writing outputs: {type(err).__name__}: {err}",
-                )
-        row["seconds"] = round(time.perf_counter() - decoded["start"], 4)
-        self.journal.record(job.key, row)
-        self.summary.counts[row["status"]] += 1
+            self.summary.add("decode", decoded["decode"])
+            self.summary.add("preprocess", decoded["preprocess"])
+            args = (job.file.path, job.file.relative, decoded, self.context)
+            if isinstance(pool, ProcessPoolExecutor):
+                return _timed(pool.submit(finish_in_worker, *args), decoded["start"])
+            return _timed(pool.submit(safe_finish, *args, self.model.postprocess), decoded["start"])
+        return _timed(done, decoded["start"])
+
+    def _record(self, job: Job, future: Future) -> None:
+        result, stages = future.result()
+        result["seconds"] = round(future.finished_at - future.started_at, 4)
+        for stage, seconds in stages.items():
+            self.summary.add(stage, seconds)
+        self.journal.record(job.key, result)
+        self.summary.counts[result["status"]] += 1
         self.summary.processed += 1
 
-    def _write_outputs(self, job: Job, decoded: dict[str, Any]) -> dict[str, Any]:
-        item = decoded["item"]
-        meta = item["image"].meta
-        mask, prob = self.model.postprocess(item, decoded["logits"])
-        spacing = tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
-        m = measure(mask, prob, meta.get("patient_orientation"), spacing)
-        from pipeline.inference import outputs
 
-        if OutputFormat.MASK in self.formats:
-            outputs.write_mask(m, job.output(self.out_dir, OutputFormat.MASK))
-        if OutputFormat.OVERLAY in self.formats:
-            outputs.write_overlay(
-                decoded["original"], m, job.output(self.out_dir, OutputFormat.OVERLAY)
-            )
-        if OutputFormat.NIFTI in self.formats:
-            outputs.write_nifti(m, job.output(self.out_dir, OutputFormat.NIFTI))
-        if OutputFormat.SEG in self.formats and meta.get("format") == "DICOM":
-            self._write_seg(job, meta, m)
-        return _measured_row(job, meta, m, decoded["seconds"])
-
-    def _write_seg(self, job: Job, meta: dict[str, Any], m: LungMeasures) -> None:
-        import pydicom
-
-        from pipeline.inference import outputs
-        from pipeline.io.convert import make_uid
-
-        source = pydicom.dcmread(job.file.path, stop_before_pixels=True, force=True)
-        uids = {
-            "series_instance_uid": make_uid(
-                "lungseg-seg-series", meta["series_instance_uid"], self.checksum
-            ),
-            "sop_instance_uid": make_uid("lungseg-seg", meta["sop_instance_uid"], self.checksum),
-        }
-        seg = outputs.build_seg(source, m, uids, self.algorithm)
-        outputs.write_seg(
-            seg, job.output(self.out_dir, OutputFormat.SEG), self.journal.header["started"]
-        )
+def _timed(future: Future, started: float) -> Future:
+    """Note when the image's processing started and when its outputs were done."""
+    future.started_at = started
+    future.finished_at = time.perf_counter()
+    future.add_done_callback(lambda f: setattr(f, "finished_at", time.perf_counter()))
+    return future
 
 
 def _split_preprocessing(pre: Any) -> tuple[Callable, Callable]:
@@ -387,6 +354,7 @@ def segment(
             "processed": run.processed,
             "seconds": round(run.seconds, 2),
             "images_per_second": round(run.processed / run.seconds, 3) if run.seconds else None,
+            "stage_seconds": {k: round(v, 3) for k, v in run.stages.items()},
         },
         "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
         "formats": header["formats"],

@@ -233,3 +233,22 @@ def test_usage_errors_quote_the_value(tmp_path, option, message, capsys):
 
 def test_parse_shard():
     assert parse_shard("2/5") == (2, 5) and parse_shard(None) is None
+
+
+def test_seg_objects_pass_dciodvfy(segmented):
+    import shutil
+
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        message = "dciodvfy not installed (Debian package dicom3tools; .ci/run installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    files = sorted((segmented["out"] / "seg").rglob("*.dcm"))
+    assert len(files) == 5
+    for path in files:
+        proc = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True)
+        errors = [
+            line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")
+        ]
+        assert not errors, f"{path}: {errors}"

@@ -1,0 +1,174 @@
+"""Finishing one image after the forward pass: post-process, measure, write its outputs.
+
+Runs in a pool of worker processes (``--workers`` > 0), so post-processing, PNG and DICOM
+encoding use every core while the main process feeds the network; with no workers it runs
+in a thread of the main process.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipeline.enums import OutputFormat, Status
+from pipeline.inference.lungs import LungMeasures, measure
+
+#: Output folder and suffix of each format.
+LAYOUT = {
+    OutputFormat.MASK: ("masks", ".png"),
+    OutputFormat.OVERLAY: ("overlays", ".png"),
+    OutputFormat.SEG: ("seg", ".dcm"),
+    OutputFormat.NIFTI: ("nifti", ".nii.gz"),
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every finishing step needs besides the image: where and what to write."""
+
+    out_dir: Path
+    formats: tuple[OutputFormat, ...]
+    algorithm: dict[str, str]
+    checksum: str
+    started: str
+
+
+def output_path(ctx_out: Path, relative: Path, fmt: OutputFormat) -> Path:
+    """``OUT/<format folder>/<relative path with the format's suffix>``."""
+    from pipeline.io.discovery import InputFile
+
+    folder, suffix = LAYOUT[fmt]
+    return InputFile(Path(), relative).output(ctx_out / folder, suffix)
+
+
+def row(path: Path, status: str, reason: str = "", seconds: float = 0.0, **extra: Any) -> dict:
+    """A report row; the columns are :data:`pipeline.inference.report.REPORT_FIELDS`."""
+    return {
+        "path": str(path),
+        "status": status,
+        "reason": reason,
+        "seconds": round(seconds, 4),
+        **extra,
+    }
+
+
+def measured_row(path: Path, meta: dict[str, Any], m: LungMeasures) -> dict:
+    """The report row of a segmented image."""
+    rows, cols = m.right.shape
+    right, left = m.right_px, m.left_px
+    spacing = None if math.isnan(m.spacing[0]) else m.spacing
+    return row(
+        path,
+        Status.OK.value,
+        sop_instance_uid=meta.get("sop_instance_uid") or "",
+        rows=rows,
+        columns=cols,
+        pixel_spacing_mm="" if spacing is None else f"{spacing[0]:.6g}\\{spacing[1]:.6g}",
+        pixel_spacing_source=str(meta.get("pixel_spacing_source") or "none"),
+        right_area_px=right,
+        left_area_px=left,
+        total_area_px=right + left,
+        right_area_mm2=round(m.mm2(right), 2),
+        left_area_mm2=round(m.mm2(left), 2),
+        total_area_mm2=round(m.mm2(right + left), 2),
+        mean_confidence=round(m.confidence, 4),
+        qa_flags=[str(f) for f in m.flags],
+    )
+
+
+def finish(
+    path: Path, relative: Path, decoded: dict[str, Any], ctx: Context, postprocess: Any
+) -> tuple[dict, dict]:
+    """Post-process one image and write its outputs.
+
+    Args:
+        path: the input file.
+        relative: its path under its input folder (names the outputs).
+        decoded: the worker's output (``item``, ``logits``, ``original`` when overlays are on).
+        ctx: output settings.
+        postprocess: ``(item, logits) -> (mask, probability)`` on the original grid.
+
+    Returns:
+        ``(report row, seconds per stage)``.
+    """
+    from pipeline.inference import outputs
+
+    stages: dict[str, float] = {}
+    item, start = decoded["item"], time.perf_counter()
+    meta = item["image"].meta
+    mask, prob = postprocess(item, decoded["logits"])
+    spacing = tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
+    m = measure(mask, prob, meta.get("patient_orientation"), spacing)
+    stages["postprocess"] = time.perf_counter() - start
+    start = time.perf_counter()
+    if OutputFormat.MASK in ctx.formats:
+        outputs.write_mask(m, output_path(ctx.out_dir, relative, OutputFormat.MASK))
+    if OutputFormat.OVERLAY in ctx.formats:
+        outputs.write_overlay(
+            decoded["original"], m, output_path(ctx.out_dir, relative, OutputFormat.OVERLAY)
+        )
+    if OutputFormat.NIFTI in ctx.formats:
+        outputs.write_nifti(m, output_path(ctx.out_dir, relative, OutputFormat.NIFTI))
+    stages["write"] = time.perf_counter() - start
+    if OutputFormat.SEG in ctx.formats and meta.get("format") == "DICOM":
+        _seg(path, relative, meta, m, ctx, stages)
+    return measured_row(path, meta, m), stages
+
+
+def _seg(
+    path: Path, relative: Path, meta: dict, m: LungMeasures, ctx: Context, stages: dict
+) -> None:
+    import pydicom
+
+    from pipeline.inference import outputs
+    from pipeline.io.convert import make_uid
+
+    start = time.perf_counter()
+    source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    uids = {
+        "series_instance_uid": make_uid(
+            "lungseg-seg-series", meta["series_instance_uid"], ctx.checksum
+        ),
+        "sop_instance_uid": make_uid("lungseg-seg", meta["sop_instance_uid"], ctx.checksum),
+    }
+    seg = outputs.build_seg(source, m, uids, ctx.algorithm)
+    stages["seg_encode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    outputs.write_seg(seg, output_path(ctx.out_dir, relative, OutputFormat.SEG), ctx.started)
+    stages["write"] += time.perf_counter() - start
+
+
+def safe_finish(
+    path: Path, relative: Path, decoded: dict[str, Any], ctx: Context, postprocess: Any
+) -> tuple[dict, dict]:
+    """:func:`finish`, turning any error into a ``failed`` row (a batch never stops)."""
+    try:
+        return finish(path, relative, decoded, ctx, postprocess)
+    except Exception as err:  # one bad output must not stop the batch; the reason is reported
+        return row(path, Status.FAILED.value, f"writing outputs: {type(err).__name__}: {err}"), {}
+
+
+# --- worker processes ---------------------------------------------------------------------
+
+_WORKER_POSTPROCESS: Any = None
+
+
+def init_worker(bundle: str) -> None:
+    """Pool initializer: one thread per process, and the bundle's post-processing."""
+    import torch
+
+    from pipeline.inference.model import Postprocessor
+
+    global _WORKER_POSTPROCESS
+    torch.set_num_threads(1)
+    _WORKER_POSTPROCESS = Postprocessor(bundle)
+
+
+def finish_in_worker(
+    path: Path, relative: Path, decoded: dict[str, Any], ctx: Context
+) -> tuple[dict, dict]:
+    """:func:`safe_finish` with the post-processing loaded by :func:`init_worker`."""
+    return safe_finish(path, relative, decoded, ctx, _WORKER_POSTPROCESS)

@@ -1,0 +1,68 @@
+"""Right/left assignment, areas and QA flags on synthetic and real masks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.enums import QAFlag
+from pipeline.inference.lungs import measure, right_on_image_left, split_lungs
+
+
+def _two_lungs(big_on_image_left: bool = True) -> np.ndarray:
+    mask = np.zeros((200, 200), bool)
+    mask[40:170, 20:90] = True  # image left, 130 x 70
+    mask[40:150, 115:180] = True  # image right, 110 x 65
+    return mask if big_on_image_left else mask[:, ::-1]
+
+
+@pytest.mark.parametrize(
+    ("orientation", "expected"),
+    [("L\\F", True), ("L/F", True), (None, True), ("", True), ("R\\F", False), ("RH", False)],
+)
+def test_side_rule(orientation, expected):
+    assert right_on_image_left(orientation) is expected
+
+
+def test_patient_orientation_decides_which_component_is_right():
+    mask = _two_lungs()
+    right, left, count = split_lungs(mask, "L\\F")
+    assert count == 2 and right.sum() == 130 * 70 and not right[:, 100:].any()
+    right, left, _ = split_lungs(mask, "R\\F")
+    assert right.sum() == 110 * 65 and left.sum() == 130 * 70
+
+
+def test_areas_in_mm2_and_plausible_result_has_no_flags():
+    m = measure(_two_lungs(), np.full((200, 200), 0.97, np.float32), "L\\F", (0.5, 0.25))
+    assert (m.right_px, m.left_px) == (9100, 7150)
+    assert m.mm2(m.right_px) == pytest.approx(9100 * 0.125)
+    assert m.flags == [] and m.confidence == pytest.approx(0.97)
+    assert np.array_equal(np.unique(m.labelmap()), [0, 1, 2])
+
+
+def test_unknown_spacing_gives_nan_mm2():
+    m = measure(_two_lungs(), np.ones((200, 200), np.float32))
+    assert math.isnan(m.mm2(m.right_px))
+
+
+def test_flags_raise_on_implausible_results():
+    one = np.zeros((200, 200), bool)
+    one[40:170, 20:90] = True
+    m = measure(one, np.full((200, 200), 0.6, np.float32))
+    assert set(m.flags) == {
+        QAFlag.NOT_TWO_COMPONENTS,
+        QAFlag.IMPLAUSIBLE_RATIO,
+        QAFlag.LOW_CONFIDENCE,
+    }
+    tiny = np.zeros((200, 200), bool)
+    tiny[50:60, 20:30] = tiny[50:60, 150:160] = True
+    assert QAFlag.IMPLAUSIBLE_AREA in measure(tiny, np.ones((200, 200), np.float32)).flags
+
+
+def test_real_mask_splits_into_the_anatomical_sides(lung_mask):
+    right, left, count = split_lungs(lung_mask, "L\\F")
+    assert count == 2
+    cols = np.nonzero(right)[1].mean(), np.nonzero(left)[1].mean()
+    assert cols[0] < cols[1]  # the patient's right lung is displayed on the image's left
