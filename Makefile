@@ -9,7 +9,7 @@ LUNGSEG_DATA ?= $(abspath ../shared/data/montgomery-shenzhen)
 DEMO_OUT ?= outputs/demo
 export LUNGSEG_DATA
 
-.PHONY: install demo test test-fast lint format clean
+.PHONY: install demo test test-fast test-deps lint format clean
 
 install: $(STAMP)
 
@@ -22,14 +22,18 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/lungseg dicomize --data "$(LUNGSEG_DATA)" --count 14 -o $(DEMO_OUT)/dicom
-	$(BIN)/lungseg preview $(DEMO_OUT)/dicom -o $(DEMO_OUT)/previews
-	cd bundles/lung_cxr_segmentation && ../../$(BIN)/python -m monai.bundle run \
-		--config_file configs/inference.json \
-		--dataset_dir "$(abspath $(DEMO_OUT))/dicom" --output_dir "$(abspath $(DEMO_OUT))/masks"
+	$(BIN)/lungseg dicomize --data "$(LUNGSEG_DATA)" --count 14 --pixel-spacing 0.35 -o $(DEMO_OUT)/dicom
+	$(BIN)/lungseg segment $(DEMO_OUT)/dicom -o $(DEMO_OUT)/segmented --no-progress
 
 test: install
 	$(BIN)/python -m pytest
+
+# System tools some tests use (dciodvfy from dicom3tools); CI runs this before `make test`.
+test-deps:
+	command -v dciodvfy >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dicom3tools || \
+			{ apt-get update -q && apt-get install -y -q dicom3tools; }; \
+		else sudo -n apt-get install -y -q dicom3tools; fi; }
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

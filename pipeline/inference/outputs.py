@@ -74,8 +74,8 @@ def _font(size: int) -> Any:
 
 
 def write_overlay(image: np.ndarray, m: LungMeasures, path: str | os.PathLike) -> Path:
-    """Save :func:`overlay_image` as PNG."""
-    return save_png(overlay_image(image, m), path)
+    """Save :func:`overlay_image` as PNG (fast compression: overlays are for eyeballing)."""
+    return save_png(overlay_image(image, m), path, compress_level=1)
 
 
 def write_nifti(m: LungMeasures, path: str | os.PathLike) -> Path:

@@ -16,14 +16,20 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.rint(np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255).astype(np.uint8)
 
 
-def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Save a ``rows x columns`` [0, 1] array (or an RGB uint8 array) as PNG, atomically."""
+def save_png(image: np.ndarray, path: str | os.PathLike, compress_level: int = 6) -> Path:
+    """Save a ``rows x columns`` [0, 1] array (or an RGB uint8 array) as PNG, atomically.
+
+    Args:
+        image: the picture.
+        path: the PNG file (its folder is created).
+        compress_level: zlib level, 0-9 (1 is several times faster than 6, files larger).
+    """
     from PIL import Image
 
     arr = image if image.dtype == np.uint8 else to_uint8(image)
     path = Path(path)
     with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
+        Image.fromarray(arr).save(tmp, format="PNG", compress_level=compress_level)
     return path
 
 
