@@ -1,8 +1,10 @@
-"""Finishing one image after the forward pass: post-process, measure, write its outputs.
+"""The per-image work around the forward pass: decoding before it, writing after it.
 
-Runs in a pool of worker processes (``--workers`` > 0), so post-processing, PNG and DICOM
-encoding use every core while the main process feeds the network; with no workers it runs
-in a thread of the main process.
+Before: decode and preprocess. After: post-process, measure and write the outputs.
+
+Both run in one pool of worker processes (``--workers`` > 0), so decoding, post-processing
+and PNG/DICOM encoding use every core while the main process feeds the network; with no
+workers they run in the main process and one thread.
 """
 
 from __future__ import annotations
@@ -151,24 +153,59 @@ def safe_finish(
         return row(path, Status.FAILED.value, f"writing outputs: {type(err).__name__}: {err}"), {}
 
 
+def decode(path: Path, sidecar: bool, keep_image: bool, load: Any, rest: Any) -> dict[str, Any]:
+    """Decode and preprocess one file; errors become an ``error`` entry, never a raise.
+
+    Returns:
+        ``item`` (the preprocessed dictionary), ``original`` (the decoded image, when
+        ``keep_image``), ``decode``/``preprocess`` seconds, ``start``; or ``error``
+        (status, reason).
+    """
+    from pipeline.io.errors import InputError
+
+    start = time.perf_counter()
+    out: dict[str, Any] = {"start": start}
+    if sidecar:
+        out["error"] = (Status.SKIPPED.value, "not an image file (by its suffix)")
+        return out
+    try:
+        loaded = load({"image": str(path)})
+        if keep_image:
+            out["original"] = loaded["image"].numpy()[0].copy()
+        out["decode"] = time.perf_counter() - start
+        out["item"] = rest(loaded)
+        out["preprocess"] = time.perf_counter() - start - out["decode"]
+    except InputError as err:
+        out["error"] = (err.status, err.reason)
+    except Exception as err:  # any decoder failure is reported, not fatal
+        out["error"] = (Status.FAILED.value, f"{type(err).__name__}: {err}")
+    return out
+
+
 # --- worker processes ---------------------------------------------------------------------
 
-_WORKER_POSTPROCESS: Any = None
+_WORKER: dict[str, Any] = {}
 
 
 def init_worker(bundle: str) -> None:
-    """Pool initializer: one thread per process, and the bundle's post-processing."""
+    """Pool initializer: one thread per process; the bundle's pre- and post-processing."""
     import torch
 
-    from pipeline.inference.model import Postprocessor
+    from pipeline.inference.model import Postprocessor, split_preprocessing
 
-    global _WORKER_POSTPROCESS
     torch.set_num_threads(1)
-    _WORKER_POSTPROCESS = Postprocessor(bundle)
+    post = Postprocessor(bundle)
+    _WORKER["load"], _WORKER["rest"] = split_preprocessing(post.preprocessing)
+    _WORKER["post"] = post
+
+
+def decode_in_worker(path: Path, sidecar: bool, keep_image: bool) -> dict[str, Any]:
+    """:func:`decode` with the preprocessing loaded by :func:`init_worker`."""
+    return decode(path, sidecar, keep_image, _WORKER["load"], _WORKER["rest"])
 
 
 def finish_in_worker(
     path: Path, relative: Path, decoded: dict[str, Any], ctx: Context
 ) -> tuple[dict, dict]:
     """:func:`safe_finish` with the post-processing loaded by :func:`init_worker`."""
-    return safe_finish(path, relative, decoded, ctx, _WORKER_POSTPROCESS)
+    return safe_finish(path, relative, decoded, ctx, _WORKER["post"])

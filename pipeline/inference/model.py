@@ -102,7 +102,9 @@ class Postprocessor:
     """
 
     def __init__(self, bundle: str | os.PathLike | None = None):
-        self.transform = _parser(bundle).get_parsed_content("postprocessing")
+        parser = _parser(bundle)
+        self.transform = parser.get_parsed_content("postprocessing")
+        self.preprocessing = parser.get_parsed_content("preprocessing")
 
     def __call__(self, item: dict[str, Any], logits: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """Mask and probability on the original grid for one item and its logits."""
@@ -124,3 +126,19 @@ class Postprocessor:
         params = LetterboxParams.from_meta(item["image"].meta[META_KEY])
         prob = unletterbox(torch.sigmoid(logits), params, "bilinear")
         return np.asarray(mask)[0] > 0.5, np.asarray(prob)[0].astype(np.float32)
+
+
+def split_preprocessing(pre: Any) -> tuple[Any, Any]:
+    """The bundle's preprocessing as (loader, the rest), to keep the decoded image.
+
+    Raises:
+        ValueError: the preprocessing does not start with ``pipeline.io.LoadCXRd``.
+    """
+    from monai.transforms import Compose
+
+    from pipeline.io.reader import LoadCXRd
+
+    transforms = list(getattr(pre, "transforms", [pre]))
+    if transforms and isinstance(transforms[0], LoadCXRd):
+        return transforms[0], Compose(transforms[1:])
+    raise ValueError("the bundle's preprocessing must start with pipeline.io.LoadCXRd")

@@ -90,8 +90,12 @@ def write_nifti(m: LungMeasures, path: str | os.PathLike) -> Path:
     img = nib.Nifti1Image(m.labelmap().T[..., None], affine)
     path = Path(path)
     with atomic_path(path) as tmp:
-        nib.save(img, str(tmp) + ".nii.gz")
-        os.replace(str(tmp) + ".nii.gz", tmp)
+        staged = Path(str(tmp) + ".nii.gz")  # nibabel picks gzip from the name
+        try:
+            nib.save(img, staged)
+            os.replace(staged, tmp)
+        finally:
+            staged.unlink(missing_ok=True)
     return path
 
 

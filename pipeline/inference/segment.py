@@ -1,9 +1,10 @@
 """``lungseg segment``: stream a folder of radiographs through the bundle's model.
 
-Decoding and preprocessing run in DataLoader worker processes, batches go to the model in
-the main process, and outputs are written by a background thread; a bounded queue keeps
-memory flat whatever the number of inputs. Each finished input is journalled, so a rerun
-skips it; every file is written atomically.
+A pool of worker processes decodes and preprocesses ahead of the network and, after it,
+post-processes and writes the outputs (:mod:`pipeline.inference.finish`); the main process
+batches and runs the network. Bounded queues keep memory flat whatever the number of
+inputs. Each finished input is journalled, so a rerun skips it; every file is written
+atomically.
 """
 
 from __future__ import annotations
@@ -11,26 +12,26 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pipeline.enums import OutputFormat, Status
 from pipeline.inference.finish import (
     Context,
+    decode,
+    decode_in_worker,
     finish_in_worker,
     init_worker,
     output_path,
     row,
     safe_finish,
 )
+from pipeline.inference.model import split_preprocessing
 from pipeline.inference.report import Journal, write_reports, write_summary
 from pipeline.io.discovery import InputFile, iter_inputs
-from pipeline.io.errors import InputError
 
 DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
 #: Stages timed per run (``summary.json`` → ``this_run.stage_seconds``).
@@ -88,38 +89,6 @@ def plan(inputs: Sequence[str | os.PathLike], shard: tuple[int, int] | None) -> 
     return jobs
 
 
-class _Decode:
-    """Dataset over jobs: decode + preprocess in a worker; errors become values, not raises."""
-
-    def __init__(self, jobs: list[Job], load: Callable, rest: Callable, keep_image: bool):
-        self.jobs, self.load, self.rest, self.keep_image = jobs, load, rest, keep_image
-
-    def __len__(self) -> int:
-        """Number of jobs."""
-        return len(self.jobs)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        job, start = self.jobs[index], time.perf_counter()
-        out: dict[str, Any] = {"index": index, "start": start}
-        if job.file.is_sidecar:
-            out["error"] = (Status.SKIPPED.value, "not an image file (by its suffix)")
-            out["seconds"] = time.perf_counter() - start
-            return out
-        try:
-            loaded = self.load({"image": str(job.file.path)})
-            if self.keep_image:
-                out["original"] = np.asarray(loaded["image"])[0].copy()
-            out["decode"] = time.perf_counter() - start
-            out["item"] = self.rest(loaded)
-            out["preprocess"] = time.perf_counter() - start - out["decode"]
-        except InputError as err:
-            out["error"] = (err.status, err.reason)
-        except Exception as err:  # any decoder failure is reported, not fatal
-            out["error"] = (Status.FAILED.value, f"{type(err).__name__}: {err}")
-        out["seconds"] = time.perf_counter() - start
-        return out
-
-
 @dataclass
 class Summary:
     """Counts and timing of a batch run."""
@@ -148,7 +117,7 @@ class Segmenter:
         formats: what to write per input.
         journal: the run's journal (finished inputs are skipped).
         batch_size: images per forward pass.
-        workers: decoding worker processes (0: decode in the main process).
+        workers: worker processes for decoding and finishing (0: all in this process).
         progress: show a progress bar with rate and ETA.
     """
 
@@ -177,24 +146,30 @@ class Segmenter:
 
     def run(self, jobs: list[Job]) -> Summary:
         """Process every job not yet in the journal; return this run's counts."""
+        from tqdm import tqdm
+
         todo = [j for j in jobs if not self.journal.done(j.key)]
         if self.journal.resumed:
             self._remove_stale_temporaries(todo)
         start = time.perf_counter()
-        with self._finisher() as pool:
+        bar = tqdm(total=len(todo), unit="img", disable=not self.progress, dynamic_ncols=True)
+        with self._pool() as pool:
             pending: list[tuple[Job, Future]] = []
-            for batch in self._batches(todo):
-                for d in self._forward(batch):
-                    pending.append((todo[d["index"]], self._submit(pool, todo[d["index"]], d)))
+            for batch in self._batches(pool, todo):
+                for job, decoded in self._forward(batch):
+                    pending.append((job, self._submit(pool, job, decoded)))
                 while len(pending) > 2 * self.batch_size:  # bounded: memory stays flat
                     self._record(*pending.pop(0))
+                    bar.update()
             for job, future in pending:
                 self._record(job, future)
+                bar.update()
+        bar.close()
         self.summary.seconds = time.perf_counter() - start
         return self.summary
 
-    def _finisher(self) -> Executor:
-        """Worker processes for post-processing and writing (a thread when workers is 0)."""
+    def _pool(self) -> Executor:
+        """Worker processes for decoding and finishing (a thread when workers is 0)."""
         if not self.workers:
             return ThreadPoolExecutor(1, thread_name_prefix="lungseg-finish")
         import multiprocessing
@@ -209,38 +184,41 @@ class Segmenter:
             initargs=(str(self.model.bundle),),
         )
 
+    def _decode(self, pool: Executor, job: Job) -> Future:
+        keep = OutputFormat.OVERLAY in self.formats
+        args = (job.file.path, job.file.is_sidecar, keep)
+        if isinstance(pool, ProcessPoolExecutor):
+            return pool.submit(decode_in_worker, *args)
+        done: Future = Future()
+        done.set_result(decode(*args, *split_preprocessing(self.model.preprocessing)))
+        return done
+
+    def _batches(self, pool: Executor, todo: list[Job]):
+        """Decoded batches, in order, with up to two batches decoding ahead."""
+        ahead: list[tuple[Job, Future]] = []
+        jobs = iter(todo)
+        while True:
+            for job in jobs:
+                ahead.append((job, self._decode(pool, job)))
+                if len(ahead) >= 3 * self.batch_size:
+                    break
+            if not ahead:
+                return
+            batch, ahead = ahead[: self.batch_size], ahead[self.batch_size :]
+            yield [(job, future.result()) for job, future in batch]
+
     def _remove_stale_temporaries(self, todo: list[Job]) -> None:
         """Delete temporaries a killed run left beside the outputs it was writing."""
         for job in todo:
             for fmt in self.formats:
                 target = job.output(self.out_dir, fmt)
                 if target.parent.is_dir():
-                    for tmp in target.parent.glob(f".{target.name}.*.tmp"):
+                    for tmp in target.parent.glob(f".{target.name}.*.tmp*"):
                         tmp.unlink(missing_ok=True)
 
-    def _batches(self, todo: list[Job]):
-        from torch.utils.data import DataLoader
-        from tqdm import tqdm
-
-        load, rest = _split_preprocessing(self.model.preprocessing)
-        keep = OutputFormat.OVERLAY in self.formats
-        dataset = _Decode(todo, load, rest, keep)
-        loader = DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            num_workers=self.workers,
-            collate_fn=list,
-            persistent_workers=False,
-        )
-        bar = tqdm(total=len(todo), unit="img", disable=not self.progress, dynamic_ncols=True)
-        for batch in loader:
-            yield batch
-            bar.update(len(batch))
-        bar.close()
-
-    def _forward(self, batch: list[dict]) -> list[dict]:
+    def _forward(self, batch: list[tuple[Job, dict]]) -> list[tuple[Job, dict]]:
         """Run the network on the decoded images of a batch; attach each one's logits."""
-        ok = [d for d in batch if "error" not in d]
+        ok = [d for _, d in batch if "error" not in d]
         start = time.perf_counter()
         logits = self.model.predict([d["item"]["image"] for d in ok]) if ok else []
         self.summary.add("forward", time.perf_counter() - start)
@@ -283,16 +261,16 @@ def _timed(future: Future, started: float) -> Future:
     return future
 
 
-def _split_preprocessing(pre: Any) -> tuple[Callable, Callable]:
-    """The bundle's preprocessing as (loader, the rest), so workers keep the decoded image."""
-    from monai.transforms import Compose
+def _share_cores(workers: int, restore: int | None = None) -> int:
+    """Leave the cores the workers use to them: fewer torch threads here; return the old count."""
+    import torch
 
-    from pipeline.io.reader import LoadCXRd
-
-    transforms = list(getattr(pre, "transforms", [pre]))
-    if transforms and isinstance(transforms[0], LoadCXRd):
-        return transforms[0], Compose(transforms[1:])
-    raise ValueError("the bundle's preprocessing must start with pipeline.io.LoadCXRd")
+    old = torch.get_num_threads()
+    if restore is not None:
+        torch.set_num_threads(restore)
+    elif workers:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
+    return old
 
 
 def software_versions() -> dict[str, str]:
@@ -339,10 +317,12 @@ def segment(
     }
     tag = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
     journal = Journal(out, header, overwrite, tag)
+    threads = _share_cores(workers)
     try:
         run = Segmenter(model, out, formats, journal, batch_size, workers, progress).run(jobs)
     finally:
         journal.close()
+        _share_cores(0, threads)
     keys = {j.key for j in jobs}
     rows = [row for key, row in journal.rows.items() if key in keys]
     write_reports(out, rows, tag)
