@@ -25,11 +25,17 @@ SCHEMA = REPO_ROOT / "bundles" / "schemas" / "meta_schema_20240725.json"
 CONFIGS = BUNDLE / "configs"
 
 
-def run_bundle(*args: str, cwd: Path = BUNDLE, **env_vars: str) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle ...`` in a child process; fails the test with its output."""
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "1", **env_vars}
+def run_bundle(
+    *args: str, env_vars: dict | None = None, cwd: Path = BUNDLE, **options: object
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS --key value...`` in a child process, from the bundle folder.
+
+    Fails the test with the child's output when it exits non-zero.
+    """
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "1", **(env_vars or {})}
+    flags = [item for key, value in options.items() for item in (f"--{key}", str(value))]
     proc = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", *args],
+        [sys.executable, "-m", "monai.bundle", *args, *flags],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -64,14 +70,10 @@ def test_inference_segments_a_folder_of_png_and_dicom(tmp_path, held_out, data_d
 
     run_bundle(
         "run",
-        "--config_file",
-        "configs/inference.json",
-        "--dataset_dir",
-        str(inputs),
-        "--output_dir",
-        str(tmp_path / "out"),
-        "--device_name",
-        "cpu",
+        config_file="configs/inference.json",
+        dataset_dir=str(inputs),
+        output_dir=str(tmp_path / "out"),
+        device_name="cpu",
     )
     written = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*.png"))
     expected = [Path("png") / c["name"] for c in held_out[::2]]
@@ -93,18 +95,12 @@ def test_evaluate_reports_dice_by_source(tmp_path, data_dir):
     out = tmp_path / "eval"
     run_bundle(
         "run",
-        "--config_file",
-        "['configs/inference.json','configs/evaluate.json']",
-        "--dataset_dir",
-        str(data_dir),
-        "--output_dir",
-        str(out),
-        "--max_cases",
-        "8",
-        "--device_name",
-        "cpu",
-        "--save_masks",
-        "True",
+        config_file="['configs/inference.json','configs/evaluate.json']",
+        dataset_dir=str(data_dir),
+        output_dir=str(out),
+        max_cases="8",
+        device_name="cpu",
+        save_masks="True",
     )
     summary = json.loads((out / "eval_mean_dice_by_group.json").read_text())
     assert summary["all"]["n"] == 8 and summary["all"]["mean"] >= 0.95
@@ -113,44 +109,30 @@ def test_evaluate_reports_dice_by_source(tmp_path, data_dir):
     assert len(list(out.glob("*.png"))) == 8
 
 
-def _mlflow_runs(uri: str, experiment: str) -> list:
+def tracked_run(tmp_path: Path, config_file: str, **options: object):
+    """Run a bundle config with ``--tracking configs/mlflow.json``; return its one MLflow run."""
     import mlflow
 
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env_vars = {"MLFLOW_TRACKING_URI": uri}
+    options.update(tracking="configs/mlflow.json", experiment_name="bundle", device_name="cpu")
+    run_bundle("run", config_file=config_file, env_vars=env_vars, **options)
     client = mlflow.MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    return client.search_runs([exp.experiment_id]) if exp else []
+    (run,) = client.search_runs([client.get_experiment_by_name("bundle").experiment_id])
+    return run
 
 
 @pytest.mark.slow
 def test_train_config_runs_one_epoch_through_monai_runner_with_mlflow(tmp_path, data_dir):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_bundle(
-        "run",
-        "--config_file",
+    tiny = {"max_epochs": 1, "max_cases": 8, "image_size": 64, "cache_workers": 0}
+    run = tracked_run(
+        tmp_path,
         "configs/train.json",
-        "--tracking",
-        "configs/mlflow.json",
-        "--experiment_name",
-        "bundle-train",
-        "--bundle_root",
-        str(tmp_path),
-        "--dataset_dir",
-        str(data_dir),
-        "--max_epochs",
-        "1",
-        "--max_cases",
-        "8",
-        "--image_size",
-        "64",
-        "--cache_workers",
-        "0",
-        "--progress",
-        "False",
-        "--device_name",
-        "cpu",
-        MLFLOW_TRACKING_URI=uri,
+        bundle_root=tmp_path,
+        dataset_dir=data_dir,
+        progress=False,
+        **tiny,
     )
-    (run,) = _mlflow_runs(uri, "bundle-train")
     assert run.data.params["network"] == "res_unet" and "val_mean_dice" in run.data.metrics
     state = torch.load(tmp_path / "models" / "model.pt", map_location="cpu", weights_only=True)
     shipped = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
@@ -159,26 +141,10 @@ def test_train_config_runs_one_epoch_through_monai_runner_with_mlflow(tmp_path, 
 
 @pytest.mark.slow
 def test_evaluate_is_tracked_in_mlflow(tmp_path, data_dir):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run_bundle(
-        "run",
-        "--config_file",
-        "['configs/inference.json','configs/evaluate.json']",
-        "--tracking",
-        "configs/mlflow.json",
-        "--experiment_name",
-        "bundle-eval",
-        "--dataset_dir",
-        str(data_dir),
-        "--output_dir",
-        str(tmp_path / "eval"),
-        "--max_cases",
-        "4",
-        "--device_name",
-        "cpu",
-        MLFLOW_TRACKING_URI=uri,
+    configs = "['configs/inference.json','configs/evaluate.json']"
+    run = tracked_run(
+        tmp_path, configs, dataset_dir=data_dir, output_dir=tmp_path / "e", max_cases=4
     )
-    (run,) = _mlflow_runs(uri, "bundle-eval")
     assert run.data.metrics["eval_mean_dice"] >= 0.95
 
 
@@ -250,14 +216,10 @@ def test_torchscript_export_gives_the_checkpoint_masks(tmp_path, held_out):
     run_bundle(
         "ckpt_export",
         "network_def",
-        "--filepath",
-        str(tmp_path / "model.ts"),
-        "--ckpt_file",
-        "models/model.pt",
-        "--meta_file",
-        "configs/metadata.json",
-        "--config_file",
-        "configs/inference.json",
+        filepath=str(tmp_path / "model.ts"),
+        ckpt_file="models/model.pt",
+        meta_file="configs/metadata.json",
+        config_file="configs/inference.json",
     )
     _assert_same_masks(tmp_path / "model.ts", held_out)
 
