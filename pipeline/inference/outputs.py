@@ -42,20 +42,42 @@ def _area_text(m: LungMeasures) -> str:
     return f"R {one(m.right_px)}  L {one(m.left_px)}  total {one(m.right_px + m.left_px)}"
 
 
+#: Overlays larger than this (longer side, pixels) are drawn downscaled: they are for eyeballing.
+OVERLAY_MAX_SIZE = 1024
+
+
+def _fit(image: np.ndarray, right: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Downscale the image (area average) and the masks (nearest) to ``OVERLAY_MAX_SIZE``."""
+    from PIL import Image
+
+    scale = OVERLAY_MAX_SIZE / max(image.shape)
+    if scale >= 1:
+        return to_uint8(image), right, left
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    gray = np.asarray(Image.fromarray(to_uint8(image)).resize(size, Image.Resampling.BOX))
+    masks = [
+        np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in (right, left)
+    ]
+    return gray, *masks
+
+
 def overlay_image(image: np.ndarray, m: LungMeasures) -> np.ndarray:
-    """RGB uint8: the radiograph, the right/left lung outlines and the areas written on it."""
+    """RGB uint8: the radiograph, the right/left lung outlines and the areas written on it.
+
+    Images larger than :data:`OVERLAY_MAX_SIZE` are drawn downscaled to it.
+    """
     from PIL import Image, ImageDraw
 
-    gray = to_uint8(image)
+    gray, right, left = _fit(image, m.right, m.left)
     rgb = np.repeat(gray[..., None], 3, axis=2)
-    width = max(1, round(max(image.shape) / 400))
-    rgb[_outline(m.right, width)] = RIGHT_COLOUR
-    rgb[_outline(m.left, width)] = LEFT_COLOUR
+    width = max(1, round(max(gray.shape) / 400))
+    rgb[_outline(right, width)] = RIGHT_COLOUR
+    rgb[_outline(left, width)] = LEFT_COLOUR
     pil = Image.fromarray(rgb)
     draw = ImageDraw.Draw(pil)
-    size = max(10, image.shape[0] // 40)
+    size = max(10, gray.shape[0] // 40)
     font = _font(size)
-    draw.rectangle((0, 0, image.shape[1], size + 8), fill=(0, 0, 0))
+    draw.rectangle((0, 0, gray.shape[1], size + 8), fill=(0, 0, 0))
     draw.text((4, 2), _area_text(m), fill=(255, 255, 255), font=font)
     if m.flags:
         draw.text(
