@@ -162,6 +162,7 @@ def decode(path: Path, sidecar: bool, keep_image: bool, load: Any, rest: Any) ->
         (status, reason).
     """
     from pipeline.io.errors import InputError
+    from pipeline.io.writers import to_uint8
 
     start = time.perf_counter()
     out: dict[str, Any] = {"start": start}
@@ -170,8 +171,8 @@ def decode(path: Path, sidecar: bool, keep_image: bool, load: Any, rest: Any) ->
         return out
     try:
         loaded = load({"image": str(path)})
-        if keep_image:
-            out["original"] = loaded["image"].numpy()[0].copy()
+        if keep_image:  # 8-bit: what the overlay draws, a quarter of float32's memory
+            out["original"] = to_uint8(loaded["image"].numpy()[0])
         out["decode"] = time.perf_counter() - start
         out["item"] = rest(loaded)
         out["preprocess"] = time.perf_counter() - start - out["decode"]

@@ -26,7 +26,9 @@ LEFT_LUNG = ("44029006", "SCT", "Left lung")
 
 def write_mask(m: LungMeasures, path: str | os.PathLike) -> Path:
     """Both lungs as one 0/255 PNG of the input's size."""
-    return save_png(np.where(m.right | m.left, 255, 0).astype(np.uint8), path)
+    from pipeline.inference.writers import mask_to_uint8
+
+    return save_png(mask_to_uint8(m.right | m.left), path)
 
 
 def _outline(mask: np.ndarray, width: int) -> np.ndarray:

@@ -102,11 +102,6 @@ class Summary:
         """Accumulate time spent in a stage (summed over images, workers and threads)."""
         self.stages[stage] += seconds
 
-    @property
-    def failed(self) -> bool:
-        """Whether any input failed."""
-        return self.counts[Status.FAILED.value] > 0
-
 
 class Segmenter:
     """Runs jobs through a :class:`~pipeline.inference.model.BundleModel` and writes outputs.
@@ -194,13 +189,13 @@ class Segmenter:
         return done
 
     def _batches(self, pool: Executor, todo: list[Job]):
-        """Decoded batches, in order, with up to two batches decoding ahead."""
+        """Decoded batches, in order, with up to one batch decoding ahead."""
         ahead: list[tuple[Job, Future]] = []
         jobs = iter(todo)
         while True:
             for job in jobs:
                 ahead.append((job, self._decode(pool, job)))
-                if len(ahead) >= 3 * self.batch_size:
+                if len(ahead) >= 2 * self.batch_size:
                     break
             if not ahead:
                 return

@@ -12,7 +12,9 @@ from pipeline.io.atomic import atomic_path
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
-    """Map a [0, 1] array to uint8 0..255 (clipped, rounded)."""
+    """Map a [0, 1] array to uint8 0..255 (clipped, rounded); uint8 input is returned as is."""
+    if np.asarray(image).dtype == np.uint8:
+        return np.asarray(image)
     return np.rint(np.clip(np.asarray(image, dtype=np.float32), 0, 1) * 255).astype(np.uint8)
 
 

@@ -66,3 +66,24 @@ def test_real_mask_splits_into_the_anatomical_sides(lung_mask):
     assert count == 2
     cols = np.nonzero(right)[1].mean(), np.nonzero(left)[1].mean()
     assert cols[0] < cols[1]  # the patient's right lung is displayed on the image's left
+
+
+def test_large_overlays_are_drawn_at_most_1024_pixels(pixels, lung_mask):
+    from PIL import Image
+
+    from pipeline.inference.outputs import OVERLAY_MAX_SIZE, overlay_image
+
+    big = np.asarray(Image.fromarray(pixels).resize((1600, 2048)), dtype=np.float32) / 255
+    mask = np.asarray(Image.fromarray(lung_mask).resize((1600, 2048), Image.Resampling.NEAREST))
+    overlay = overlay_image(big, measure(mask, np.ones(mask.shape, np.float32), "L\\F"))
+    assert overlay.shape == (OVERLAY_MAX_SIZE, 800, 3)
+    small = overlay_image(pixels / 255.0, measure(lung_mask, np.ones(lung_mask.shape, np.float32)))
+    assert small.shape == (*pixels.shape, 3)
+
+
+def test_overlay_of_an_8bit_image_keeps_its_grey_levels(pixels, lung_mask):
+    from pipeline.inference.outputs import overlay_image
+
+    m = measure(lung_mask, np.ones(lung_mask.shape, np.float32))
+    as_float, as_uint8 = overlay_image(pixels / 255.0, m), overlay_image(pixels, m)
+    assert np.array_equal(as_float, as_uint8) and len(np.unique(as_uint8[..., 0])) > 100

@@ -252,3 +252,23 @@ def test_seg_objects_pass_dciodvfy(segmented):
             line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")
         ]
         assert not errors, f"{path}: {errors}"
+
+
+def test_shards_can_share_an_output_folder(radiograph_folder, tmp_path):
+    root = radiograph_folder["root"] / "dicom"
+    argv = ["segment", str(root), "-o", str(tmp_path), "--workers", "0", "--no-progress"]
+    for shard in ("1/2", "2/2"):
+        assert main([*argv, "--formats", "mask", "--shard", shard]) == EXIT_OK
+    rows = [_report_file(tmp_path / f"report-shard-{i}-of-2.csv") for i in (1, 2)]
+    assert sorted(p for r in rows for p in r) == sorted(
+        str(p) for p in root.rglob("*") if p.is_file()
+    )
+    assert {p.name for p in tmp_path.glob("journal*")} == {
+        "journal-shard-1-of-2.jsonl",
+        "journal-shard-2-of-2.jsonl",
+    }
+
+
+def _report_file(path: Path) -> list[str]:
+    with open(path, newline="") as fh:
+        return [row["path"] for row in csv.DictReader(fh)]
