@@ -82,10 +82,10 @@ def plan(inputs: Sequence[str | os.PathLike], shard: tuple[int, int] | None) -> 
     for found in iter_inputs(inputs):
         if not in_shard(found.relative, shard):
             continue
-        job = Job(found, str(found.path.resolve()))
-        stem = found.output(Path(), "").as_posix()
-        job.collides_with = owners.setdefault(stem, str(found.path)) if stem in owners else None
-        jobs.append(job)
+        owner = owners.setdefault(found.output(Path(), "").as_posix(), str(found.path))
+        jobs.append(
+            Job(found, str(found.path.resolve()), None if owner == str(found.path) else owner)
+        )
     return jobs
 
 
@@ -129,6 +129,7 @@ class Segmenter:
         self.model, self.out_dir, self.formats = model, out_dir, tuple(formats)
         self.journal, self.batch_size, self.workers = journal, batch_size, workers
         self.progress = progress
+        self._preprocessing = split_preprocessing(model.preprocessing)  # workers=0 decoding
         self.summary = Summary()
         ident = model.identity()
         self.context = Context(
@@ -182,10 +183,12 @@ class Segmenter:
     def _decode(self, pool: Executor, job: Job) -> Future:
         keep = OutputFormat.OVERLAY in self.formats
         args = (job.file.path, job.file.is_sidecar, keep)
+        if job.collides_with:  # reported as failed without decoding
+            args = (job.file.path, True, False)
         if isinstance(pool, ProcessPoolExecutor):
             return pool.submit(decode_in_worker, *args)
         done: Future = Future()
-        done.set_result(decode(*args, *split_preprocessing(self.model.preprocessing)))
+        done.set_result(decode(*args, *self._preprocessing))
         return done
 
     def _batches(self, pool: Executor, todo: list[Job]):

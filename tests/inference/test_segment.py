@@ -272,3 +272,19 @@ def test_shards_can_share_an_output_folder(radiograph_folder, tmp_path):
 def _report_file(path: Path) -> list[str]:
     with open(path, newline="") as fh:
         return [row["path"] for row in csv.DictReader(fh)]
+
+
+def test_inputs_that_would_share_outputs_are_not_overwritten(radiograph_folder, tmp_path):
+    png = next((radiograph_folder["root"] / "png").iterdir())
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "case.png").write_bytes(png.read_bytes())
+    (inputs / "case.dcm").write_bytes((radiograph_folder["root"] / "dicom/j2k.dcm").read_bytes())
+    out = tmp_path / "out"
+    argv = ["segment", str(inputs), "-o", str(out), "--workers", "0", "--no-progress"]
+    assert main([*argv, "--formats", "mask"]) == EXIT_FAILED
+    report = _report(out)
+    assert report[str(inputs / "case.dcm")]["status"] == "ok"
+    reason = report[str(inputs / "case.png")]["reason"]
+    assert report[str(inputs / "case.png")]["status"] == "failed"
+    assert reason == f"its outputs would overwrite those of {inputs / 'case.dcm'}"
