@@ -59,8 +59,8 @@ def build_folder(size: int, count: int, distinct: int, work: Path) -> Path:
     return folder
 
 
-def _tree_pss_kib(pid: int) -> int:
-    """Proportional set size of ``pid`` and all its descendants, in KiB (Linux)."""
+def _tree_pss_kib(pid: int) -> tuple[int, int]:
+    """Proportional set size of ``pid`` and of all its descendants, in KiB (Linux)."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -69,7 +69,7 @@ def _tree_pss_kib(pid: int) -> int:
             except (OSError, IndexError, ValueError):
                 continue
             children.setdefault(ppid, []).append(int(entry.name))
-    total, stack = 0, [pid]
+    own, total, stack = 0, 0, [pid]
     while stack:
         p = stack.pop()
         stack += children.get(p, [])
@@ -77,9 +77,10 @@ def _tree_pss_kib(pid: int) -> int:
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
                     total += int(line.split()[1])
+                    own = own or total
         except OSError:
             continue
-    return total
+    return own, total - own
 
 
 def run_segment(folder: Path, out: Path, args: argparse.Namespace) -> dict:
@@ -87,12 +88,13 @@ def run_segment(folder: Path, out: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "pipeline.cli", "segment", str(folder), "-o", str(out)]
     cmd += ["--no-progress", "--overwrite", "--workers", str(args.workers)]
     cmd += ["--batch-size", str(args.batch_size), "--device", args.device]
-    peak, start = [0], time.perf_counter()
+    peak, start = [0, 0, 0], time.perf_counter()  # tree, main process, workers
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], _tree_pss_kib(proc.pid))
+            own, workers = _tree_pss_kib(proc.pid)
+            peak[:] = max(peak[0], own + workers), max(peak[1], own), max(peak[2], workers)
             time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -104,6 +106,7 @@ def run_segment(folder: Path, out: Path, args: argparse.Namespace) -> dict:
     summary = json.loads((out / "summary.json").read_text())
     summary["wall_seconds"] = time.perf_counter() - start
     summary["peak_pss_mib"] = peak[0] / 1024
+    summary["peak_main_mib"], summary["peak_workers_mib"] = peak[1] / 1024, peak[2] / 1024
     return summary
 
 
@@ -183,6 +186,8 @@ def main() -> None:
                     "naive_loop": naive,
                     "stage_ms_per_image": per_image,
                     "peak_pss_mib": summary["peak_pss_mib"],
+                    "peak_main_mib": summary["peak_main_mib"],
+                    "peak_workers_mib": summary["peak_workers_mib"],
                     "counts": summary["counts"],
                 }
             )
@@ -200,8 +205,8 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         f"{args.workers} workers; formats seg, mask, overlay.\n\n"
         "| input | N | end to end (img/s) | naive loop (img/s) | forward only (img/s) | ratio | "
         + " | ".join(f"{s} (ms/img)" for s in STAGES)
-        + " | peak memory (MiB) |\n|"
-        + "---|" * (7 + len(STAGES))
+        + " | peak memory (MiB) | main / workers (MiB) |\n|"
+        + "---|" * (8 + len(STAGES))
     )
     rows = []
     for r in results:
@@ -211,7 +216,8 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
             f"| {kind} | {r['count']} | {r['end_to_end']:.2f} | "
             f"{'-' if r['naive_loop'] is None else format(r['naive_loop'], '.2f')} | "
             f"{r['forward_only']:.1f} | "
-            f"{r['ratio']:.2f} | {stages} | {r['peak_pss_mib']:.0f} |"
+            f"{r['ratio']:.2f} | {stages} | {r['peak_pss_mib']:.0f} | "
+            f"{r['peak_main_mib']:.0f} / {r['peak_workers_mib']:.0f} |"
         )
     return "\n".join([head, *rows])
 

@@ -32,13 +32,12 @@ def preview_panels(
 ) -> np.ndarray:
     """Panels ``decoded | percentile-scaled + CLAHE | + top-hat/bottom-hat`` at ``size``."""
     import torch
-    from monai.transforms import ScaleIntensityRangePercentiles
 
-    from pipeline.transforms import clahe, letterbox, tophat_enhance
+    from pipeline.transforms import clahe, letterbox, percentile_scale, tophat_enhance
 
     boxed, _ = letterbox(torch.from_numpy(image)[None], size)
     decoded = boxed[0].numpy()
-    scaled = ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True)(decoded[None])[0]
+    scaled = percentile_scale(decoded)
     equalised = clahe(np.asarray(scaled), clip_limit=clip_limit)
     enhanced = tophat_enhance(equalised, radius=radius)
     return np.stack([decoded, equalised, enhanced])

@@ -26,6 +26,7 @@ from pipeline.inference.finish import (
     finish_in_worker,
     init_worker,
     output_path,
+    release_memory,
     row,
     safe_finish,
 )
@@ -157,6 +158,7 @@ class Segmenter:
                 while len(pending) > 2 * self.batch_size:  # bounded: memory stays flat
                     self._record(*pending.pop(0))
                     bar.update()
+                release_memory()
             for job, future in pending:
                 self._record(job, future)
                 bar.update()

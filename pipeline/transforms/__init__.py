@@ -4,6 +4,7 @@ from pipeline.transforms.dictionary import (
     BinarizeMaskd,
     CLAHEd,
     Letterboxd,
+    ScalePercentilesd,
     TopHatEnhanced,
     Unletterboxd,
 )
@@ -18,9 +19,11 @@ from pipeline.transforms.geometry import (
 from pipeline.transforms.intensity import (
     CLAHE,
     BinarizeMask,
+    ScalePercentiles,
     TopHatEnhance,
     binarize_mask,
     clahe,
+    percentile_scale,
     tophat_enhance,
 )
 
@@ -32,6 +35,8 @@ __all__ = [
     "Letterbox",
     "LetterboxParams",
     "Letterboxd",
+    "ScalePercentiles",
+    "ScalePercentilesd",
     "TopHatEnhance",
     "TopHatEnhanced",
     "Unletterbox",
@@ -40,6 +45,7 @@ __all__ = [
     "clahe",
     "letterbox",
     "letterbox_params",
+    "percentile_scale",
     "tophat_enhance",
     "unletterbox",
 ]

@@ -10,7 +10,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import ensure_tuple_rep
 
 from pipeline.transforms.geometry import META_KEY, Letterbox, LetterboxParams, Unletterbox
-from pipeline.transforms.intensity import CLAHE, BinarizeMask, TopHatEnhance
+from pipeline.transforms.intensity import CLAHE, BinarizeMask, ScalePercentiles, TopHatEnhance
 
 
 class _Wrapped(MapTransform):
@@ -25,6 +25,19 @@ class _Wrapped(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.transform(d[key])
         return d
+
+
+class ScalePercentilesd(_Wrapped):
+    """Dictionary wrapper of :class:`~pipeline.transforms.intensity.ScalePercentiles`."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        lower: float = 0.5,
+        upper: float = 99.5,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, ScalePercentiles(lower, upper), allow_missing_keys)
 
 
 class CLAHEd(_Wrapped):

@@ -1,4 +1,4 @@
-"""CLAHE, top-hat/bottom-hat and mask binarisation: properties on real images, hand values."""
+"""Percentile scaling, CLAHE, top-hat/bottom-hat, mask binarisation: real images, hand values."""
 
 from __future__ import annotations
 
@@ -11,10 +11,13 @@ from pipeline.transforms import (
     CLAHE,
     BinarizeMaskd,
     CLAHEd,
+    ScalePercentiles,
+    ScalePercentilesd,
     TopHatEnhance,
     TopHatEnhanced,
     binarize_mask,
     clahe,
+    percentile_scale,
     tophat_enhance,
 )
 
@@ -127,3 +130,25 @@ def test_dictionary_wrappers(image):
     out = TopHatEnhanced("image", radius=5)(CLAHEd("image")(BinarizeMaskd("label")(d)))
     assert out["image"].shape == (1, 512, 400)
     assert set(torch.unique(out["label"]).tolist()) == {0.0, 1.0}
+
+
+def test_percentile_scale_by_hand():
+    ramp = np.arange(101, dtype=np.float32)  # percentile p of 0..100 is p
+    out = percentile_scale(ramp, lower=10, upper=90)
+    np.testing.assert_allclose(out[[0, 10, 50, 90, 100]], [0, 0, 0.5, 1, 1], atol=1e-6)
+    assert out.dtype == np.float32
+    assert not percentile_scale(np.full((4, 4), 7.0)).any()  # constant: zeros, not NaN
+    with pytest.raises(ValueError, match=r"\(99, 1\)"):
+        percentile_scale(ramp, lower=99, upper=1)
+
+
+def test_percentile_scale_equals_monai_on_a_real_radiograph(image):
+    from monai.transforms import ScaleIntensityRangePercentiles
+
+    raw = MetaTensor(torch.from_numpy(image[None] * 4095), meta={"x": 1})  # 12-bit range
+    expected = ScaleIntensityRangePercentiles(0.5, 99.5, 0.0, 1.0, clip=True)(raw)
+    out = ScalePercentiles(0.5, 99.5)(raw)
+    assert isinstance(out, MetaTensor) and out.meta["x"] == 1
+    np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
+    d = ScalePercentilesd("image")({"image": raw.numpy()})
+    np.testing.assert_allclose(d["image"], expected.numpy(), atol=1e-5)
