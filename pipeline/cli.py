@@ -227,6 +227,182 @@ def _cmd_segment(args: argparse.Namespace) -> int:
     return EXIT_FAILED if counts["failed"] else EXIT_OK
 
 
+def _collection_paths(args: argparse.Namespace) -> tuple[Path, Path, Path | None]:
+    """--images/--masks/--manifest, or the three parts of a collection (--data, default)."""
+    from pipeline.io.datasets import default_data_dir
+
+    if bool(args.images) != bool(args.masks):
+        raise UsageError("give --images and --masks together (or --data for a collection)")
+    if args.images:
+        return args.images, args.masks, args.manifest
+    data = Path(args.data or default_data_dir())
+    manifest = args.manifest or (data / "manifest.csv")
+    return data / "images", data / "masks", manifest if manifest.is_file() else None
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.evaluation.run import evaluate
+
+    images, masks, manifest = _collection_paths(args)
+    if args.bundle and args.predictions:
+        raise UsageError("--bundle and --predictions exclude each other: run a model or read masks")
+    select = None
+    if args.split:
+        from pipeline.training.data import read_split_file
+
+        select = set(read_split_file(args.split)[args.part])
+    spacing = None if args.pixel_spacing is None else (args.pixel_spacing,) * 2
+    summary = evaluate(
+        images,
+        masks,
+        args.output,
+        manifest=manifest,
+        bundle=args.bundle,
+        predictions=args.predictions,
+        device=args.device,
+        batch_size=args.batch_size,
+        pixel_spacing=spacing,
+        select=select,
+        title=args.title,
+        worst=args.worst,
+    )
+    if args.mlflow:
+        from pipeline.evaluation.tracking import log_evaluation
+
+        log_evaluation(summary, args.output, args.tracking_uri, args.experiment)
+    dice = summary["statistics"]["overall"]["dice"]
+    cases = summary["cases"]
+    print(
+        f"{cases['evaluated']} cases evaluated, {cases['failed']} failed; mean Dice "
+        f"{dice['mean']:.4f} (95% CI {dice['ci95_low']:.4f} to {dice['ci95_high']:.4f}); "
+        f"see {Path(args.output) / 'summary.md'}"
+        if dice["n"]
+        else f"no case could be evaluated; see {Path(args.output) / 'per_case.csv'}"
+    )
+    return EXIT_FAILED if cases["failed"] else EXIT_OK
+
+
+def _cmd_results_table(args: argparse.Namespace) -> int:
+    from pipeline.evaluation.tables import marked_block, results_table, update_marked_block
+
+    table = results_table(json.loads(Path(args.summary).read_text()))
+    if not args.update:
+        print(table, end="")
+        return EXIT_OK
+    stale = []
+    for doc in args.update:
+        if args.check:
+            if marked_block(doc) != table:
+                stale.append(str(doc))
+        elif update_marked_block(doc, table):
+            print(f"updated {doc}")
+    if stale:
+        print(f"results table out of date in: {', '.join(stale)}", file=sys.stderr)
+    return EXIT_FAILED if stale else EXIT_OK
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from pipeline.io.datasets import default_data_dir
+    from pipeline.training.data import write_split_file
+
+    path = write_split_file(
+        args.data or default_data_dir(),
+        args.output,
+        val_fraction=args.val_fraction,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+    )
+    counts = json.loads(path.read_text())["counts"]
+    print(f"wrote {path}: " + ", ".join(f"{p} {c['cases']}" for p, c in counts.items()))
+    return EXIT_OK
+
+
+def _cmd_protocol(args: argparse.Namespace) -> int:
+    from pipeline.evaluation import protocols
+    from pipeline.io.datasets import default_data_dir
+
+    overrides = {"progress": not args.no_progress, **_parse_set(args.set)}
+    for opt, cfg in (
+        ("epochs", "max_epochs"),
+        ("network", "network_name"),
+        ("image_size", "image_size"),
+        ("max_cases", "max_cases"),
+    ):
+        if getattr(args, opt) is not None:
+            overrides[cfg] = getattr(args, opt)
+    common = {
+        "train_overrides": overrides,
+        "device": args.device,
+        "mlflow": not args.no_mlflow,
+        "tracking_uri": args.tracking_uri,
+        "experiment": args.experiment,
+    }
+    data = args.data or default_data_dir()
+    if args.protocol == "kfold":
+        result = protocols.kfold(data, args.output, args.folds, max_folds=args.max_folds, **common)
+    else:
+        result = protocols.cross_dataset(
+            data, args.output, max_eval_cases=args.max_eval_cases, **common
+        )
+    print(protocols.protocol_markdown(result), end="")
+    return EXIT_OK
+
+
+def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
+    ev = sub.add_parser("evaluate", help="score a model or existing masks against references")
+    ev.add_argument("--images", type=Path, help="folder of radiographs (recursive)")
+    ev.add_argument("--masks", type=Path, help="folder of reference masks (same names)")
+    ev.add_argument("--manifest", type=Path, help="CSV keyed by file name: group columns")
+    ev.add_argument("--data", type=Path, help="a collection instead (default: $LUNGSEG_DATA)")
+    ev.add_argument("--bundle", type=Path, help="bundle folder (default: the shipped one)")
+    ev.add_argument("--predictions", type=Path, help="score these masks (lungseg segment's)")
+    ev.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    ev.add_argument("--split", type=Path, help="split file: evaluate one part of it")
+    ev.add_argument("--part", default="test", choices=("train", "validation", "test"))
+    ev.add_argument("--pixel-spacing", type=float, help="mm per pixel for every image")
+    ev.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    ev.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    ev.add_argument("--worst", type=int, default=8, help="worst cases to draw")
+    ev.add_argument("--title", help="heading of summary.md")
+    ev.add_argument("--mlflow", action="store_true", help="record the evaluation in MLflow")
+    ev.add_argument("--tracking-uri", help="MLflow URI (default: sqlite under mlruns/)")
+    ev.add_argument("--experiment", default="lungseg-evaluation", help="MLflow experiment")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    rt = sub.add_parser("results-table", help="Markdown results table from a summary.json")
+    rt.add_argument("summary", type=Path, help="an evaluation's summary.json")
+    rt.add_argument("--update", nargs="+", type=Path, help="fill the marked block of these files")
+    rt.add_argument("--check", action="store_true", help="with --update: fail if out of date")
+    rt.set_defaults(func=_cmd_results_table)
+
+    sp = sub.add_parser("split", help="write a stratified train/validation/test split file")
+    sp.add_argument("--data", type=Path, help="collection (default: $LUNGSEG_DATA)")
+    sp.add_argument("-o", "--output", required=True, type=Path, help="split file (JSON)")
+    sp.add_argument("--val-fraction", type=float, default=0.15)
+    sp.add_argument("--test-fraction", type=float, default=0.15)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=_cmd_split)
+
+    pr = sub.add_parser("protocol", help="k-fold or cross-dataset: train, evaluate, log")
+    pr.add_argument("protocol", choices=("kfold", "cross-dataset"))
+    pr.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    pr.add_argument("--data", type=Path, help="collection (default: $LUNGSEG_DATA)")
+    pr.add_argument("--folds", type=int, default=5, help="kfold: number of folds")
+    pr.add_argument("--max-folds", type=int, help="kfold: run only the first folds")
+    pr.add_argument("--max-eval-cases", type=int, help="cross-dataset: cap the target cases")
+    pr.add_argument("--epochs", type=int, help="maximum epochs per training")
+    pr.add_argument("--network", help="network name (default: the bundle's)")
+    pr.add_argument("--image-size", type=int, help="network input size")
+    pr.add_argument("--max-cases", type=int, help="cap training/validation cases (quick runs)")
+    pr.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    pr.add_argument("--tracking-uri", help="MLflow URI (default: sqlite under mlruns/)")
+    pr.add_argument("--experiment", default="lungseg-protocols", help="MLflow experiment")
+    pr.add_argument("--no-mlflow", action="store_true", help="do not track the runs")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bars")
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config id")
+    pr.set_defaults(func=_cmd_protocol)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lungseg`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -326,6 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--clahe-clip", type=float, default=0.01, help="CLAHE clip limit (0, 1]")
     prev.add_argument("--tophat-radius", type=int, default=15, help="structuring element radius")
     prev.set_defaults(func=_cmd_preview)
+    _add_evaluation_commands(sub)
     return parser
 
 

@@ -1,5 +1,17 @@
-"""Evaluation: per-case metrics grouped by manifest columns (more metrics and plots to come)."""
+"""Evaluation: per-case metrics, statistics with confidence intervals, plots and tables."""
 
-from pipeline.evaluation.groups import group_summary, read_metric_details, write_group_summary
+from pipeline.evaluation.evaluate import Evaluation
+from pipeline.evaluation.metrics import METRICS, RocAccumulator, case_metrics
+from pipeline.evaluation.run import evaluate, find_cases
+from pipeline.evaluation.stats import describe, summarise
 
-__all__ = ["group_summary", "read_metric_details", "write_group_summary"]
+__all__ = [
+    "METRICS",
+    "Evaluation",
+    "RocAccumulator",
+    "case_metrics",
+    "describe",
+    "evaluate",
+    "find_cases",
+    "summarise",
+]

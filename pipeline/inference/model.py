@@ -34,14 +34,27 @@ class BundleModel:
     Args:
         bundle: the bundle folder (default: the shipped one).
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        overrides: config ids and values set after loading ``inference.json`` (e.g.
+            ``ckpt_path`` of a model trained elsewhere and the ``image_size`` it was trained at).
 
     Raises:
         FileNotFoundError: the bundle has no ``configs/inference.json`` or no checkpoint.
+        KeyError: an override names no config id of ``inference.json``.
     """
 
-    def __init__(self, bundle: str | os.PathLike | None = None, device: str = "auto"):
+    def __init__(
+        self,
+        bundle: str | os.PathLike | None = None,
+        device: str = "auto",
+        overrides: dict[str, Any] | None = None,
+    ):
         self.bundle = Path(bundle or BUNDLE).resolve()
         parser = _parser(self.bundle, device)
+        unknown = sorted(k for k in overrides or {} if k not in parser)
+        if unknown:
+            config = self.bundle / "configs" / "inference.json"
+            raise KeyError(f"overrides {unknown} are not config ids of {config}")
+        parser.update(dict(overrides or {}))
         self.checkpoint = Path(parser.get_parsed_content("ckpt_path"))
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"{self.checkpoint}: the bundle's checkpoint is missing")
@@ -119,13 +132,23 @@ class Postprocessor:
         Returns:
             ``(mask, probability)``: boolean and float32 ``rows x columns`` arrays.
         """
-        from pipeline.transforms import LetterboxParams, unletterbox
-        from pipeline.transforms.geometry import META_KEY
-
         mask = transform({**item, "pred": logits})["pred"]
-        params = LetterboxParams.from_meta(item["image"].meta[META_KEY])
-        prob = unletterbox(torch.sigmoid(logits), params, "bilinear")
-        return np.asarray(mask)[0] > 0.5, np.asarray(prob)[0].astype(np.float32)
+        return np.asarray(mask)[0] > 0.5, probability_map(logits, item["image"].meta)
+
+
+def probability_map(logits: torch.Tensor, meta: dict[str, Any]) -> np.ndarray:
+    """Lung probability on the original grid: sigmoid of ``(1, H, W)`` logits, un-letterboxed.
+
+    Args:
+        logits: the network's output for one image.
+        meta: the preprocessed image's metadata (holds the letterbox parameters).
+    """
+    from pipeline.transforms import LetterboxParams, unletterbox
+    from pipeline.transforms.geometry import META_KEY
+
+    params = LetterboxParams.from_meta(meta[META_KEY])
+    prob = unletterbox(torch.sigmoid(torch.as_tensor(logits).float()), params, "bilinear")
+    return np.asarray(prob)[0].astype(np.float32)
 
 
 def split_preprocessing(pre: Any) -> tuple[Any, Any]:

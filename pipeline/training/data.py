@@ -8,6 +8,11 @@ Splits are a pure function of the case names, the fractions and the seed: each s
 (by default every ``source`` x ``tuberculosis`` combination) is shuffled with the seed and cut
 by the fractions, so the proportions of each group are kept in every part. With ``folds > 1``
 the non-test cases are dealt into folds per stratum and ``fold`` picks the validation fold.
+
+A **split file** (JSON, :func:`write_split_file`) freezes a split as lists of case names; the
+shared data's is ``data/splits/montgomery-shenzhen.json``. ``where`` keeps only the cases whose
+columns match (``{"source": "shenzhen"}``) before splitting: the cross-dataset protocol trains
+on one source that way.
 """
 
 from __future__ import annotations
@@ -116,14 +121,112 @@ def split(
     return parts
 
 
+def select(items: Sequence[dict[str, Any]], where: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The items whose columns match ``where`` (a value, or a list of allowed values, per column).
+
+    Raises:
+        ValueError: a column no item has (the message lists the columns there are).
+    """
+    items = list(items)
+    for column, allowed in (where or {}).items():
+        if items and not any(column in item for item in items):
+            raise ValueError(f"where: no case has a {column!r} column; columns: {sorted(items[0])}")
+        values = {str(v) for v in (allowed if isinstance(allowed, list | tuple) else [allowed])}
+        items = [item for item in items if str(item.get(column)) in values]
+    return items
+
+
 def load_split(
-    source: str | os.PathLike, part: str, limit: int | None = None, **kwargs: Any
+    source: str | os.PathLike,
+    part: str,
+    limit: int | None = None,
+    split_file: str | os.PathLike | None = None,
+    where: dict[str, Any] | None = None,
+    **kwargs: Any,
 ) -> list[dict[str, Any]]:
-    """One part of the split of ``source``; with ``limit``, that many cases, sources alternating."""
+    """One part of the split of ``source``; with ``limit``, that many cases, sources alternating.
+
+    Args:
+        source: collection folder or datalist file.
+        part: ``train``, ``validation`` or ``test``.
+        limit: keep this many cases (sources interleaved first).
+        split_file: take the part's case names from this file instead of splitting.
+        where: keep only matching cases (see :func:`select`), before splitting.
+        **kwargs: :func:`split` options.
+    """
     if part not in PARTS:
         raise ValueError(f"part {part!r} is not one of: {', '.join(PARTS)}")
-    items = split(datalist(source), **kwargs)[part]
+    items = select(datalist(source), where)
+    if split_file:
+        items = _from_split_file(items, split_file, part)
+    else:
+        items = split(items, **kwargs)[part]
     return _interleave(items, "source")[:limit] if limit else items
+
+
+def _from_split_file(
+    items: Sequence[dict[str, Any]], split_file: str | os.PathLike, part: str
+) -> list[dict[str, Any]]:
+    names = read_split_file(split_file)[part]
+    by_name = {str(item["name"]): item for item in items}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise ValueError(
+            f"{split_file}: {len(missing)} {part} case(s) are not in the data, e.g. {missing[0]!r}"
+        )
+    return [by_name[n] for n in names]
+
+
+def read_split_file(path: str | os.PathLike) -> dict[str, list[str]]:
+    """The case names of each part of a split file.
+
+    Raises:
+        ValueError: the file lacks a part or is not a split file.
+    """
+    try:
+        raw = json.loads(Path(path).read_text())
+        return {part: [str(n) for n in raw[part]] for part in PARTS}
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a split file (needs lists {', '.join(PARTS)})") from err
+
+
+def split_document(source: str | os.PathLike, **kwargs: Any) -> dict[str, Any]:
+    """A split of ``source`` as a self-describing document (see :func:`write_split_file`)."""
+    items = datalist(source)
+    parts = split(items, **kwargs)
+    options = {"val_fraction": 0.15, "test_fraction": 0.15, "seed": 0,
+               "stratify": ["source", "tuberculosis"], **kwargs}  # fmt: skip
+    counts = {
+        part: {
+            "cases": len(cases),
+            **{f"{c}={v}": n for c, v, n in _strata_counts(cases, options["stratify"])},
+        }
+        for part, cases in parts.items()
+    }
+    return {
+        "description": "Fixed train/validation/test split of the lung segmentation data, "
+        "stratified by the columns in 'options' (lungseg split regenerates it).",
+        "data_fingerprint": fingerprint(items),
+        "options": options,
+        "counts": counts,
+        **{part: sorted(str(c["name"]) for c in cases) for part, cases in parts.items()},
+    }
+
+
+def _strata_counts(cases: Sequence[dict[str, Any]], columns: Sequence[str]):
+    for column in columns:
+        for value in sorted({str(c.get(column, "")) for c in cases}):
+            yield column, value, sum(str(c.get(column, "")) == value for c in cases)
+
+
+def write_split_file(source: str | os.PathLike, path: str | os.PathLike, **kwargs: Any) -> Path:
+    """Write :func:`split_document` of ``source`` to ``path`` (JSON, atomically)."""
+    from pipeline.io.atomic import atomic_path
+
+    doc = split_document(source, **kwargs)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(doc, indent=1) + "\n")
+    return Path(path)
 
 
 def _interleave(items: Sequence[dict[str, Any]], column: str) -> list[dict[str, Any]]:

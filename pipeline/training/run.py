@@ -10,12 +10,16 @@ from typing import Any
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "lung_cxr_segmentation"
 
 
-def tracking_settings(bundle: Path, tracking_uri: str | None, experiment: str) -> dict[str, Any]:
-    """The bundle's MLflow settings (``configs/mlflow.json``) with URI and experiment set."""
+def tracking_settings(
+    bundle: Path, tracking_uri: str | None, experiment: str, run_name: str | None = None
+) -> dict[str, Any]:
+    """The bundle's MLflow settings (``configs/mlflow.json``) with URI, experiment, run name."""
     settings = json.loads((bundle / "configs" / "mlflow.json").read_text())
     if tracking_uri:
         settings["configs"]["tracking_uri"] = tracking_uri
     settings["configs"]["experiment_name"] = experiment
+    if run_name:
+        settings["configs"]["run_name"] = run_name
     return settings
 
 
@@ -26,6 +30,7 @@ def train(
     mlflow: bool = True,
     tracking_uri: str | None = None,
     experiment: str = "lungseg",
+    run_name: str | None = None,
 ) -> Any:
     """Train with the bundle's config through MONAI's ``ConfigWorkflow``.
 
@@ -37,6 +42,7 @@ def train(
         mlflow: track the run in MLflow with the bundle's settings.
         tracking_uri: MLflow URI (default: ``$MLFLOW_TRACKING_URI`` or SQLite under ``mlruns/``).
         experiment: MLflow experiment name.
+        run_name: MLflow run name (default: ``run_<date>_<time>``).
 
     Returns:
         ``{"epochs": ..., "best_metric": ..., "best_epoch": ...}`` of the finished run.
@@ -45,7 +51,7 @@ def train(
 
     bundle = Path(bundle)
     files = [str(bundle / "configs" / name) for name in config_files]
-    tracking = tracking_settings(bundle, tracking_uri, experiment) if mlflow else None
+    tracking = tracking_settings(bundle, tracking_uri, experiment, run_name) if mlflow else None
     workflow = ConfigWorkflow(
         config_file=files if len(files) > 1 else files[0],
         workflow_type="train",

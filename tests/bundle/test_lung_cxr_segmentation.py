@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from PIL import Image
 
 from pipeline.io.convert import DicomVariant, dicomize
 from pipeline.io.datasets import REPO_ROOT
@@ -91,7 +93,9 @@ def test_inference_segments_a_folder_of_png_and_dicom(tmp_path, held_out, data_d
     assert min(scores) > 0.9 and np.mean(scores) >= 0.95, scores
 
 
-def test_evaluate_reports_dice_by_source(tmp_path, data_dir):
+def test_evaluate_config_reports_every_metric_by_source_with_the_cli_code(tmp_path, data_dir):
+    from pipeline.evaluation import evaluate
+
     out = tmp_path / "eval"
     run_bundle(
         "run",
@@ -102,11 +106,36 @@ def test_evaluate_reports_dice_by_source(tmp_path, data_dir):
         device_name="cpu",
         save_masks="True",
     )
-    summary = json.loads((out / "eval_mean_dice_by_group.json").read_text())
-    assert summary["all"]["n"] == 8 and summary["all"]["mean"] >= 0.95
-    assert set(summary["source"]) == {"montgomery", "shenzhen"}
-    assert sum(g["n"] for g in summary["source"].values()) == 8
-    assert len(list(out.glob("*.png"))) == 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["cases"] == {"evaluated": 8, "failed": 0}
+    overall = summary["statistics"]["overall"]
+    assert overall["dice"]["n"] == 8 and overall["dice"]["mean"] >= 0.95
+    assert overall["auc"]["mean"] > 0.99 and overall["hd95_px"]["mean"] < 20
+    by_source = summary["statistics"]["groups"]["source"]
+    assert set(by_source) == {"montgomery", "shenzhen"}
+    assert sum(g["dice"]["n"] for g in by_source.values()) == 8
+    assert len(list(out.glob("*.png"))) == 8 + 3  # the masks and three figures
+    assert len(list((out / "worst").glob("*.png"))) == 8
+    for name in ("roc.png", "dice_by_group.png", "worst_cases.png"):
+        assert name in summary["plots"] and Image.open(out / name).format == "PNG"
+    # lungseg evaluate on the same cases gives the same per-case values
+    with open(out / "per_case.csv", newline="") as fh:
+        bundle_rows = {row["case"]: row for row in csv.DictReader(fh)}
+    cli = evaluate(
+        data_dir / "images",
+        data_dir / "masks",
+        tmp_path / "cli",
+        manifest=data_dir / "manifest.csv",
+        device="cpu",
+        select=set(bundle_rows),
+    )
+    assert cli["cases"]["evaluated"] == 8
+    with open(tmp_path / "cli" / "per_case.csv", newline="") as fh:
+        for row in csv.DictReader(fh):
+            for metric in ("dice", "hd95_px", "auc", "tp", "fp"):
+                assert float(row[metric]) == pytest.approx(
+                    float(bundle_rows[row["case"]][metric]), rel=1e-5
+                )
 
 
 def tracked_run(tmp_path: Path, config_file: str, **options: object):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from collections import Counter
 
@@ -73,3 +74,45 @@ def test_load_split_limit_and_bad_part(data_dir):
 def test_fingerprint_follows_the_data(items):
     assert fingerprint(items) == fingerprint(list(reversed(items)))
     assert fingerprint(items) != fingerprint(items[1:])
+
+
+def test_committed_split_file_is_the_documented_split_of_the_shared_data(items, data_dir):
+    from pipeline.io.datasets import REPO_ROOT
+    from pipeline.training.data import read_split_file, split_document
+
+    committed = json.loads((REPO_ROOT / "data" / "splits" / "montgomery-shenzhen.json").read_text())
+    assert committed == split_document(data_dir)  # regenerated: same names, counts, options
+    parts = read_split_file(REPO_ROOT / "data" / "splits" / "montgomery-shenzhen.json")
+    assert sum(len(p) for p in parts.values()) == len(items) == 600
+    for part in ("train", "validation", "test"):  # stratified: each part has the set's mix
+        counts = committed["counts"][part]
+        assert counts["source=montgomery"] / counts["cases"] == pytest.approx(114 / 600, abs=0.01)
+        assert counts["tuberculosis=1"] / counts["cases"] == pytest.approx(290 / 600, abs=0.01)
+
+
+def test_load_split_reads_a_split_file_and_filters_by_column(tmp_path, data_dir):
+    from pipeline.training.data import write_split_file
+
+    path = write_split_file(data_dir, tmp_path / "split.json", seed=3)
+    test = load_split(data_dir, "test", split_file=path)
+    assert {c["name"] for c in test} == set(json.loads(path.read_text())["test"])
+    shenzhen = load_split(data_dir, "train", where={"source": "shenzhen"}, test_fraction=0.0)
+    assert shenzhen and all(c["source"] == "shenzhen" for c in shenzhen)
+    both = load_split(
+        data_dir,
+        "train",
+        where={"source": ["shenzhen", "montgomery"]},
+        val_fraction=0.0,
+        test_fraction=0.0,
+    )
+    assert len(both) == 600
+    with pytest.raises(ValueError, match="no case has a 'hospital' column"):
+        load_split(data_dir, "train", where={"hospital": "x"})
+    (tmp_path / "bad.json").write_text(
+        json.dumps({"train": [], "validation": [], "test": ["x.png"]})
+    )
+    with pytest.raises(ValueError, match="1 test case"):
+        load_split(data_dir, "test", split_file=tmp_path / "bad.json")
+    (tmp_path / "not.json").write_text("{}")
+    with pytest.raises(ValueError, match="not a split file"):
+        load_split(data_dir, "test", split_file=tmp_path / "not.json")

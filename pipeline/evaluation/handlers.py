@@ -1,0 +1,85 @@
+"""Ignite handler that feeds a MONAI evaluator's outputs to :class:`Evaluation`.
+
+The bundle's ``configs/evaluate.json`` attaches :class:`CaseMetrics` to its evaluator, so the
+bundle and ``lungseg evaluate`` compute, summarise and plot with the same code.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.evaluation.evaluate import Evaluation
+
+
+class CaseMetrics:
+    """Per-case metrics of every evaluated item; all outputs written when the run completes.
+
+    Args:
+        output_dir: where :meth:`Evaluation.write` writes.
+        items: the datalist (``image`` path and group columns per case).
+        group_columns: datalist entries to group the statistics by.
+        pred_key: the post-processed binary mask (original grid).
+        truth_key: the reference mask (original grid).
+        logits_key: the network's logits, copied before post-processing (for the AUC);
+            absent: no AUC and no ROC curve.
+        about: extra entries for ``summary.json`` (model identity, title...).
+    """
+
+    def __init__(
+        self,
+        output_dir: str | os.PathLike,
+        items: Sequence[Mapping[str, Any]] = (),
+        group_columns: Sequence[str] = ("source", "tuberculosis"),
+        pred_key: str = "pred",
+        truth_key: str = "truth_mask",
+        logits_key: str = "logits",
+        about: Mapping[str, Any] | None = None,
+    ):
+        self.output_dir, self.about = Path(output_dir), dict(about or {})
+        self.keys = (pred_key, truth_key, logits_key)
+        self.items = {os.path.abspath(str(i["image"])): dict(i) for i in items}
+        self.evaluation = Evaluation(group_columns)
+        self.summary: dict[str, Any] | None = None
+
+    def attach(self, engine: Any) -> None:
+        """Score each iteration's items; write when the evaluation completes."""
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.iteration_completed)
+        engine.add_event_handler(Events.COMPLETED, self.completed)
+
+    def iteration_completed(self, engine: Any) -> None:
+        """Add every item of the batch to the evaluation."""
+        output = engine.state.output
+        for item in output if isinstance(output, list) else [output]:
+            self.add(item)
+
+    def add(self, item: Mapping[str, Any]) -> None:
+        """Score one decollated item."""
+        from pipeline.inference.model import probability_map
+
+        pred_key, truth_key, logits_key = self.keys
+        meta = item["image"].meta
+        path = str(meta.get("filename_or_obj", ""))
+        case = self.items.get(os.path.abspath(path), {})
+        prob = probability_map(item[logits_key], meta) if logits_key in item else None
+        spacing = tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
+        self.evaluation.add(
+            case.get("name", Path(path).name),
+            np.asarray(item[pred_key])[0] > 0.5,
+            np.asarray(item[truth_key])[0] > 0.5,
+            prob,
+            spacing,
+            case,
+            path,
+        )
+
+    def completed(self, engine: Any = None) -> None:
+        """Write per_case.csv, summary.json/.md and the figures."""
+        self.summary = self.evaluation.write(self.output_dir, self.about)
