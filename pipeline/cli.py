@@ -142,6 +142,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed or 0,
     }
     split.update(folds=args.folds, fold=args.fold)
+    if args.split_file:
+        split = {"split_file": str(args.split_file.resolve())}
     output = Path(args.output or f"outputs/train/{args.network}").resolve()
     overrides.update(split=split, bundle_root=str(output), progress=not args.no_progress)
     overrides.update(_parse_set(args.set))
@@ -283,21 +285,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_results_table(args: argparse.Namespace) -> int:
-    from pipeline.evaluation.tables import marked_block, results_table, update_marked_block
+    from pipeline.evaluation.tables import marked_block, table_for, update_marked_block
 
-    table = results_table(json.loads(Path(args.summary).read_text()))
+    name, table = table_for(json.loads(Path(args.summary).read_text()))
     if not args.update:
         print(table, end="")
         return EXIT_OK
     stale = []
     for doc in args.update:
         if args.check:
-            if marked_block(doc) != table:
+            if marked_block(doc, name) != table:
                 stale.append(str(doc))
-        elif update_marked_block(doc, table):
+        elif update_marked_block(doc, table, name):
             print(f"updated {doc}")
     if stale:
-        print(f"results table out of date in: {', '.join(stale)}", file=sys.stderr)
+        print(f"{name} table out of date in: {', '.join(stale)}", file=sys.stderr)
     return EXIT_FAILED if stale else EXIT_OK
 
 
@@ -339,7 +341,14 @@ def _cmd_protocol(args: argparse.Namespace) -> int:
     }
     data = args.data or default_data_dir()
     if args.protocol == "kfold":
-        result = protocols.kfold(data, args.output, args.folds, max_folds=args.max_folds, **common)
+        result = protocols.kfold(
+            data,
+            args.output,
+            args.folds,
+            max_folds=args.max_folds,
+            max_eval_cases=args.max_eval_cases,
+            **common,
+        )
     else:
         result = protocols.cross_dataset(
             data, args.output, max_eval_cases=args.max_eval_cases, **common
@@ -369,8 +378,8 @@ def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--experiment", default="lungseg-evaluation", help="MLflow experiment")
     ev.set_defaults(func=_cmd_evaluate)
 
-    rt = sub.add_parser("results-table", help="Markdown results table from a summary.json")
-    rt.add_argument("summary", type=Path, help="an evaluation's summary.json")
+    rt = sub.add_parser("results-table", help="Markdown results table of an evaluation/protocol")
+    rt.add_argument("summary", type=Path, help="summary.json (evaluate) or protocol.json")
     rt.add_argument("--update", nargs="+", type=Path, help="fill the marked block of these files")
     rt.add_argument("--check", action="store_true", help="with --update: fail if out of date")
     rt.set_defaults(func=_cmd_results_table)
@@ -389,7 +398,7 @@ def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--data", type=Path, help="collection (default: $LUNGSEG_DATA)")
     pr.add_argument("--folds", type=int, default=5, help="kfold: number of folds")
     pr.add_argument("--max-folds", type=int, help="kfold: run only the first folds")
-    pr.add_argument("--max-eval-cases", type=int, help="cross-dataset: cap the target cases")
+    pr.add_argument("--max-eval-cases", type=int, help="cap the evaluated cases per run")
     pr.add_argument("--epochs", type=int, help="maximum epochs per training")
     pr.add_argument("--network", help="network name (default: the bundle's)")
     pr.add_argument("--image-size", type=int, help="network input size")
@@ -457,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--early-stop", type=int, help="patience in epochs (0 disables)")
     tr.add_argument("--val-fraction", type=float, default=0.15)
     tr.add_argument("--test-fraction", type=float, default=0.15)
+    tr.add_argument("--split-file", type=Path, help="take the parts from this split file")
     tr.add_argument("--folds", type=int, default=0, help="k-fold cross-validation: number of folds")
     tr.add_argument("--fold", type=int, default=0, help="which fold validates")
     tr.add_argument(

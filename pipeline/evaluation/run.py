@@ -225,7 +225,7 @@ def evaluate(
     cases = [c for c in cases if c.truth is not None]
     start = time.perf_counter()
     about: dict[str, Any] = {
-        "title": title or Path(images).name,
+        "title": title or str(images),
         "images": str(images),
         "masks": str(masks),
     }

@@ -1,10 +1,10 @@
 """Markdown from an evaluation's ``summary.json``: the summary page and the results table.
 
-The results table in the README and in the bundle's model card is generated here from a
-committed ``summary.json`` and placed between the markers
-``<!-- lungseg-results:begin -->`` and ``<!-- lungseg-results:end -->`` by
-:func:`update_marked_block` (``lungseg results-table``); a test fails when a document's table
-differs from what its summary gives, so no figure is typed by hand.
+The results tables in the README and in the bundle's model card are generated here from
+committed JSON (an evaluation's ``summary.json``, a protocol's ``protocol.json``) and placed
+between markers such as ``<!-- lungseg-results:begin -->`` and ``<!-- lungseg-results:end -->``
+by :func:`update_marked_block` (``lungseg results-table``); a test fails when a document's
+table differs from what its JSON gives, so no figure is typed by hand.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ TABLE_COLUMNS = (
     ("assd_px", "ASSD (px)", ".2f"),
     ("area_error_pct", "area error (%)", "+.2f"),
 )
-BEGIN, END = "<!-- lungseg-results:begin -->", "<!-- lungseg-results:end -->"
+#: Marker names: an evaluation's table and a protocol's.
+RESULTS, PROTOCOL = "lungseg-results", "lungseg-protocol"
 
 
 def _fmt(value: Any, spec: str) -> str:
@@ -128,18 +129,38 @@ def summary_markdown(summary: Mapping[str, Any]) -> str:
     return "\n".join(parts) + "\n"
 
 
-def update_marked_block(path: str | os.PathLike, text: str) -> bool:
-    """Replace what lies between :data:`BEGIN` and :data:`END` in ``path``; True if changed.
+def table_for(doc: Mapping[str, Any]) -> tuple[str, str]:
+    """``(marker name, table)`` for an evaluation summary or a protocol result.
+
+    Raises:
+        ValueError: the document is neither.
+    """
+    if "statistics" in doc:
+        return RESULTS, results_table(doc)
+    if "protocol" in doc and "runs" in doc:
+        from pipeline.evaluation.protocols import protocol_table
+
+        return f"{PROTOCOL}-{doc['protocol']}", protocol_table(doc)
+    raise ValueError("expected an evaluation summary.json or a protocol.json")
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+
+
+def update_marked_block(path: str | os.PathLike, text: str, name: str = RESULTS) -> bool:
+    """Replace what lies between the ``name`` markers in ``path``; True if it changed.
 
     Raises:
         ValueError: the file lacks the markers (the message shows them).
     """
     path = Path(path)
     doc = path.read_text()
-    pattern = re.compile(re.escape(BEGIN) + r"\n.*?" + re.escape(END), re.DOTALL)
+    begin, end = _markers(name)
+    pattern = re.compile(re.escape(begin) + r"\n.*?" + re.escape(end), re.DOTALL)
     if not pattern.search(doc):
-        raise ValueError(f"{path}: no '{BEGIN}' … '{END}' block to fill")
-    new = pattern.sub(lambda _: f"{BEGIN}\n{text}{END}", doc, count=1)
+        raise ValueError(f"{path}: no '{begin}' … '{end}' block to fill")
+    new = pattern.sub(lambda _: f"{begin}\n{text}{end}", doc, count=1)
     if new == doc:
         return False
     with atomic_path(path) as tmp:
@@ -147,8 +168,8 @@ def update_marked_block(path: str | os.PathLike, text: str) -> bool:
     return True
 
 
-def marked_block(path: str | os.PathLike) -> str | None:
-    """The text between the markers in ``path`` (None without markers)."""
-    doc = Path(path).read_text()
-    m = re.search(re.escape(BEGIN) + r"\n(.*?)" + re.escape(END), doc, re.DOTALL)
+def marked_block(path: str | os.PathLike, name: str = RESULTS) -> str | None:
+    """The text between the ``name`` markers in ``path`` (None without markers)."""
+    begin, end = _markers(name)
+    m = re.search(re.escape(begin) + r"\n(.*?)" + re.escape(end), Path(path).read_text(), re.DOTALL)
     return m.group(1) if m else None
