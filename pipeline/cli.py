@@ -267,6 +267,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         select=select,
         title=args.title,
         worst=args.worst,
+        progress=not args.no_progress,
     )
     if args.mlflow:
         from pipeline.evaluation.tracking import log_evaluation
@@ -373,6 +374,7 @@ def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     ev.add_argument("--worst", type=int, default=8, help="worst cases to draw")
     ev.add_argument("--title", help="heading of summary.md")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument("--mlflow", action="store_true", help="record the evaluation in MLflow")
     ev.add_argument("--tracking-uri", help="MLflow URI (default: sqlite under mlruns/)")
     ev.add_argument("--experiment", default="lungseg-evaluation", help="MLflow experiment")

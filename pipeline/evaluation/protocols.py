@@ -265,21 +265,22 @@ def protocol_markdown(result: Mapping[str, Any]) -> str:
 
 
 def _log_protocol(result: Mapping[str, Any], out: Path, tracking: Mapping[str, Any]) -> None:
-    import mlflow
+    from pipeline.evaluation.tracking import Recorder
 
-    from pipeline.training import default_tracking_uri
-
-    mlflow.set_tracking_uri(tracking["uri"] or default_tracking_uri())
-    mlflow.set_experiment(tracking["experiment"])
-    with mlflow.start_run(run_name=tracking["name"]):
-        mlflow.set_tag("protocol", result["protocol"])
-        mlflow.log_params({k: str(v) for k, v in result["params"].items()})
+    rec = Recorder(
+        tracking["uri"], tracking["experiment"], tracking["name"], {"protocol": result["protocol"]}
+    )
+    try:
+        rec.params(result["params"])
         for name, row in result["runs"].items():
-            mlflow.log_metrics({f"{name}.{m}": row[m] for m in LOGGED if row[m] is not None})
+            rec.metrics({f"{name}.{m}": row[m] for m in LOGGED if row[m] is not None})
         for metric, agg in result.get("across_folds", {}).items():
-            if agg["mean"] is not None:
-                mlflow.log_metrics({f"mean.{metric}": agg["mean"], f"std.{metric}": agg["std"]})
-        mlflow.log_artifact(str(out / "protocol.json"))
-        mlflow.log_artifact(str(out / "protocol.md"))
+            rec.metrics({f"mean.{metric}": agg["mean"], f"std.{metric}": agg["std"]})
+        rec.artifacts(out / "protocol.json")
+        rec.artifacts(out / "protocol.md")
         for name in result["runs"]:
-            mlflow.log_artifacts(str(out / name / "evaluation"), artifact_path=f"{name}/evaluation")
+            rec.artifacts(out / name / "evaluation", f"{name}/evaluation")
+    except BaseException:
+        rec.finish("FAILED")
+        raise
+    rec.finish()

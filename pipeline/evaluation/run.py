@@ -13,7 +13,7 @@ import csv
 import math
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,8 +140,11 @@ def header_spacing(path: Path) -> tuple[float, float] | None:
     return None if math.isnan(spacing[0]) else spacing
 
 
-def _score_predictions(ev: Evaluation, cases: Sequence[EvalCase], spacing: Any) -> None:
+def _score_predictions(
+    ev: Evaluation, cases: Sequence[EvalCase], spacing: Any, tick: Callable[[int], Any]
+) -> None:
     for case in cases:
+        tick(1)
         try:
             if case.prediction is None or not case.prediction.is_file():
                 raise FileNotFoundError(f"no prediction {case.prediction}")
@@ -154,9 +157,15 @@ def _score_predictions(ev: Evaluation, cases: Sequence[EvalCase], spacing: Any) 
 
 
 def _score_model(
-    ev: Evaluation, cases: Sequence[EvalCase], model: Any, spacing: Any, batch_size: int
+    ev: Evaluation,
+    cases: Sequence[EvalCase],
+    model: Any,
+    spacing: Any,
+    batch_size: int,
+    tick: Callable[[int], Any],
 ) -> None:
     for start in range(0, len(cases), batch_size):
+        tick(len(cases[start : start + batch_size]))
         ready = []
         for case in cases[start : start + batch_size]:
             try:
@@ -196,6 +205,7 @@ def evaluate(
     title: str | None = None,
     worst: int = 8,
     overrides: dict[str, Any] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the bundle's model (or existing ``predictions``) on ``images`` vs ``masks``.
 
@@ -213,6 +223,7 @@ def evaluate(
         title: heading of ``summary.md``.
         worst: how many lowest-Dice cases to draw.
         overrides: ``inference.json`` config ids to set (a checkpoint trained elsewhere...).
+        progress: show a progress bar.
 
     Returns:
         The summary written to ``out_dir/summary.json``.
@@ -223,6 +234,9 @@ def evaluate(
     for case in missing:
         ev.add_failure(case.name, f"no reference mask under {masks}", case.groups)
     cases = [c for c in cases if c.truth is not None]
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(cases), unit="case", disable=not progress, dynamic_ncols=True)
     start = time.perf_counter()
     about: dict[str, Any] = {
         "title": title or str(images),
@@ -230,13 +244,14 @@ def evaluate(
         "masks": str(masks),
     }
     if predictions is not None:
-        _score_predictions(ev, cases, pixel_spacing)
+        _score_predictions(ev, cases, pixel_spacing, bar.update)
         about["predictions"] = str(predictions)
     else:
         from pipeline.inference.model import BundleModel
 
         model = BundleModel(bundle, device, overrides)
-        _score_model(ev, cases, model, pixel_spacing, batch_size)
+        _score_model(ev, cases, model, pixel_spacing, batch_size, bar.update)
         about.update(model=model.identity(), device=str(model.device))
+    bar.close()
     about["seconds"] = round(time.perf_counter() - start, 2)
     return ev.write(out_dir, about)

@@ -1,4 +1,10 @@
-"""MLflow record of an evaluation: parameters, mean metrics overall and per group, outputs."""
+"""MLflow records of evaluations and protocols, through an explicit ``MlflowClient``.
+
+The fluent API (``mlflow.set_experiment``/``start_run``) keeps a process-wide active
+experiment; an evaluation logged that way would make the next MONAI ``MLFlowHandler`` in the
+same process (a protocol's next training) fail with "active experiment ID does not match".
+A client touches no global state.
+"""
 
 from __future__ import annotations
 
@@ -18,7 +24,65 @@ def flat_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     for column, groups in stats["groups"].items():
         for value, block in groups.items():
             out.update({f"{column}.{value}.{m}_mean": block[m]["mean"] for m in METRICS})
-    return {k: float(v) for k, v in out.items() if v is not None and not math.isnan(float(v))}
+    return _finite(out)
+
+
+def _finite(values: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items() if v is not None and not math.isnan(float(v))}
+
+
+class Recorder:
+    """One MLflow run, created in ``experiment`` (made with the project's artifact location).
+
+    Args:
+        tracking_uri: MLflow URI (default: ``$MLFLOW_TRACKING_URI`` or SQLite under mlruns/).
+        experiment: experiment name.
+        run_name: the run's name.
+        tags: tags to set.
+    """
+
+    def __init__(
+        self,
+        tracking_uri: str | None,
+        experiment: str,
+        run_name: str | None,
+        tags: Mapping[str, str] | None = None,
+    ):
+        import mlflow
+
+        from pipeline.training import default_artifact_location, default_tracking_uri
+
+        self.client = mlflow.MlflowClient(tracking_uri=tracking_uri or default_tracking_uri())
+        found = self.client.get_experiment_by_name(experiment)
+        exp_id = (
+            found.experiment_id
+            if found
+            else self.client.create_experiment(experiment, default_artifact_location())
+        )
+        run = self.client.create_run(exp_id, run_name=run_name, tags=dict(tags or {}))
+        self.run_id = run.info.run_id
+
+    def params(self, values: Mapping[str, Any]) -> None:
+        """Log parameters (as strings)."""
+        for key, value in values.items():
+            self.client.log_param(self.run_id, key, str(value))
+
+    def metrics(self, values: Mapping[str, Any]) -> None:
+        """Log the finite metrics."""
+        for key, value in _finite(values).items():
+            self.client.log_metric(self.run_id, key, value)
+
+    def artifacts(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
+        """Log a file or a folder."""
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the run."""
+        self.client.set_terminated(self.run_id, status)
 
 
 def log_evaluation(
@@ -29,15 +93,12 @@ def log_evaluation(
     run_name: str | None = None,
 ) -> str:
     """Log one evaluation as an MLflow run; return its run id."""
-    import mlflow
-
-    from pipeline.training import default_tracking_uri
-
-    mlflow.set_tracking_uri(tracking_uri or default_tracking_uri())
-    mlflow.set_experiment(experiment)
     model = summary.get("model") or {}
-    with mlflow.start_run(run_name=run_name or summary.get("title")) as run:
-        mlflow.log_params(
+    rec = Recorder(
+        tracking_uri, experiment, run_name or summary.get("title"), {"kind": "evaluation"}
+    )
+    try:
+        rec.params(
             {
                 "images": summary.get("images", ""),
                 "predictions": summary.get("predictions", ""),
@@ -48,6 +109,10 @@ def log_evaluation(
                 "cases_failed": summary["cases"]["failed"],
             }
         )
-        mlflow.log_metrics(flat_metrics(summary))
-        mlflow.log_artifacts(str(Path(out_dir)), artifact_path="evaluation")
-        return run.info.run_id
+        rec.metrics(flat_metrics(summary))
+        rec.artifacts(out_dir, "evaluation")
+    except BaseException:
+        rec.finish("FAILED")
+        raise
+    rec.finish()
+    return rec.run_id
