@@ -135,7 +135,8 @@ def kfold(
             tracking,
             device,
         )
-    return _finish("kfold", out, runs, tracking, {"folds": folds, "data": str(data)})
+    params = {"folds": folds, "data": str(data), "device": device, **dict(train_overrides or {})}
+    return _finish("kfold", out, runs, tracking, params)
 
 
 def cross_dataset(
@@ -187,7 +188,8 @@ def cross_dataset(
             tracking,
             device,
         )
-    return _finish("cross-dataset", out, runs, tracking, {"column": column, "data": str(data)})
+    params = {"column": column, "data": str(data), "device": device, **dict(train_overrides or {})}
+    return _finish("cross-dataset", out, runs, tracking, params)
 
 
 def _tracking(enabled: bool, uri: str | None, experiment: str, name: str) -> dict[str, Any]:
