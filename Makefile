@@ -29,11 +29,12 @@ test: install
 	$(BIN)/python -m pytest
 
 # System tools some tests use (dciodvfy from dicom3tools); CI runs this before `make test`.
+# Debian tools the tests run against: dciodvfy (dicom3tools), storescp/storescu/echoscu (dcmtk).
 test-deps:
-	command -v dciodvfy >/dev/null || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dicom3tools || \
-			{ apt-get update -q && apt-get install -y -q dicom3tools; }; \
-		else sudo -n apt-get install -y -q dicom3tools; fi; }
+	{ command -v dciodvfy && command -v storescp; } >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dicom3tools dcmtk || \
+			{ apt-get update -q && apt-get install -y -q dicom3tools dcmtk; }; \
+		else sudo -n apt-get install -y -q dicom3tools dcmtk; fi; }
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

@@ -358,6 +358,29 @@ def _cmd_protocol(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_node(args: argparse.Namespace) -> int:
+    from pipeline.dicom_node import ConfigError, Node, echo, load_config
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        raise UsageError(str(err)) from err
+    if args.check:
+        problems = []
+        for dest in config.destinations:
+            error = echo(dest, config.ae_title)
+            print(f"destination {dest.ae_title}@{dest.host}:{dest.port}: {error or 'C-ECHO ok'}")
+            problems += [error] if error else []
+        from pipeline.inference.model import BundleModel
+
+        model = BundleModel(config.bundle, config.device)
+        print(f"model {model.identity()['name']} on {model.device}: ok")
+        return EXIT_FAILED if problems else EXIT_OK
+    print(f"lungseg node {config.ae_title} listening on {config.host}:{config.port}", flush=True)
+    Node(config).start(block=True)
+    return EXIT_OK
+
+
 def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="score a model or existing masks against references")
     ev.add_argument("--images", type=Path, help="folder of radiographs (recursive)")
@@ -515,6 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     prev.add_argument("--tophat-radius", type=int, default=15, help="structuring element radius")
     prev.set_defaults(func=_cmd_preview)
     _add_evaluation_commands(sub)
+    node = sub.add_parser("node", help="DICOM node: receive radiographs, send back DICOM SEG")
+    node.add_argument("--config", required=True, type=Path, help="node YAML (see README)")
+    node.add_argument("--check", action="store_true", help="validate, echo destinations, exit")
+    node.set_defaults(func=_cmd_node)
     return parser
 
 

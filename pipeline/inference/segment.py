@@ -35,6 +35,9 @@ from pipeline.inference.report import Journal, write_reports, write_summary
 from pipeline.io.discovery import InputFile, iter_inputs
 
 DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
+#: Worker processes are replaced after this many images: whatever a decoder leaks or leaves
+#: fragmented cannot pile up over an archive (a new pool costs well under a second).
+RECYCLE_EVERY = 256
 #: Stages timed per run (``summary.json`` → ``this_run.stage_seconds``).
 STAGES = ("decode", "preprocess", "forward", "postprocess", "seg_encode", "write")
 
@@ -150,9 +153,17 @@ class Segmenter:
             self._remove_stale_temporaries(todo)
         start = time.perf_counter()
         bar = tqdm(total=len(todo), unit="img", disable=not self.progress, dynamic_ncols=True)
+        for first in range(0, len(todo), RECYCLE_EVERY):
+            self._run_chunk(todo[first : first + RECYCLE_EVERY], bar)
+        bar.close()
+        self.summary.seconds = time.perf_counter() - start
+        return self.summary
+
+    def _run_chunk(self, jobs: list[Job], bar: Any) -> None:
+        """Process ``jobs`` with a fresh pool of workers (see :data:`RECYCLE_EVERY`)."""
         with self._pool() as pool:
             pending: list[tuple[Job, Future]] = []
-            for batch in self._batches(pool, todo):
+            for batch in self._batches(pool, jobs):
                 for job, decoded in self._forward(batch):
                     pending.append((job, self._submit(pool, job, decoded)))
                 while len(pending) > 2 * self.batch_size:  # bounded: memory stays flat
@@ -162,9 +173,6 @@ class Segmenter:
             for job, future in pending:
                 self._record(job, future)
                 bar.update()
-        bar.close()
-        self.summary.seconds = time.perf_counter() - start
-        return self.summary
 
     def _pool(self) -> Executor:
         """Worker processes for decoding and finishing (a thread when workers is 0)."""

@@ -36,12 +36,17 @@ def _report(out: Path) -> dict[str, dict]:
 
 @pytest.fixture(scope="module")
 def segmented(radiograph_folder, tmp_path_factory):
-    """One uninterrupted run over the folder (two workers, batches of 3)."""
+    """One uninterrupted run over the folder (two workers, batches of 3, and a fresh pool of
+    workers every 5 inputs, so the results below also prove that recycling loses nothing)."""
+    import pipeline.inference.segment as segment_module
+
     root = radiograph_folder["root"]
     before = _digest(root)
     out = tmp_path_factory.mktemp("segmented")
     argv = ["segment", str(root), "-o", str(out), "--workers", "2", "--batch-size", "3"]
-    code = main([*argv, "--no-progress", "--formats", "seg,mask,overlay,nifti"])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(segment_module, "RECYCLE_EVERY", 5)
+        code = main([*argv, "--no-progress", "--formats", "seg,mask,overlay,nifti"])
     return {"out": out, "code": code, "before": before, **radiograph_folder}
 
 

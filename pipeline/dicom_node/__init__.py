@@ -1,0 +1,20 @@
+"""Clinical DICOM node: C-STORE in, DICOM SEG out (``lungseg node``)."""
+
+from pipeline.dicom_node.config import (
+    ConfigError,
+    Destination,
+    NodeConfig,
+    load_config,
+    parse_config,
+)
+from pipeline.dicom_node.scp import Node, echo
+
+__all__ = [
+    "ConfigError",
+    "Destination",
+    "Node",
+    "NodeConfig",
+    "echo",
+    "load_config",
+    "parse_config",
+]

@@ -1,0 +1,231 @@
+"""What the node does with received instances: select, segment, write results, send them.
+
+:class:`Processor` turns a ready series of ``spool/incoming`` into ``spool/outbox`` entries
+(one DICOM SEG per selected image, the same object ``lungseg segment`` writes) and logs
+skipped images with the rule that skipped them; :class:`Sender` delivers outbox entries by
+C-STORE to every destination, retrying with exponential back-off, and copies them to the
+output folder when one is configured.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from pipeline.dicom_node.config import NodeConfig
+from pipeline.dicom_node.spool import Spool
+
+
+def _encode(ds: Any) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def selection_reason(ds: Any, config: NodeConfig) -> str | None:
+    """Why an instance is not segmented under ``config.selection`` (None: it is)."""
+    sel = config.selection
+    modality = str(ds.get("Modality", "")).upper()
+    if modality not in sel.modalities:
+        return f"Modality {modality!r} is not one of {list(sel.modalities)} (selection.modalities)"
+    view = str(ds.get("ViewPosition", "")).upper()
+    if view in sel.exclude_view_positions:
+        return f"ViewPosition {view!r} is excluded (selection.exclude_view_positions)"
+    types = {str(t).upper() for t in (ds.get("ImageType") or [])}
+    excluded = types & set(sel.exclude_image_types)
+    if excluded:
+        return f"ImageType {sorted(excluded)} is excluded (selection.exclude_image_types)"
+    return None
+
+
+class Processor:
+    """Segments the instances of ready series into outbox entries.
+
+    Args:
+        config: the node configuration.
+        spool: the node's spool.
+        model: a loaded :class:`~pipeline.inference.model.BundleModel` (default: the configured
+            bundle on the configured device).
+    """
+
+    def __init__(self, config: NodeConfig, spool: Spool, model: Any = None):
+        from pipeline.inference.model import BundleModel
+
+        self.config, self.spool = config, spool
+        self.model = model or BundleModel(config.bundle, config.device)
+        ident = self.model.identity()
+        self.algorithm = {"name": "lungseg " + ident["name"], "version": ident["version"] or "0"}
+        self.checksum = ident["checkpoint_sha256"]
+
+    def run_once(self) -> int:
+        """Process every ready series; return how many instances were handled."""
+        handled = 0
+        for series in self.spool.ready_series(self.config.idle_seconds):
+            for path in self.spool.instances(series):
+                self.process(path)
+                handled += 1
+            self.spool.forget_if_empty(series)
+        return handled
+
+    def process(self, path: Path) -> None:
+        """Select, segment and queue the results of one received instance; never raises."""
+        import pydicom
+
+        start = time.perf_counter()
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            uids = _uids(ds)
+        except Exception as err:  # unreadable header: keep the file in failed/ with the reason
+            self._failed(path, path.stem, f"header cannot be read: {err}", {}, start)
+            return
+        if (self.spool.outbox / uids["sop"]).exists():  # done before a crash
+            path.unlink(missing_ok=True)
+            return
+        reason = selection_reason(ds, self.config)
+        if reason is None:
+            try:
+                results = self._segment(path, ds)
+            except Exception as err:  # a decoding or model failure: failed/, the node goes on
+                self._decided(path, uids, err, start)
+                return
+            self.spool.put_results(uids["sop"], results)
+            self.spool.audit("segmented", **uids, seconds=round(time.perf_counter() - start, 3))
+        else:
+            self.spool.audit("skipped", **uids, reason=reason)
+        path.unlink(missing_ok=True)
+
+    def _decided(self, path: Path, uids: dict[str, str], err: Exception, start: float) -> None:
+        from pipeline.io.errors import InputError
+
+        if isinstance(err, InputError) and err.status == "skipped":
+            self.spool.audit("skipped", **uids, reason=err.reason)
+            path.unlink(missing_ok=True)
+        else:
+            reason = err.reason if isinstance(err, InputError) else f"{type(err).__name__}: {err}"
+            self._failed(path, uids["sop"], reason, uids, start)
+
+    def _failed(self, path: Path, sop: str, reason: str, uids: dict, start: float) -> None:
+        self.spool.fail(path, sop, reason)
+        self.spool.audit(
+            "failed", **uids, reason=reason, seconds=round(time.perf_counter() - start, 3)
+        )
+
+    def _segment(self, path: Path, ds: Any) -> dict[str, bytes]:
+        """The SEG of one image, as ``{file name: encoded bytes}``."""
+        from pipeline.inference.lungs import measure
+        from pipeline.inference.outputs import build_seg
+        from pipeline.io.convert import make_uid
+
+        item = self.model.preprocess(path)
+        logits = self.model.predict([item["image"]])[0]
+        mask, prob = self.model.postprocess(item, logits)
+        meta = item["image"].meta
+        spacing = tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
+        m = measure(mask, prob, meta.get("patient_orientation"), spacing)
+        source_sop, source_series = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)
+        seg_uids = {
+            "series_instance_uid": make_uid("lungseg-seg-series", source_series, self.checksum),
+            "sop_instance_uid": make_uid("lungseg-seg", source_sop, self.checksum),
+        }
+        seg = build_seg(ds, m, seg_uids, self.algorithm)
+        return {"seg.dcm": _encode(seg)}
+
+
+def _uids(ds: Any) -> dict[str, str]:
+    return {
+        "study": str(ds.get("StudyInstanceUID", "")),
+        "series": str(ds.get("SeriesInstanceUID", "")),
+        "sop": str(ds.SOPInstanceUID),
+        "sop_class": str(ds.get("SOPClassUID", "")),
+    }
+
+
+class Sender:
+    """Delivers outbox entries to every destination and the output folder.
+
+    A destination that fails is retried after ``retry_seconds · 2^attempt`` (at most 5
+    minutes); after ``retries`` failed attempts the entry stays in the outbox and the failure
+    is audited, and it is tried again at the next start (nothing is dropped).
+    """
+
+    def __init__(self, config: NodeConfig, spool: Spool):
+        self.config, self.spool = config, spool
+        self._attempts: dict[tuple[str, str], tuple[int, float]] = {}
+
+    def run_once(self) -> int:
+        """Try every pending entry whose back-off has passed; return how many were delivered."""
+        delivered = 0
+        for entry in list(self.spool.pending_results()):
+            if self._deliver(entry):
+                shutil.rmtree(entry, ignore_errors=True)
+                self.spool.audit("delivered", sop=entry.name)
+                delivered += 1
+        return delivered
+
+    def _deliver(self, entry: Path) -> bool:
+        files = sorted(entry.glob("*.dcm"))
+        done = True
+        if self.config.output_dir is not None and not self.spool.sent_to(entry, "folder"):
+            self._copy(entry, files)
+        for dest in self.config.destinations:
+            key = f"{dest.ae_title}@{dest.host}:{dest.port}"
+            if self.spool.sent_to(entry, key):
+                continue
+            attempts, not_before = self._attempts.get((entry.name, key), (0, 0.0))
+            if attempts >= self.config.retries + 1 or time.time() < not_before:
+                done = False
+                continue
+            start = time.perf_counter()
+            error = send_files(files, dest, self.config.ae_title)
+            if error is None:
+                self.spool.mark_sent(entry, key)
+                self.spool.audit(
+                    "sent",
+                    sop=entry.name,
+                    destination=key,
+                    seconds=round(time.perf_counter() - start, 3),
+                )
+                continue
+            delay = min(300.0, self.config.retry_seconds * 2**attempts)
+            self._attempts[(entry.name, key)] = (attempts + 1, time.time() + delay)
+            self.spool.audit(
+                "send_failed", sop=entry.name, destination=key, reason=error, attempt=attempts + 1
+            )
+            done = False
+        return done
+
+    def _copy(self, entry: Path, files: list[Path]) -> None:
+        from pipeline.io.atomic import atomic_path
+
+        for path in files:
+            target = self.config.output_dir / entry.name / path.name
+            with atomic_path(target) as tmp:
+                shutil.copyfile(path, tmp)
+        self.spool.mark_sent(entry, "folder")
+
+
+def send_files(files: list[Path], dest: Any, calling_aet: str) -> str | None:
+    """C-STORE ``files`` to ``dest`` in one association; None on success, else the reason."""
+    import pydicom
+    from pynetdicom import AE
+
+    datasets = [pydicom.dcmread(f) for f in files]
+    ae = AE(ae_title=calling_aet)
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        return f"association with {dest.ae_title}@{dest.host}:{dest.port} not established"
+    try:
+        for ds in datasets:
+            status = assoc.send_c_store(ds)
+            code = getattr(status, "Status", None)
+            if code not in (0x0000, 0xB000, 0xB007, 0xB006):
+                return f"C-STORE of {ds.SOPInstanceUID} answered status {code!r}"
+    finally:
+        assoc.release()
+    return None
