@@ -144,3 +144,138 @@ def test_config_keys_and_errors(tmp_path):
         parse_config({"ae_title": "MUCH_TOO_LONG_TITLE", "output_dir": "x"})
     with pytest.raises(ConfigError, match="results need a place to go"):
         parse_config({"port": 104})
+
+
+def _wait_for(predicate, timeout: float = 120.0) -> bool:
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def _events(spool: Path, event: str) -> list[dict]:
+    from pipeline.dicom_node.spool import Spool
+
+    return [e for e in Spool(spool).read_audit() if e["event"] == event]
+
+
+@needs_dcmtk
+@pytest.mark.slow
+def test_killed_node_delivers_every_result_exactly_once_after_restart(tmp_path, study):
+    import sys
+
+    import highdicom as hd
+
+    node_port, pacs_port = free_port(), free_port()
+    spool, pacs_dir = tmp_path / "spool", tmp_path / "pacs"
+    pacs_dir.mkdir()
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        f"ae_title: LUNGSEG\nport: {node_port}\nspool_dir: {spool}\nidle_seconds: 1\n"
+        f"retry_seconds: 0.5\ndevice: cpu\n"
+        f"destinations:\n  - {{ae_title: PACS, host: 127.0.0.1, port: {pacs_port}}}\n"
+    )
+    cmd = [sys.executable, "-m", "pipeline.cli", "node", "--config", str(config)]
+
+    def start_node() -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert _wait_for(
+            lambda: (
+                subprocess.run(
+                    ["echoscu", "-aec", "LUNGSEG", "127.0.0.1", str(node_port)], capture_output=True
+                ).returncode
+                == 0
+            ),
+            60,
+        ), "node did not start"
+        return proc
+
+    node = start_node()
+    first = [study[k] for k in ("mono1", "j2k", "lateral", "sr")]
+    assert storescu(node_port, first, syntax="-xv").returncode == 0  # acknowledged
+    # the PACS is down: results are made but cannot be sent; kill the node meanwhile
+    assert _wait_for(lambda: len(_events(spool, "segmented")) == 2)
+    node.kill()
+    node.wait(10)
+    assert not _events(spool, "sent")
+    pacs = subprocess.Popen(
+        ["storescp", "-aet", "PACS", "-od", str(pacs_dir), "+xa", str(pacs_port)]
+    )
+    try:
+        node = start_node()
+        try:
+            assert _wait_for(lambda: len(_events(spool, "delivered")) == 2)
+        finally:
+            node.terminate()
+            node.wait(10)
+    finally:
+        pacs.terminate()
+        pacs.wait(10)
+    assert len(_events(spool, "sent")) == 2  # each result sent once, after the restart
+    segs = [hd.seg.segread(p) for p in pacs_dir.iterdir()]
+    assert len(segs) == 2 and len({s.SOPInstanceUID for s in segs}) == 2
+    assert len(_events(spool, "segmented")) == 2  # nothing segmented twice
+
+
+@needs_dcmtk
+def test_check_validates_the_config_and_reaches_the_destination(tmp_path, pacs, capsys):
+    from pipeline.cli import main
+
+    dest, _ = pacs
+    config = tmp_path / "node.yaml"
+    body = "device: cpu\ndestinations:\n  - {ae_title: PACS, host: 127.0.0.1, port: %d}\n"
+    config.write_text(body % dest.port)
+    assert main(["node", "--config", str(config), "--check"]) == 0
+    assert "C-ECHO ok" in capsys.readouterr().out
+    config.write_text(body % free_port())  # nobody listens there
+    assert main(["node", "--config", str(config), "--check"]) == 1
+    assert "no association with PACS" in capsys.readouterr().out
+    config.write_text("port: 0\n")
+    assert main(["node", "--config", str(config), "--check"]) == 2
+    assert "port 0 must be an integer" in capsys.readouterr().err
+
+
+@needs_dcmtk
+def test_concurrent_associations_are_all_acknowledged_and_delivered(
+    tmp_path, model, pacs, data_dir
+):
+    from pipeline.io.convert import build_dicom, write_dicom
+    from tests.conftest import CASES, load_png
+
+    dest, pacs_dir = pacs
+    files = [
+        write_dicom(
+            build_dicom(load_png(data_dir / "images" / CASES[i % len(CASES)]), name=f"load-{i}"),
+            tmp_path / "in" / f"{i}.dcm",
+        )
+        for i in range(20)
+    ]
+    port = free_port()
+    config = NodeConfig(
+        port=port,
+        spool_dir=tmp_path / "spool",
+        idle_seconds=1.0,
+        destinations=(dest,),
+        output_dir=tmp_path / "results",
+    )
+    node = Node(config, model, poll_seconds=0.2)
+    node.start()
+    try:
+        senders = [
+            subprocess.Popen(
+                ["storescu", "-aec", "LUNGSEG", "127.0.0.1", str(port), *map(str, files[i::4])],
+                stderr=subprocess.PIPE,
+            )
+            for i in range(4)
+        ]
+        assert [s.wait(120) for s in senders] == [0, 0, 0, 0]
+        assert node.wait_idle(180)
+    finally:
+        node.stop()
+    audit = node.spool.read_audit()
+    assert sum(e["event"] == "received" for e in audit) == 20
+    assert sum(e["event"] == "delivered" for e in audit) == 20
+    assert len(list(pacs_dir.iterdir())) == 20
+    assert len(list((tmp_path / "results").glob("*/seg.dcm"))) == 20
