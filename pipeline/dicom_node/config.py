@@ -13,7 +13,7 @@ destinations:
 Optional keys: ``allowed_calling_aets`` (list; absent = any caller), ``output_dir`` (also
 write results there), ``sr`` (also send a TID 1500 measurement report), ``bundle``,
 ``device``, ``retries``/``retry_seconds`` (sending), ``selection`` (``modalities``,
-``exclude_view_positions``, ``exclude_image_types``), ``dicomweb`` (``url`` for STOW-RS).
+``exclude_view_positions``, ``exclude_image_types``).
 """
 
 from __future__ import annotations
@@ -68,7 +68,6 @@ class NodeConfig:
     retries: int = 5
     retry_seconds: float = 2.0
     selection: Selection = field(default_factory=Selection)
-    dicomweb_url: str | None = None
 
 
 def _ae_title(value: Any, where: str) -> str:
@@ -115,17 +114,15 @@ def parse_config(raw: dict[str, Any], source: str = "config", base: Path = Path(
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
-    known = {f.name for f in fields(NodeConfig)} - {"dicomweb_url"} | {"dicomweb"}
+    known = {f.name for f in fields(NodeConfig)}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown keys {unknown}; allowed: {sorted(known)}")
     out: dict[str, Any] = {}
     for key, value in raw.items():
         out.update(_field(key, value, f"{source}: {key}", base))
-    if not out.get("destinations") and not out.get("output_dir") and not out.get("dicomweb_url"):
-        raise ConfigError(
-            f"{source}: give destinations, output_dir or dicomweb: results need a place to go"
-        )
+    if not out.get("destinations") and not out.get("output_dir"):
+        raise ConfigError(f"{source}: give destinations or output_dir: results need a place to go")
     return NodeConfig(**out)
 
 
@@ -152,10 +149,6 @@ def _field(key: str, value: Any, where: str, base: Path) -> dict[str, Any]:
         return {key: None if value is None else tuple(_ae_title(v, where) for v in value)}
     if key == "selection":
         return {key: _selection(value, where)}
-    if key == "dicomweb":
-        if not isinstance(value, dict) or not isinstance(value.get("url"), str):
-            raise ConfigError(f"{where}: {value!r} must be {{url: https://...}}")
-        return {"dicomweb_url": value["url"]}
     if key == "sr":
         return {key: bool(value)}
     return {key: str(value)}  # host, device

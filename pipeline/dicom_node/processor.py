@@ -132,7 +132,27 @@ class Processor:
             "sop_instance_uid": make_uid("lungseg-seg", source_sop, self.checksum),
         }
         seg = build_seg(ds, m, seg_uids, self.algorithm)
-        return {"seg.dcm": _encode(seg)}
+        results = {"seg.dcm": _encode(seg)}
+        if self.config.sr:
+            results.update(self._report(ds, seg, m))
+        return results
+
+    def _report(self, ds: Any, seg: Any, m: Any) -> dict[str, bytes]:
+        """The TID 1500 SR of the lung areas (none, audited, when the spacing is unknown)."""
+        from pipeline.inference.outputs import build_sr
+        from pipeline.io.convert import make_uid
+
+        sop, series = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)
+        uids = {
+            "series_instance_uid": make_uid("lungseg-sr-series", series, self.checksum),
+            "sop_instance_uid": make_uid("lungseg-sr", sop, self.checksum),
+            "device_uid": make_uid("lungseg-device", self.checksum),
+        }
+        try:
+            return {"sr.dcm": _encode(build_sr(ds, seg, m, uids, self.algorithm))}
+        except ValueError as err:
+            self.spool.audit("sr_skipped", sop=sop, reason=str(err))
+            return {}
 
 
 def _uids(ds: Any) -> dict[str, str]:

@@ -209,3 +209,107 @@ def write_seg(seg: Any, path: str | os.PathLike, content_datetime: str | None = 
     with atomic_path(path) as tmp:
         seg.save_as(tmp)
     return path
+
+
+#: SNOMED CT "Plain X-ray of chest", the procedure a measurement report is about.
+PLAIN_CHEST_XRAY = ("399208008", "SCT", "Plain X-ray of chest")
+
+
+def build_sr(
+    source: Any, seg: Any, m: LungMeasures, uids: dict[str, str], algorithm: dict[str, str]
+) -> Any:
+    """A TID 1500 Measurement Report (Comprehensive 3D SR) of the lung areas in mm².
+
+    One planar ROI group per lung referencing its segment of ``seg`` (area), and one
+    image-level group with the total area.
+
+    Args:
+        source: the source pydicom Dataset (header enough).
+        seg: the Segmentation built by :func:`build_seg`.
+        m: the measured lungs; their spacing must be known.
+        uids: ``series_instance_uid``, ``sop_instance_uid`` and ``device_uid`` of the report.
+        algorithm: ``name`` and ``version``.
+
+    Raises:
+        ValueError: the pixel spacing is unknown (areas in mm² cannot be given).
+    """
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    from pipeline.io.convert import make_uid
+
+    if math.isnan(m.spacing[0]):
+        raise ValueError("no pixel spacing in the source: lung areas in mm² are unknown")
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=uids["device_uid"], name=algorithm["name"]
+        ),
+    )
+    algo = hd.sr.AlgorithmIdentification(name=algorithm["name"], version=algorithm["version"])
+
+    def area(pixels: int) -> Any:
+        return hd.sr.Measurement(
+            name=codes.SCT.Area,
+            value=round(m.mm2(pixels), 2),
+            unit=codes.UCUM.SquareMillimeter,
+            algorithm_id=algo,
+        )
+
+    groups: list[Any] = []
+    for number, code, pixels in ((1, RIGHT_LUNG, m.right_px), (2, LEFT_LUNG, m.left_px)):
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=make_uid("lungseg-sr-roi", uids["sop_instance_uid"], number),
+                    identifier=code[2],
+                ),
+                referenced_segment=hd.sr.ReferencedSegmentationFrame.from_segmentation(
+                    seg, segment_number=number
+                ),
+                finding_type=Code(*code),
+                algorithm_id=algo,
+                measurements=[area(pixels)],
+            )
+        )
+    groups.append(
+        hd.sr.MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(identifier="Both lungs"),
+            finding_type=codes.SCT.Lung,
+            algorithm_id=algo,
+            measurements=[area(m.right_px + m.left_px)],
+        )
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=device),
+        procedure_reported=Code(*PLAIN_CHEST_XRAY),
+        imaging_measurements=groups,
+    )
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[_complete_type2(source), seg],
+        content=report,
+        series_instance_uid=uids["series_instance_uid"],
+        series_number=9902,
+        sop_instance_uid=uids["sop_instance_uid"],
+        instance_number=int(source.get("InstanceNumber") or 1),
+        manufacturer="lungseg",
+        is_complete=True,
+    )
+    _drop_frame_numbers(sr.ContentSequence)
+    return sr
+
+
+def _drop_frame_numbers(items: Any) -> None:
+    """Remove Referenced Frame Number where the SOP Instance Reference macro forbids it.
+
+    highdicom writes it beside Referenced Segment Number (not allowed together) and for the
+    single-frame radiograph; dciodvfy reports both as errors. The segment number alone
+    identifies the segment of the SEG.
+    """
+    for item in items:
+        for ref in item.get("ReferencedSOPSequence", []):
+            if "ReferencedFrameNumber" in ref:
+                del ref.ReferencedFrameNumber
+        if "ContentSequence" in item:
+            _drop_frame_numbers(item.ContentSequence)

@@ -89,6 +89,7 @@ def test_node_segments_a_study_sent_by_storescu_and_delivers_seg_to_storescp(
         idle_seconds=1.0,
         destinations=(dest,),
         allowed_calling_aets=("MODALITY",),
+        sr=True,
     )
     node = Node(config, model, poll_seconds=0.2)
     node.start()
@@ -110,13 +111,31 @@ def test_node_segments_a_study_sent_by_storescu_and_delivers_seg_to_storescp(
     finally:
         node.stop()
     frontal = {pydicom.dcmread(study[k]).SOPInstanceUID for k in ("mono1", "j2k", "rle")}
-    segs = [hd.seg.segread(p) for p in sorted(pacs_dir.iterdir())]
+    received = [pydicom.dcmread(p) for p in sorted(pacs_dir.iterdir())]
+    segs = [hd.seg.Segmentation.from_dataset(d) for d in received if d.Modality == "SEG"]
+    reports = [d for d in received if d.Modality == "SR"]
     referenced = {
         s.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
         for s in segs
     }
     assert len(segs) == 3 and referenced == frontal
     assert all(s.SegmentSequence[0].SegmentLabel == "Right lung" for s in segs)
+    # a TID 1500 report per image with a pixel spacing (the RLE file has none)
+    assert len(reports) == 2
+    if shutil.which("dciodvfy"):  # CI installs it (make test-deps)
+        for path in pacs_dir.iterdir():
+            proc = subprocess.run(["dciodvfy", "-new", str(path)], capture_output=True, text=True)
+            errors = [x for x in (proc.stdout + proc.stderr).splitlines() if x.startswith("Error")]
+            assert not errors, f"{path}: {errors}"
+    for report in reports:
+        areas = _areas(report)
+        assert areas["Right lung"] + areas["Left lung"] == pytest.approx(
+            areas["Both lungs"], abs=0.02
+        )
+        # the SEG's lung pixels times the 0.35 mm x 0.35 mm pixel area (BINARY: 0/1 frames)
+        assert any(
+            abs(areas["Both lungs"] - 0.35**2 * int(s.pixel_array.sum())) < 0.05 for s in segs
+        ), areas
     audit = node.spool.read_audit()
     skipped = {e["sop"]: e["reason"] for e in audit if e["event"] == "skipped"}
     lateral = pydicom.dcmread(study["lateral"]).SOPInstanceUID
@@ -279,3 +298,21 @@ def test_concurrent_associations_are_all_acknowledged_and_delivered(
     assert sum(e["event"] == "delivered" for e in audit) == 20
     assert len(list(pacs_dir.iterdir())) == 20
     assert len(list((tmp_path / "results").glob("*/seg.dcm"))) == 20
+
+
+def _areas(report) -> dict[str, float]:
+    """Area (mm²) of each measurement group of a TID 1500 report, by tracking identifier."""
+    out = {}
+
+    def walk(items, label=None):
+        for item in items:
+            if item.ConceptNameCodeSequence[0].CodeMeaning == "Tracking Identifier":
+                label = item.TextValue
+        for item in items:
+            if getattr(item, "ValueType", "") == "NUM":
+                out[label] = float(item.MeasuredValueSequence[0].NumericValue)
+            if "ContentSequence" in item:
+                walk(item.ContentSequence, label)
+
+    walk(report.ContentSequence)
+    return out
