@@ -13,7 +13,8 @@ destinations:
 Optional keys: ``allowed_calling_aets`` (list; absent = any caller), ``output_dir`` (also
 write results there), ``sr`` (also send a TID 1500 measurement report), ``bundle``,
 ``device``, ``retries``/``retry_seconds`` (sending), ``selection`` (``modalities``,
-``exclude_view_positions``, ``exclude_image_types``).
+``exclude_view_positions``, ``exclude_image_types``), ``dicomweb`` (``{url: ...}``: also
+store the results by STOW-RS).
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class NodeConfig:
     retries: int = 5
     retry_seconds: float = 2.0
     selection: Selection = field(default_factory=Selection)
+    dicomweb_url: str | None = None
 
 
 def _ae_title(value: Any, where: str) -> str:
@@ -114,15 +116,17 @@ def parse_config(raw: dict[str, Any], source: str = "config", base: Path = Path(
     """
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of keys, got {type(raw).__name__}")
-    known = {f.name for f in fields(NodeConfig)}
+    known = {f.name for f in fields(NodeConfig)} - {"dicomweb_url"} | {"dicomweb"}
     unknown = sorted(set(raw) - known)
     if unknown:
         raise ConfigError(f"{source}: unknown keys {unknown}; allowed: {sorted(known)}")
     out: dict[str, Any] = {}
     for key, value in raw.items():
         out.update(_field(key, value, f"{source}: {key}", base))
-    if not out.get("destinations") and not out.get("output_dir"):
-        raise ConfigError(f"{source}: give destinations or output_dir: results need a place to go")
+    if not any(out.get(k) for k in ("destinations", "output_dir", "dicomweb_url")):
+        raise ConfigError(
+            f"{source}: give destinations, output_dir or dicomweb: results need a place to go"
+        )
     return NodeConfig(**out)
 
 
@@ -149,6 +153,11 @@ def _field(key: str, value: Any, where: str, base: Path) -> dict[str, Any]:
         return {key: None if value is None else tuple(_ae_title(v, where) for v in value)}
     if key == "selection":
         return {key: _selection(value, where)}
+    if key == "dicomweb":
+        url = value.get("url") if isinstance(value, dict) else None
+        if set(value or {}) != {"url"} or not str(url).startswith(("http://", "https://")):
+            raise ConfigError(f"{where}: {value!r} must be {{url: http(s)://host/dicomweb}}")
+        return {"dicomweb_url": str(url)}
     if key == "sr":
         return {key: bool(value)}
     return {key: str(value)}  # host, device

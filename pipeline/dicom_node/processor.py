@@ -186,13 +186,25 @@ class Sender:
                 delivered += 1
         return delivered
 
+    def _targets(self) -> list[tuple[str, Any]]:
+        """``(key, send(files) -> error or None)`` for every destination and DICOMweb."""
+        out = [
+            (
+                f"{d.ae_title}@{d.host}:{d.port}",
+                lambda files, d=d: send_files(files, d, self.config.ae_title),
+            )
+            for d in self.config.destinations
+        ]
+        if self.config.dicomweb_url:
+            out.append(("dicomweb", lambda files: stow_files(files, self.config.dicomweb_url)))
+        return out
+
     def _deliver(self, entry: Path) -> bool:
         files = sorted(entry.glob("*.dcm"))
         done = True
         if self.config.output_dir is not None and not self.spool.sent_to(entry, "folder"):
             self._copy(entry, files)
-        for dest in self.config.destinations:
-            key = f"{dest.ae_title}@{dest.host}:{dest.port}"
+        for key, send in self._targets():
             if self.spool.sent_to(entry, key):
                 continue
             attempts, not_before = self._attempts.get((entry.name, key), (0, 0.0))
@@ -200,7 +212,7 @@ class Sender:
                 done = False
                 continue
             start = time.perf_counter()
-            error = send_files(files, dest, self.config.ae_title)
+            error = send(files)
             if error is None:
                 self.spool.mark_sent(entry, key)
                 self.spool.audit(
@@ -248,4 +260,16 @@ def send_files(files: list[Path], dest: Any, calling_aet: str) -> str | None:
                 return f"C-STORE of {ds.SOPInstanceUID} answered status {code!r}"
     finally:
         assoc.release()
+    return None
+
+
+def stow_files(files: list[Path], url: str) -> str | None:
+    """Store ``files`` by STOW-RS at the DICOMweb service ``url``; None on success."""
+    import pydicom
+    from dicomweb_client.api import DICOMwebClient
+
+    try:
+        DICOMwebClient(url=url).store_instances([pydicom.dcmread(f) for f in files])
+    except Exception as err:  # HTTP and connection errors: retried by the caller
+        return f"STOW-RS to {url}: {type(err).__name__}: {err}"
     return None

@@ -316,3 +316,56 @@ def _areas(report) -> dict[str, float]:
 
     walk(report.ContentSequence)
     return out
+
+
+@needs_dcmtk
+def test_results_are_stored_by_stow_rs(tmp_path, model, study):
+    """A minimal DICOMweb service on loopback records what STOW-RS posts."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import pydicom
+
+    posts: list[tuple[str, str, bytes]] = []
+
+    class Stow(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            posts.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Stow)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = free_port()
+    url = f"http://127.0.0.1:{server.server_address[1]}/dicomweb"
+    config = parse_config(
+        {
+            "port": port,
+            "spool_dir": str(tmp_path / "spool"),
+            "idle_seconds": 1,
+            "dicomweb": {"url": url},
+        }
+    )
+    node = Node(config, model, poll_seconds=0.2)
+    node.start()
+    try:
+        assert storescu(port, [study["mono1"]]).returncode == 0
+        assert node.wait_idle(120)
+    finally:
+        node.stop()
+        server.shutdown()
+    (path, content_type, body) = posts[0]
+    assert path == "/dicomweb/studies" and content_type.startswith("multipart/related")
+    source = pydicom.dcmread(study["mono1"]).SOPInstanceUID
+    assert source.encode() in body  # the SEG references its source
+    assert [e["destination"] for e in node.spool.read_audit() if e["event"] == "sent"] == [
+        "dicomweb"
+    ]
+    with pytest.raises(ConfigError, match="must be"):
+        parse_config({"dicomweb": {"url": "ftp://x"}})
