@@ -164,12 +164,17 @@ def _uids(ds: Any) -> dict[str, str]:
     }
 
 
-class Sender:
-    """Delivers outbox entries to every destination and the output folder.
+#: Outbox entries sent per association (bounds the datasets held in memory at once).
+BATCH = 64
 
-    A destination that fails is retried after ``retry_seconds · 2^attempt`` (at most 5
-    minutes); after ``retries`` failed attempts the entry stays in the outbox and the failure
-    is audited, and it is tried again at the next start (nothing is dropped).
+
+class Sender:
+    """Delivers outbox entries to every destination, DICOMweb and the output folder.
+
+    Each round sends every due entry to a destination in one association. A target that fails
+    for an entry is retried after ``retry_seconds · 2^attempt`` (at most 5 minutes); after
+    ``retries`` failed attempts the entry stays in the outbox, the failure audited, and it is
+    tried again at the next start (nothing is dropped).
     """
 
     def __init__(self, config: NodeConfig, spool: Spool):
@@ -178,57 +183,59 @@ class Sender:
 
     def run_once(self) -> int:
         """Try every pending entry whose back-off has passed; return how many were delivered."""
+        entries = list(self.spool.pending_results())
+        if self.config.output_dir is not None:
+            for entry in entries:
+                if not self.spool.sent_to(entry, "folder"):
+                    self._copy(entry, sorted(entry.glob("*.dcm")))
+        targets = self._targets()
+        for key, send in targets:
+            due = [e for e in entries if not self.spool.sent_to(e, key) and self._due(e, key)]
+            if due:
+                self._send(key, send, due[:BATCH])
         delivered = 0
-        for entry in list(self.spool.pending_results()):
-            if self._deliver(entry):
+        for entry in entries:
+            if all(self.spool.sent_to(entry, key) for key, _ in targets):
                 shutil.rmtree(entry, ignore_errors=True)
                 self.spool.audit("delivered", sop=entry.name)
                 delivered += 1
         return delivered
 
     def _targets(self) -> list[tuple[str, Any]]:
-        """``(key, send(files) -> error or None)`` for every destination and DICOMweb."""
+        """``(key, send({entry: files}) -> {entry: error or None})`` for each target."""
         out = [
             (
                 f"{d.ae_title}@{d.host}:{d.port}",
-                lambda files, d=d: send_files(files, d, self.config.ae_title),
+                lambda batch, d=d: send_entries(batch, d, self.config.ae_title),
             )
             for d in self.config.destinations
         ]
         if self.config.dicomweb_url:
-            out.append(("dicomweb", lambda files: stow_files(files, self.config.dicomweb_url)))
+            url = self.config.dicomweb_url
+            out.append(
+                ("dicomweb", lambda batch: {e: stow_files(f, url) for e, f in batch.items()})
+            )
         return out
 
-    def _deliver(self, entry: Path) -> bool:
-        files = sorted(entry.glob("*.dcm"))
-        done = True
-        if self.config.output_dir is not None and not self.spool.sent_to(entry, "folder"):
-            self._copy(entry, files)
-        for key, send in self._targets():
-            if self.spool.sent_to(entry, key):
-                continue
-            attempts, not_before = self._attempts.get((entry.name, key), (0, 0.0))
-            if attempts >= self.config.retries + 1 or time.time() < not_before:
-                done = False
-                continue
-            start = time.perf_counter()
-            error = send(files)
+    def _due(self, entry: Path, key: str) -> bool:
+        attempts, not_before = self._attempts.get((entry.name, key), (0, 0.0))
+        return attempts <= self.config.retries and time.time() >= not_before
+
+    def _send(self, key: str, send: Any, entries: list[Path]) -> None:
+        start = time.perf_counter()
+        errors = send({e: sorted(e.glob("*.dcm")) for e in entries})
+        seconds = round((time.perf_counter() - start) / len(entries), 3)
+        for entry, error in errors.items():
             if error is None:
                 self.spool.mark_sent(entry, key)
-                self.spool.audit(
-                    "sent",
-                    sop=entry.name,
-                    destination=key,
-                    seconds=round(time.perf_counter() - start, 3),
-                )
+                self.spool.audit("sent", sop=entry.name, destination=key, seconds=seconds)
                 continue
+            attempts = self._attempts.get((entry.name, key), (0, 0.0))[0]
             delay = min(300.0, self.config.retry_seconds * 2**attempts)
             self._attempts[(entry.name, key)] = (attempts + 1, time.time() + delay)
             self.spool.audit(
                 "send_failed", sop=entry.name, destination=key, reason=error, attempt=attempts + 1
             )
-            done = False
-        return done
 
     def _copy(self, entry: Path, files: list[Path]) -> None:
         from pipeline.io.atomic import atomic_path
@@ -240,26 +247,40 @@ class Sender:
         self.spool.mark_sent(entry, "folder")
 
 
-def send_files(files: list[Path], dest: Any, calling_aet: str) -> str | None:
-    """C-STORE ``files`` to ``dest`` in one association; None on success, else the reason."""
+#: C-STORE statuses that mean stored: success and the warnings (coercion, elements discarded).
+STORED = (0x0000, 0xB000, 0xB006, 0xB007)
+
+
+def send_entries(batch: dict[Path, list[Path]], dest: Any, calling_aet: str) -> dict:
+    """C-STORE the files of every entry to ``dest`` in one association.
+
+    Returns:
+        ``{entry: None}`` for entries whose files were all stored, else the reason.
+    """
     import pydicom
     from pynetdicom import AE
 
-    datasets = [pydicom.dcmread(f) for f in files]
+    datasets = {e: [pydicom.dcmread(f) for f in files] for e, files in batch.items()}
     ae = AE(ae_title=calling_aet)
-    for ds in datasets:
-        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    for context in sorted(
+        {(d.SOPClassUID, d.file_meta.TransferSyntaxUID) for ds in datasets.values() for d in ds}
+    ):
+        ae.add_requested_context(*context)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
-        return f"association with {dest.ae_title}@{dest.host}:{dest.port} not established"
+        reason = f"association with {dest.ae_title}@{dest.host}:{dest.port} not established"
+        return dict.fromkeys(batch, reason)
     try:
-        for ds in datasets:
-            status = assoc.send_c_store(ds)
-            code = getattr(status, "Status", None)
-            if code not in (0x0000, 0xB000, 0xB007, 0xB006):
-                return f"C-STORE of {ds.SOPInstanceUID} answered status {code!r}"
+        return {e: _store_all(assoc, ds) for e, ds in datasets.items()}
     finally:
         assoc.release()
+
+
+def _store_all(assoc: Any, datasets: list[Any]) -> str | None:
+    for ds in datasets:
+        code = getattr(assoc.send_c_store(ds), "Status", None)
+        if code not in STORED:
+            return f"C-STORE of {ds.SOPInstanceUID} answered status {code!r}"
     return None
 
 
