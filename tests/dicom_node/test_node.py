@@ -216,6 +216,7 @@ def test_killed_node_delivers_every_result_exactly_once_after_restart(tmp_path, 
     assert storescu(node_port, first, syntax="-xv").returncode == 0  # acknowledged
     # the PACS is down: results are made but cannot be sent; kill the node meanwhile
     assert _wait_for(lambda: len(_events(spool, "segmented")) == 2)
+    assert _wait_for(lambda: len({e["sop"] for e in _events(spool, "send_failed")}) == 2)
     node.kill()
     node.wait(10)
     assert not _events(spool, "sent")
