@@ -126,7 +126,7 @@ class Evaluation:
         return {
             "cases": {"evaluated": len(ok), "failed": len(self.rows) - len(ok)},
             "failed": [
-                {"case": r["case"], "reason": r["reason"]} for r in self.rows if r not in ok
+                {"case": r["case"], "reason": r["reason"]} for r in self.rows if r["status"] != "ok"
             ],
             "group_columns": list(self.group_columns),
             "statistics": summarise(ok, METRICS, self.group_columns, self.resamples),
