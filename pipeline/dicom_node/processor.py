@@ -10,7 +10,6 @@ output folder when one is configured.
 from __future__ import annotations
 
 import io
-import math
 import shutil
 import time
 from pathlib import Path
@@ -115,23 +114,15 @@ class Processor:
         )
 
     def _segment(self, path: Path, ds: Any) -> dict[str, bytes]:
-        """The SEG of one image, as ``{file name: encoded bytes}``."""
-        from pipeline.inference.lungs import measure
-        from pipeline.inference.outputs import build_seg
-        from pipeline.io.convert import make_uid
+        """The SEG (and SR) of one image, as ``{file name: encoded bytes}``."""
+        from pipeline.inference.finish import measure_prediction
+        from pipeline.inference.outputs import build_seg, seg_uids
 
         item = self.model.preprocess(path)
         logits = self.model.predict([item["image"]])[0]
-        mask, prob = self.model.postprocess(item, logits)
-        meta = item["image"].meta
-        spacing = tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
-        m = measure(mask, prob, meta.get("patient_orientation"), spacing)
-        source_sop, source_series = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)
-        seg_uids = {
-            "series_instance_uid": make_uid("lungseg-seg-series", source_series, self.checksum),
-            "sop_instance_uid": make_uid("lungseg-seg", source_sop, self.checksum),
-        }
-        seg = build_seg(ds, m, seg_uids, self.algorithm)
+        m = measure_prediction(item, logits, self.model.postprocess)
+        uids = seg_uids(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), self.checksum)
+        seg = build_seg(ds, m, uids, self.algorithm)
         results = {"seg.dcm": _encode(seg)}
         if self.config.sr:
             results.update(self._report(ds, seg, m))

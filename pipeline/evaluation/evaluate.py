@@ -29,7 +29,7 @@ import numpy as np
 
 from pipeline.evaluation.metrics import COUNTS, METRICS, RocAccumulator, case_metrics
 from pipeline.evaluation.stats import summarise
-from pipeline.io.atomic import atomic_path
+from pipeline.io.atomic import write_text_atomic
 
 #: Columns of ``per_case.csv`` before the group columns and the metrics.
 CASE_FIELDS = ("case", "status", "reason", "pixel_spacing_mm")
@@ -150,8 +150,8 @@ class Evaluation:
         self.write_csv(out / "per_case.csv")
         summary = self.summary(about)
         summary["plots"] = self.write_plots(out)
-        _write_text(out / "summary.json", json.dumps(_finite(summary), indent=2) + "\n")
-        _write_text(out / "summary.md", summary_markdown(summary))
+        write_text_atomic(out / "summary.json", json.dumps(_finite(summary), indent=2) + "\n")
+        write_text_atomic(out / "summary.md", summary_markdown(summary))
         return summary
 
     def write_csv(self, path: Path) -> None:
@@ -162,7 +162,7 @@ class Evaluation:
         writer.writeheader()
         for row in self.rows:
             writer.writerow({k: _cell(row.get(k, "")) for k in fields})
-        _write_text(path, buf.getvalue())
+        write_text_atomic(path, buf.getvalue())
 
     def write_plots(self, out: Path) -> list[str]:
         """The figures; returns their file names (relative to ``out``)."""
@@ -262,8 +262,3 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_finite(v) for v in obj]
     return obj
-
-
-def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(text)

@@ -209,8 +209,10 @@ def _finish(
     result = {"protocol": protocol, "params": dict(params), "runs": rows}
     if protocol == "kfold":
         result["across_folds"] = _across(rows.values())
-    (out / "protocol.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out / "protocol.md").write_text(protocol_markdown(result))
+    from pipeline.io.atomic import write_text_atomic
+
+    write_text_atomic(out / "protocol.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomic(out / "protocol.md", protocol_markdown(result))
     if tracking["enabled"]:
         _log_protocol(result, out, tracking)
     return result

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.io.atomic import atomic_path
+from pipeline.io.atomic import write_text_atomic
 
 #: (metric, column title, format) of the results table.
 TABLE_COLUMNS = (
@@ -163,8 +163,7 @@ def update_marked_block(path: str | os.PathLike, text: str, name: str = RESULTS)
     new = pattern.sub(lambda _: f"{begin}\n{text}{end}", doc, count=1)
     if new == doc:
         return False
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(new)
+    write_text_atomic(path, new)
     return True
 
 

@@ -81,6 +81,20 @@ def measured_row(path: Path, meta: dict[str, Any], m: LungMeasures) -> dict:
     )
 
 
+def measure_prediction(item: dict[str, Any], logits: Any, postprocess: Any) -> LungMeasures:
+    """Post-process one image's logits and measure the lungs on its original grid.
+
+    Args:
+        item: the preprocessed item (its image's metadata gives spacing and orientation).
+        logits: the network's output for it.
+        postprocess: ``(item, logits) -> (mask, probability)`` on the original grid.
+    """
+    meta = item["image"].meta
+    mask, prob = postprocess(item, logits)
+    spacing = tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
+    return measure(mask, prob, meta.get("patient_orientation"), spacing)
+
+
 def finish(
     path: Path, relative: Path, decoded: dict[str, Any], ctx: Context, postprocess: Any
 ) -> tuple[dict, dict]:
@@ -101,9 +115,7 @@ def finish(
     stages: dict[str, float] = {}
     item, start = decoded["item"], time.perf_counter()
     meta = item["image"].meta
-    mask, prob = postprocess(item, decoded["logits"])
-    spacing = tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
-    m = measure(mask, prob, meta.get("patient_orientation"), spacing)
+    m = measure_prediction(item, decoded["logits"], postprocess)
     stages["postprocess"] = time.perf_counter() - start
     start = time.perf_counter()
     if OutputFormat.MASK in ctx.formats:
@@ -126,16 +138,10 @@ def _seg(
     import pydicom
 
     from pipeline.inference import outputs
-    from pipeline.io.convert import make_uid
 
     start = time.perf_counter()
     source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-    uids = {
-        "series_instance_uid": make_uid(
-            "lungseg-seg-series", meta["series_instance_uid"], ctx.checksum
-        ),
-        "sop_instance_uid": make_uid("lungseg-seg", meta["sop_instance_uid"], ctx.checksum),
-    }
+    uids = outputs.seg_uids(meta["series_instance_uid"], meta["sop_instance_uid"], ctx.checksum)
     seg = outputs.build_seg(source, m, uids, ctx.algorithm)
     stages["seg_encode"] = time.perf_counter() - start
     start = time.perf_counter()

@@ -148,6 +148,20 @@ def _complete_type2(source: Any) -> Any:
     return out
 
 
+def seg_uids(series_uid: str, sop_uid: str, checksum: str) -> dict[str, str]:
+    """Series and SOP Instance UIDs of the SEG of a source instance under a model checksum.
+
+    Derived, not random: the same source and model give the same SEG, so a rerun or a resend
+    produces the same instance.
+    """
+    from pipeline.io.convert import make_uid
+
+    return {
+        "series_instance_uid": make_uid("lungseg-seg-series", series_uid, checksum),
+        "sop_instance_uid": make_uid("lungseg-seg", sop_uid, checksum),
+    }
+
+
 def build_seg(source: Any, m: LungMeasures, uids: dict[str, str], algorithm: dict[str, str]) -> Any:
     """A highdicom BINARY Segmentation of ``source`` with Right lung and Left lung segments.
 

@@ -221,12 +221,9 @@ def _strata_counts(cases: Sequence[dict[str, Any]], columns: Sequence[str]):
 
 def write_split_file(source: str | os.PathLike, path: str | os.PathLike, **kwargs: Any) -> Path:
     """Write :func:`split_document` of ``source`` to ``path`` (JSON, atomically)."""
-    from pipeline.io.atomic import atomic_path
+    from pipeline.io.atomic import write_text_atomic
 
-    doc = split_document(source, **kwargs)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps(doc, indent=1) + "\n")
-    return Path(path)
+    return write_text_atomic(path, json.dumps(split_document(source, **kwargs), indent=1) + "\n")
 
 
 def _interleave(items: Sequence[dict[str, Any]], column: str) -> list[dict[str, Any]]:

@@ -119,6 +119,13 @@ def test_node_segments_a_study_sent_by_storescu_and_delivers_seg_to_storescp(
         for s in segs
     }
     assert len(segs) == 3 and referenced == frontal
+    # the same UIDs lungseg segment gives the SEG of that source with that model
+    from pipeline.inference.outputs import seg_uids
+
+    checksum = model.identity()["checkpoint_sha256"]
+    mono1 = pydicom.dcmread(study["mono1"], stop_before_pixels=True)
+    expected = seg_uids(mono1.SeriesInstanceUID, mono1.SOPInstanceUID, checksum)
+    assert expected["sop_instance_uid"] in {s.SOPInstanceUID for s in segs}
     assert all(s.SegmentSequence[0].SegmentLabel == "Right lung" for s in segs)
     # a TID 1500 report per image with a pixel spacing (the RLE file has none)
     assert len(reports) == 2
