@@ -28,13 +28,15 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
-# System tools some tests use (dciodvfy from dicom3tools); CI runs this before `make test`.
-# Debian tools the tests run against: dciodvfy (dicom3tools), storescp/storescu/echoscu (dcmtk).
+# Debian tools the tests run against: dciodvfy (dicom3tools), storescp/storescu/echoscu (dcmtk),
+# chromium (the viewer's browser test, driven by Playwright; no browser is downloaded).
+# CI runs this before `make test`.
+SYSTEM_DEPS := dicom3tools dcmtk chromium
 test-deps:
-	{ command -v dciodvfy && command -v storescp; } >/dev/null || { \
-		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q dicom3tools dcmtk || \
-			{ apt-get update -q && apt-get install -y -q dicom3tools dcmtk; }; \
-		else sudo -n apt-get install -y -q dicom3tools dcmtk; fi; }
+	{ command -v dciodvfy && command -v storescp && command -v chromium; } >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q $(SYSTEM_DEPS) || \
+			{ apt-get update -q && apt-get install -y -q $(SYSTEM_DEPS); }; \
+		else sudo -n apt-get install -y -q $(SYSTEM_DEPS); fi; }
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"

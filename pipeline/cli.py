@@ -381,6 +381,48 @@ def _cmd_node(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    import uvicorn
+
+    from pipeline.serve import ResultStore, create_app
+    from pipeline.serve.app import configure_logging
+
+    if args.max_upload_mb <= 0 or args.keep_results < 1 or args.result_minutes <= 0:
+        raise UsageError("--max-upload-mb and --result-minutes must be > 0 and --keep-results >= 1")
+    configure_logging()
+    app = create_app(
+        bundle=args.bundle,
+        device=args.device,
+        max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
+        store=ResultStore(args.keep_results, args.result_minutes * 60),
+    )
+    try:
+        loopback = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:  # a host name
+        loopback = args.host == "localhost"
+    if not loopback:
+        print("warning: the viewer has no authentication; serve it on a trusted network only")
+    print(f"lungseg viewer on http://{args.host}:{args.port}/", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_config=None)
+    return EXIT_OK
+
+
+def _add_serve_command(sub: argparse._SubParsersAction) -> None:
+    srv = sub.add_parser("serve", help="web viewer: upload a radiograph, see the lungs")
+    srv.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    srv.add_argument("--bundle", type=Path, help="bundle folder (default: the shipped one)")
+    srv.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    srv.add_argument("--max-upload-mb", type=float, default=64, help="upload size limit")
+    srv.add_argument("--keep-results", type=int, default=32, help="results kept in memory")
+    srv.add_argument(
+        "--result-minutes", type=float, default=15, help="how long a result stays downloadable"
+    )
+    srv.set_defaults(func=_cmd_serve)
+
+
 def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser("evaluate", help="score a model or existing masks against references")
     ev.add_argument("--images", type=Path, help="folder of radiographs (recursive)")
@@ -542,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--config", required=True, type=Path, help="node YAML (see README)")
     node.add_argument("--check", action="store_true", help="validate, echo destinations, exit")
     node.set_defaults(func=_cmd_node)
+    _add_serve_command(sub)
     return parser
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,26 @@ def data_dir() -> Path:
 def load_png(path: Path) -> np.ndarray:
     with Image.open(path) as img:
         return np.asarray(img)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two boolean masks."""
+    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def shipped_model():
+    """The shipped bundle's model on the CPU, loaded once per test session."""
+    from pipeline.inference.model import BundleModel
+
+    return BundleModel(device="cpu")
 
 
 @pytest.fixture(scope="session")

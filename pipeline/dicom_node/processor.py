@@ -56,9 +56,8 @@ class Processor:
 
         self.config, self.spool = config, spool
         self.model = model or BundleModel(config.bundle, config.device)
-        ident = self.model.identity()
-        self.algorithm = {"name": "lungseg " + ident["name"], "version": ident["version"] or "0"}
-        self.checksum = ident["checkpoint_sha256"]
+        self.algorithm = self.model.algorithm()
+        self.checksum = self.model.identity()["checkpoint_sha256"]
 
     def run_once(self) -> int:
         """Process every ready series; return how many instances were handled."""

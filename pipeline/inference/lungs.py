@@ -105,6 +105,20 @@ def qa_flags(m: LungMeasures) -> list[QAFlag]:
     return flags
 
 
+def describe_flag(flag: QAFlag | str) -> str:
+    """What a QA flag means and why it was raised, for people reading a result."""
+    low, high = AREA_FRACTION_RANGE
+    messages = {
+        QAFlag.NOT_TWO_COMPONENTS: "the mask is not exactly two separate lungs",
+        QAFlag.IMPLAUSIBLE_AREA: (f"total lung area is outside {low:.0%}-{high:.0%} of the image"),
+        QAFlag.IMPLAUSIBLE_RATIO: (
+            f"right/left area ratio is outside {RATIO_RANGE[0]}-{RATIO_RANGE[1]}"
+        ),
+        QAFlag.LOW_CONFIDENCE: (f"mean lung probability inside the mask is below {MIN_CONFIDENCE}"),
+    }
+    return messages[QAFlag.parse(flag)]
+
+
 def measure(
     mask: np.ndarray,
     probability: np.ndarray,

@@ -76,6 +76,10 @@ class BundleModel:
             "checkpoint_sha256": file_sha256(self.checkpoint),
         }
 
+    def algorithm(self) -> dict[str, str]:
+        """``name`` and ``version`` of the algorithm, as DICOM SEG/SR objects record it."""
+        return {"name": "lungseg " + self.name, "version": self.version or "0"}
+
     def preprocess(self, path: str | os.PathLike) -> dict[str, Any]:
         """Load and preprocess one file (raises the reader's typed errors)."""
         return self.preprocessing({"image": str(path)})

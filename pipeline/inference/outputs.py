@@ -48,11 +48,17 @@ def _area_text(m: LungMeasures) -> str:
 OVERLAY_MAX_SIZE = 1024
 
 
-def _fit(image: np.ndarray, right: np.ndarray, left: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Downscale the image (area average) and the masks (nearest) to ``OVERLAY_MAX_SIZE``."""
+def fit_for_display(
+    image: np.ndarray, right: np.ndarray, left: np.ndarray, max_size: int = OVERLAY_MAX_SIZE
+) -> tuple[np.ndarray, ...]:
+    """The image as uint8 and both masks, downscaled (area average, nearest) to ``max_size``.
+
+    Returns:
+        ``(grey image, right mask, left mask)``, the longer side at most ``max_size``.
+    """
     from PIL import Image
 
-    scale = OVERLAY_MAX_SIZE / max(image.shape)
+    scale = max_size / max(image.shape)
     if scale >= 1:
         return to_uint8(image), right, left
     size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
@@ -70,7 +76,7 @@ def overlay_image(image: np.ndarray, m: LungMeasures) -> np.ndarray:
     """
     from PIL import Image, ImageDraw
 
-    gray, right, left = _fit(image, m.right, m.left)
+    gray, right, left = fit_for_display(image, m.right, m.left)
     rgb = np.repeat(gray[..., None], 3, axis=2)
     width = max(1, round(max(gray.shape) / 400))
     rgb[_outline(right, width)] = RIGHT_COLOUR

@@ -139,7 +139,7 @@ class Segmenter:
         self.context = Context(
             out_dir=out_dir,
             formats=self.formats,
-            algorithm={"name": "lungseg " + ident["name"], "version": ident["version"] or "0"},
+            algorithm=model.algorithm(),
             checksum=ident["checkpoint_sha256"],
             started=journal.header["started"],
         )

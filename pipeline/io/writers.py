@@ -26,13 +26,22 @@ def save_png(image: np.ndarray, path: str | os.PathLike, compress_level: int = 6
         path: the PNG file (its folder is created).
         compress_level: zlib level, 0-9 (1 is several times faster than 6, files larger).
     """
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encode_png(image, compress_level))
+    return path
+
+
+def encode_png(image: np.ndarray, compress_level: int = 6) -> bytes:
+    """A [0, 1] array or a uint8 grey/RGB/RGBA array as PNG bytes (see :func:`save_png`)."""
+    import io
+
     from PIL import Image
 
     arr = image if image.dtype == np.uint8 else to_uint8(image)
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG", compress_level=compress_level)
-    return path
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG", compress_level=compress_level)
+    return buf.getvalue()
 
 
 def side_by_side(panels: Sequence[np.ndarray], gap: int = 4) -> np.ndarray:

@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline.io.convert import DicomVariant, dicomize
 from pipeline.io.datasets import REPO_ROOT
 from pipeline.training.data import load_split
-from tests.conftest import load_png
+from tests.conftest import dice, load_png
 
 BUNDLE = REPO_ROOT / "bundles" / "lung_cxr_segmentation"
 SCHEMA = REPO_ROOT / "bundles" / "schemas" / "meta_schema_20240725.json"
@@ -46,10 +46,6 @@ def run_bundle(
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 
 from pipeline.dicom_node import Destination, Node, NodeConfig
 from pipeline.dicom_node.config import ConfigError, load_config, parse_config
+from tests.conftest import free_port
 
 DCMTK = all(shutil.which(tool) for tool in ("storescp", "storescu", "echoscu"))
 needs_dcmtk = pytest.mark.skipif(
@@ -20,17 +20,9 @@ needs_dcmtk = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def model():
-    from pipeline.inference.model import BundleModel
-
-    return BundleModel(device="cpu")
+def model(shipped_model):
+    return shipped_model
 
 
 @pytest.fixture()

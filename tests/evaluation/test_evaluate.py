@@ -14,11 +14,7 @@ from scipy import ndimage
 
 from pipeline.cli import main
 from pipeline.evaluation import Evaluation, evaluate
-from tests.conftest import CASES, load_png
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return 2.0 * (a & b).sum() / (a.sum() + b.sum())
+from tests.conftest import CASES, dice, load_png
 
 
 def read_rows(path: Path) -> dict[str, dict[str, str]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 
 from pipeline.cli import EXIT_OK, main
 from pipeline.training.run import train
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -92,12 +92,6 @@ def test_cli_train(tmp_path, data_dir, capsys):
     assert (tmp_path / "models" / "model.pt").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_cpu_processes(tmp_path, data_dir, tracking):
     cmd = [
         sys.executable,
@@ -105,7 +99,7 @@ def test_torchrun_two_cpu_processes(tmp_path, data_dir, tracking):
         "torch.distributed.run",
         "--nproc_per_node=2",
         "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
+        f"--master_port={free_port()}",
         "-m",
         "pipeline.cli",
         "train",

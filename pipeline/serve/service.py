@@ -1,0 +1,212 @@
+"""What the web viewer does with one upload: check it, segment it, render what the page shows.
+
+File and array logic only; :mod:`pipeline.serve.app` is the HTTP layer around it. The model,
+its preprocessing and post-processing, the measurements, the QA flags and the DICOM SEG are
+the ones ``lungseg segment`` uses (same functions, same bundle config).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.enums import InputFormat, StrEnum
+
+#: What the viewer accepts, recognised by content (magic bytes), never by name.
+ALLOWED_FORMATS = (InputFormat.DICOM, InputFormat.PNG, InputFormat.JPEG)
+#: Longest side of the image and overlay the page shows; downloads keep the input's size.
+DISPLAY_MAX_SIZE = 2048
+#: Fill colours (RGB) of the page's overlay: the patient's right lung, left lung.
+RIGHT_FILL, LEFT_FILL = (0, 200, 255), (255, 160, 0)
+
+
+class ResultFile(StrEnum):
+    """The files a result offers for display and download."""
+
+    IMAGE = "image.png"
+    OVERLAY = "overlay.png"
+    MASK = "mask.png"
+    SEG = "seg.dcm"
+
+    @property
+    def media_type(self) -> str:
+        """The HTTP Content-Type of the file."""
+        return "application/dicom" if self is ResultFile.SEG else "image/png"
+
+
+class UploadError(Exception):
+    """An upload the viewer refuses.
+
+    Attributes:
+        status_code: the HTTP status (413 too large, 415 not an accepted type, 422 unusable).
+        reason: what is wrong, in words the user can act on.
+    """
+
+    def __init__(self, status_code: int, reason: str):
+        self.status_code, self.reason = status_code, reason
+        super().__init__(reason)
+
+
+@dataclass
+class Result:
+    """One segmented upload: the JSON summary and the files behind its links."""
+
+    summary: dict[str, Any]
+    files: dict[ResultFile, bytes]
+
+
+def check_format(path: Path, name: str) -> InputFormat | None:
+    """The upload's format by content; None for a possible DICOM file without preamble.
+
+    Raises:
+        UploadError: 415 when the content is another image format or an empty file.
+    """
+    from pipeline.io.errors import NotAnImageError
+    from pipeline.io.images import detect_format
+
+    try:
+        fmt = detect_format(path)
+    except NotAnImageError as err:
+        raise UploadError(415, f"{name}: {err.reason}") from err
+    if fmt is not None and fmt not in ALLOWED_FORMATS:
+        allowed = ", ".join(f.value for f in ALLOWED_FORMATS)
+        raise UploadError(415, f"{name}: the content is {fmt.value}; the viewer accepts {allowed}")
+    return fmt
+
+
+def input_error(err: Exception, name: str) -> UploadError:
+    """The :class:`UploadError` of a reader error (415 not an image, 422 unusable)."""
+    from pipeline.io.errors import InputError, NotAnImageError
+
+    if isinstance(err, NotAnImageError):
+        allowed = ", ".join(f.value for f in ALLOWED_FORMATS)
+        return UploadError(415, f"{name}: not an image the viewer accepts ({allowed}, by content)")
+    if isinstance(err, InputError):
+        what = "unsupported DICOM" if err.status == "skipped" else "cannot be decoded"
+        return UploadError(422, f"{name}: {what}: {err.reason}")
+    return UploadError(422, f"{name}: cannot be decoded: {type(err).__name__}: {err}")
+
+
+def label_overlay(right: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """RGBA uint8: the right and left lung filled in their colours, transparent elsewhere."""
+    rgba = np.zeros((*right.shape, 4), dtype=np.uint8)
+    rgba[right] = (*RIGHT_FILL, 255)
+    rgba[left] = (*LEFT_FILL, 255)
+    return rgba
+
+
+def render(original: np.ndarray, m: Any, max_size: int = DISPLAY_MAX_SIZE) -> dict:
+    """The page's image, its overlay (both at most ``max_size``) and the full-size mask PNG."""
+    from pipeline.inference.outputs import fit_for_display
+    from pipeline.inference.writers import mask_to_uint8
+    from pipeline.io.writers import encode_png
+
+    grey, right, left = fit_for_display(original, m.right, m.left, max_size)
+    return {
+        ResultFile.IMAGE: encode_png(grey, compress_level=1),
+        ResultFile.OVERLAY: encode_png(label_overlay(right, left), compress_level=1),
+        ResultFile.MASK: encode_png(mask_to_uint8(m.right | m.left)),
+    }
+
+
+def _mm2(m: Any, pixels: int) -> float | None:
+    value = m.mm2(pixels)
+    return None if math.isnan(value) else round(value, 2)
+
+
+def summarize(meta: dict[str, Any], m: Any, fmt: str) -> dict[str, Any]:
+    """The JSON fields of a result that describe the image and the lungs."""
+    from pipeline.inference.lungs import describe_flag
+
+    right, left = m.right_px, m.left_px
+    spacing = None if math.isnan(m.spacing[0]) else [round(s, 6) for s in m.spacing]
+    return {
+        "input_format": fmt,
+        "rows": int(m.right.shape[0]),
+        "columns": int(m.right.shape[1]),
+        "pixel_spacing_mm": spacing,
+        "pixel_spacing_source": str(meta.get("pixel_spacing_source") or "none"),
+        "areas": {
+            "right_px": right,
+            "left_px": left,
+            "total_px": right + left,
+            "right_mm2": _mm2(m, right),
+            "left_mm2": _mm2(m, left),
+            "total_mm2": _mm2(m, right + left),
+        },
+        "mean_confidence": round(m.confidence, 4),
+        "qa_flags": [{"flag": str(f), "message": describe_flag(f)} for f in m.flags],
+    }
+
+
+class UploadService:
+    """Segments uploaded files with one loaded model (thread-safe: one forward pass at a time).
+
+    Args:
+        model: a loaded :class:`~pipeline.inference.model.BundleModel`.
+        display_max_size: longest side of the image and overlay returned for display.
+    """
+
+    def __init__(self, model: Any, display_max_size: int = DISPLAY_MAX_SIZE):
+        from pipeline.inference.model import split_preprocessing
+
+        self.model, self.display_max_size = model, display_max_size
+        self.load, self.rest = split_preprocessing(model.preprocessing)
+        self.algorithm = model.algorithm()
+        self.identity = model.identity()
+        self._lock = threading.Lock()
+
+    def process(self, path: Path, name: str) -> Result:
+        """Segment the file at ``path`` (uploaded as ``name``, used only in error messages).
+
+        Raises:
+            UploadError: the file is not an accepted image or cannot be used.
+        """
+        from pipeline.inference.finish import LARGE_IMAGE, measure_prediction, release_memory
+
+        start = time.perf_counter()
+        check_format(path, name)
+        item, original = self._decode(path, name)
+        with self._lock:
+            logits = self.model.predict([item["image"]])[0]
+        m = measure_prediction(item, logits, self.model.postprocess)
+        meta = item["image"].meta
+        files = render(original, m, self.display_max_size)
+        if meta.get("format") == InputFormat.DICOM.value:
+            files[ResultFile.SEG] = self._seg(path, meta, m)
+        if original.size >= LARGE_IMAGE:
+            release_memory()
+        summary = summarize(meta, m, str(meta.get("format")))
+        summary["seconds"] = round(time.perf_counter() - start, 3)
+        return Result(summary, files)
+
+    def _decode(self, path: Path, name: str) -> tuple[dict[str, Any], np.ndarray]:
+        """The preprocessed item and the decoded image (uint8) of an upload."""
+        from pipeline.io.writers import to_uint8
+
+        try:
+            loaded = self.load({"image": str(path)})
+            original = to_uint8(loaded["image"].numpy()[0])
+            return self.rest(loaded), original
+        except Exception as err:  # every reader failure becomes a 4xx with its reason
+            raise input_error(err, name) from err
+
+    def _seg(self, path: Path, meta: dict[str, Any], m: Any) -> bytes:
+        """The DICOM SEG ``lungseg segment`` would write for this image, encoded."""
+        import pydicom
+
+        from pipeline.inference.outputs import build_seg, seg_uids
+
+        source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+        checksum = self.identity["checkpoint_sha256"]
+        uids = seg_uids(meta["series_instance_uid"], meta["sop_instance_uid"], checksum)
+        buf = io.BytesIO()
+        build_seg(source, m, uids, self.algorithm).save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
