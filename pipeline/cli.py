@@ -389,14 +389,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from pipeline.serve import ResultStore, create_app
     from pipeline.serve.app import configure_logging
 
-    if args.max_upload_mb <= 0 or args.keep_results < 1 or args.result_minutes <= 0:
-        raise UsageError("--max-upload-mb and --result-minutes must be > 0 and --keep-results >= 1")
+    if (
+        min(args.max_upload_mb, args.result_minutes) <= 0
+        or min(args.keep_results, args.parallel) < 1
+    ):
+        raise UsageError(
+            "--max-upload-mb and --result-minutes must be > 0, --keep-results and --parallel >= 1"
+        )
     configure_logging()
     app = create_app(
         bundle=args.bundle,
         device=args.device,
         max_upload_bytes=int(args.max_upload_mb * (1 << 20)),
         store=ResultStore(args.keep_results, args.result_minutes * 60),
+        parallel=args.parallel,
     )
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
@@ -417,6 +423,7 @@ def _add_serve_command(sub: argparse._SubParsersAction) -> None:
     srv.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     srv.add_argument("--max-upload-mb", type=float, default=64, help="upload size limit")
     srv.add_argument("--keep-results", type=int, default=32, help="results kept in memory")
+    srv.add_argument("--parallel", type=int, default=2, help="uploads processed at once")
     srv.add_argument(
         "--result-minutes", type=float, default=15, help="how long a result stays downloadable"
     )

@@ -140,6 +140,7 @@ def create_app(
     max_upload_bytes: int = 64 * MiB,
     store: ResultStore | None = None,
     temp_dir: str | None = None,
+    parallel: int = 2,
 ) -> FastAPI:
     """Build the viewer app around a model loaded once.
 
@@ -150,12 +151,13 @@ def create_app(
         max_upload_bytes: the largest file accepted.
         store: where results are kept for their links (default: 32 results, 15 minutes).
         temp_dir: parent of the per-request temporary folders (default: the system's).
+        parallel: uploads processed at once (more wait their turn).
     """
     if model is None:
         from pipeline.inference.model import BundleModel
 
         model = BundleModel(bundle, device)
-    service = UploadService(model)
+    service = UploadService(model, parallel=parallel)
     store = store if store is not None else ResultStore()
     app = FastAPI(
         title="lungseg viewer",

@@ -147,21 +147,29 @@ def summarize(meta: dict[str, Any], m: Any, fmt: str) -> dict[str, Any]:
 
 
 class UploadService:
-    """Segments uploaded files with one loaded model (thread-safe: one forward pass at a time).
+    """Segments uploaded files with one loaded model; safe to call from many threads.
+
+    At most ``parallel`` uploads are decoded and post-processed at once (each large radiograph
+    holds ~100 MB while it is), and one forward pass runs at a time; other requests wait.
 
     Args:
         model: a loaded :class:`~pipeline.inference.model.BundleModel`.
         display_max_size: longest side of the image and overlay returned for display.
+        parallel: uploads processed at once.
     """
 
-    def __init__(self, model: Any, display_max_size: int = DISPLAY_MAX_SIZE):
+    def __init__(self, model: Any, display_max_size: int = DISPLAY_MAX_SIZE, parallel: int = 2):
         from pipeline.inference.model import split_preprocessing
 
+        if parallel < 1 or display_max_size < 1:
+            raise ValueError(
+                f"parallel and display_max_size must be >= 1, got {parallel}, {display_max_size}"
+            )
         self.model, self.display_max_size = model, display_max_size
         self.load, self.rest = split_preprocessing(model.preprocessing)
         self.algorithm = model.algorithm()
         self.identity = model.identity()
-        self._lock = threading.Lock()
+        self._lock, self._slots = threading.Lock(), threading.BoundedSemaphore(parallel)
 
     def process(self, path: Path, name: str) -> Result:
         """Segment the file at ``path`` (uploaded as ``name``, used only in error messages).
@@ -169,10 +177,16 @@ class UploadService:
         Raises:
             UploadError: the file is not an accepted image or cannot be used.
         """
-        from pipeline.inference.finish import LARGE_IMAGE, measure_prediction, release_memory
-
         start = time.perf_counter()
         check_format(path, name)
+        with self._slots:
+            result = self._process(path, name)
+        result.summary["seconds"] = round(time.perf_counter() - start, 3)
+        return result
+
+    def _process(self, path: Path, name: str) -> Result:
+        from pipeline.inference.finish import LARGE_IMAGE, measure_prediction, release_memory
+
         item, original = self._decode(path, name)
         with self._lock:
             logits = self.model.predict([item["image"]])[0]
@@ -183,9 +197,7 @@ class UploadService:
             files[ResultFile.SEG] = self._seg(path, meta, m)
         if original.size >= LARGE_IMAGE:
             release_memory()
-        summary = summarize(meta, m, str(meta.get("format")))
-        summary["seconds"] = round(time.perf_counter() - start, 3)
-        return Result(summary, files)
+        return Result(summarize(meta, m, str(meta.get("format"))), files)
 
     def _decode(self, path: Path, name: str) -> tuple[dict[str, Any], np.ndarray]:
         """The preprocessed item and the decoded image (uint8) of an upload."""

@@ -93,6 +93,32 @@ def test_page_image_and_overlay_line_up_with_the_result(client, cases):
     assert np.argwhere(right)[:, 1].mean() < np.argwhere(left)[:, 1].mean()
 
 
+def test_display_images_are_downscaled_but_the_mask_keeps_the_input_size(shipped_model, cases):
+    from pipeline.serve import ResultFile, UploadService
+
+    path = Path(cases[0]["image"])
+    result = UploadService(shipped_model, display_max_size=256).process(path, path.name)
+    assert png_of(result.files[ResultFile.IMAGE]).shape == (256, 256)
+    assert png_of(result.files[ResultFile.OVERLAY]).shape == (256, 256, 4)
+    mask = png_of(result.files[ResultFile.MASK]) > 127
+    assert dice(mask, reference(cases[0])) >= 0.95
+
+
+def test_concurrent_uploads_each_get_their_own_result(client, cases):
+    from concurrent.futures import ThreadPoolExecutor
+
+    uploads = [Path(c["image"]) for c in cases] * 3
+    with ThreadPoolExecutor(6) as pool:
+        responses = list(pool.map(lambda p: post(client, p.name, p.read_bytes()), uploads))
+    assert [r.status_code for r in responses] == [200] * len(uploads)
+    for path, response in zip(uploads, responses, strict=True):
+        result = response.json()
+        mask = png_of(client.get(result["links"]["mask"]).content) > 127
+        case = next(c for c in cases if Path(c["image"]) == path)
+        assert dice(mask, reference(case)) >= 0.95, path.name
+    assert len({r.json()["id"] for r in responses}) == len(uploads)
+
+
 def test_jpeg_upload_is_recognised_by_content(client, cases):
     buf = io.BytesIO()
     Image.open(cases[1]["image"]).save(buf, format="JPEG", quality=90)
@@ -238,9 +264,13 @@ def test_health_openapi_and_page(client, shipped_model):
     assert 'fetch("/api/segment"' in client.get("/static/app.js").text
 
 
-def test_serve_rejects_bad_limits_as_a_usage_error(capsys):
-    assert main(["serve", "--max-upload-mb", "0"]) == EXIT_USAGE
-    assert "--max-upload-mb" in capsys.readouterr().err
+@pytest.mark.parametrize("option", ["--max-upload-mb", "--parallel", "--keep-results"])
+def test_serve_rejects_bad_limits_as_a_usage_error(capsys, monkeypatch, option):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server was started"))
+    assert main(["serve", option, "0"]) == EXIT_USAGE
+    assert option in capsys.readouterr().err
 
 
 def test_result_store_validates_its_bounds():
