@@ -13,7 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from pipeline.serve.service import Result
+from pipeline.web.service import Result
 
 
 class ResultStore:

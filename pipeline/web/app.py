@@ -3,7 +3,7 @@
 ``POST /api/segment`` takes one file (multipart field ``file``), writes it to a private
 temporary folder (mode 0700) that is removed when the request ends, and answers with the
 areas, QA flags and links to the result's files, which stay in memory
-(:class:`~pipeline.serve.store.ResultStore`) for a limited time. Nothing identifying is
+(:class:`~pipeline.web.store.ResultStore`) for a limited time. Nothing identifying is
 logged: not the file name, not a DICOM attribute; log lines carry the format, the size, the
 time and the flags.
 """
@@ -24,8 +24,8 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pipeline import __version__
-from pipeline.serve.service import ResultFile, UploadError, UploadService
-from pipeline.serve.store import ResultStore
+from pipeline.web.service import ResultFile, UploadError, UploadService
+from pipeline.web.store import ResultStore
 
 log = logging.getLogger("lungseg.serve")
 #: Log levels of ``lungseg serve``: the viewer's and the HTTP server's own lines; other

@@ -1,6 +1,6 @@
 """What the web viewer does with one upload: check it, segment it, render what the page shows.
 
-File and array logic only; :mod:`pipeline.serve.app` is the HTTP layer around it. The model,
+File and array logic only; :mod:`pipeline.web.app` is the HTTP layer around it. The model,
 its preprocessing and post-processing, the measurements, the QA flags and the DICOM SEG are
 the ones ``lungseg segment`` uses (same functions, same bundle config).
 """

@@ -13,9 +13,9 @@ from PIL import Image
 
 from pipeline.cli import EXIT_USAGE, main
 from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
-from pipeline.serve import ResultStore, create_app
-from pipeline.serve.app import LOG_LEVELS
 from pipeline.training.data import load_split
+from pipeline.web import ResultStore, create_app
+from pipeline.web.app import LOG_LEVELS
 from tests.conftest import dice, load_png
 
 PATIENT = "Doe^Jane"
@@ -94,7 +94,7 @@ def test_page_image_and_overlay_line_up_with_the_result(client, cases):
 
 
 def test_display_images_are_downscaled_but_the_mask_keeps_the_input_size(shipped_model, cases):
-    from pipeline.serve import ResultFile, UploadService
+    from pipeline.web import ResultFile, UploadService
 
     path = Path(cases[0]["image"])
     result = UploadService(shipped_model, display_max_size=256).process(path, path.name)
