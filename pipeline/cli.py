@@ -215,6 +215,8 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         shard=shard,
         progress=not args.no_progress,
+        tb=args.tb,
+        tb_bundle=args.tb_bundle,
     )
     counts = summary["counts"]
     rate = summary["this_run"]["images_per_second"]
@@ -386,8 +388,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     import uvicorn
 
-    from pipeline.serve import ResultStore, create_app
-    from pipeline.serve.app import configure_logging
+    from pipeline.web import ResultStore, create_app
+    from pipeline.web.app import configure_logging
 
     if (
         min(args.max_upload_mb, args.result_minutes) <= 0
@@ -413,6 +415,113 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"lungseg viewer on http://{args.host}:{args.port}/", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_config=None)
     return EXIT_OK
+
+
+def _cmd_tb(args: argparse.Namespace) -> int:
+    if args.tb_command == "train":
+        return _tb_train(args)
+    return _tb_evaluate(args)
+
+
+def _tb_train(args: argparse.Namespace) -> int:
+    from pipeline.io.datasets import default_data_dir
+    from pipeline.tb.model import TBNetwork
+    from pipeline.tb.run import summary_markdown, train_and_report
+    from pipeline.tb.train import Settings
+
+    if min(args.folds, args.epochs, args.batch_size) < 1 or args.folds < 2:
+        raise UsageError("--folds must be >= 2 and --epochs, --batch-size >= 1")
+    TBNetwork.parse(args.network)  # before any work: a ValueError quoting the allowed names
+    settings = Settings(
+        network=args.network,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        patience=args.patience,
+        crop_size=args.crop_size,
+        seed=args.seed,
+        device=args.device,
+    )
+    summary = train_and_report(
+        args.data or default_data_dir(),
+        args.output,
+        settings,
+        folds=args.folds,
+        seg_bundle=args.seg_bundle,
+        max_cases=args.max_cases,
+        max_folds=args.max_folds,
+        mlflow=not args.no_mlflow,
+        tracking_uri=args.tracking_uri,
+        experiment=args.experiment,
+        package=args.package,
+    )
+    print(summary_markdown(summary), end="")
+    return EXIT_OK
+
+
+def _tb_evaluate(args: argparse.Namespace) -> int:
+    from pipeline.io.datasets import default_data_dir
+    from pipeline.tb.evaluate import evaluate_model, evaluate_predictions, evaluation_markdown
+
+    if args.predictions:
+        summary = evaluate_predictions(args.predictions, args.output, args.column)
+    else:
+        summary = evaluate_model(
+            args.data or default_data_dir(),
+            args.output,
+            bundle=args.bundle,
+            seg_bundle=args.seg_bundle,
+            device=args.device,
+            max_cases=args.max_cases,
+            gradcam=args.gradcam,
+            mlflow=args.mlflow,
+            tracking_uri=args.tracking_uri,
+        )
+    print(evaluation_markdown(summary), end="")
+    return EXIT_OK
+
+
+def _add_tb_commands(sub: argparse._SubParsersAction) -> None:
+    tb = sub.add_parser("tb", help="TB score from the segmented lungs (research only)")
+    tb_sub = tb.add_subparsers(dest="tb_command", required=True, metavar="{train,evaluate}")
+    tr = tb_sub.add_parser("train", help="stratified k-fold training, MLflow, optional bundle")
+    tr.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    tr.add_argument("--data", type=Path, help="collection with manifest.csv (default: shared)")
+    tr.add_argument(
+        "--network",
+        default="densenet_small",
+        help="densenet_small (default), densenet121, efficientnet_b0",
+    )
+    tr.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    tr.add_argument("--max-folds", type=int, help="stop after this many folds (quick runs)")
+    tr.add_argument("--epochs", type=int, default=30, help="epochs per fold (default 30)")
+    tr.add_argument("--patience", type=int, default=10, help="early stopping patience")
+    tr.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
+    tr.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    tr.add_argument("--crop-size", type=int, default=256, help="side of the lung crop")
+    tr.add_argument("--seed", type=int, default=0, help="folds, initialisation, augmentation")
+    tr.add_argument("--max-cases", type=int, help="use this many cases (sources and labels mixed)")
+    tr.add_argument("--seg-bundle", type=Path, help="lung segmentation bundle (default: shipped)")
+    tr.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    tr.add_argument("--package", type=Path, help="also write the TB bundle to this folder")
+    tr.add_argument("--tracking-uri", help="MLflow URI (default: sqlite under mlruns/)")
+    tr.add_argument("--experiment", default="lungseg-tb", help="MLflow experiment name")
+    tr.add_argument("--no-mlflow", action="store_true", help="do not track the run")
+    ev = tb_sub.add_parser("evaluate", help="AUC [95% CI], sensitivity at 90% specificity, ROC")
+    ev.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    ev.add_argument("--data", type=Path, help="collection with manifest.csv (default: shared)")
+    ev.add_argument("--bundle", type=Path, help="TB bundle (default: the shipped one)")
+    ev.add_argument("--seg-bundle", type=Path, help="lung segmentation bundle (default: shipped)")
+    ev.add_argument(
+        "--predictions", type=Path, help="score a predictions CSV instead (cv_predictions.csv)"
+    )
+    ev.add_argument("--column", default="cnn_score", help="score column of --predictions")
+    ev.add_argument("--max-cases", type=int, help="evaluate this many cases")
+    ev.add_argument("--gradcam", type=int, default=6, help="Grad-CAM overlays of this many cases")
+    ev.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    ev.add_argument("--mlflow", action="store_true", help="log the evaluation to MLflow")
+    ev.add_argument("--tracking-uri", help="MLflow URI (default: sqlite under mlruns/)")
+    tb.set_defaults(func=_cmd_tb)
 
 
 def _add_serve_command(sub: argparse._SubParsersAction) -> None:
@@ -575,6 +684,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--overwrite", action="store_true", help="redo inputs already done")
     seg.add_argument("--shard", help="I/N: process the I-th of N deterministic parts")
     seg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    seg.add_argument(
+        "--tb", action="store_true", help="add a TB score column (research only; see README)"
+    )
+    seg.add_argument("--tb-bundle", type=Path, help="TB bundle (default: the shipped one)")
     seg.set_defaults(func=_cmd_segment)
 
     prev = sub.add_parser(
@@ -592,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     node.add_argument("--check", action="store_true", help="validate, echo destinations, exit")
     node.set_defaults(func=_cmd_node)
     _add_serve_command(sub)
+    _add_tb_commands(sub)
     return parser
 
 

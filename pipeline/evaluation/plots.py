@@ -40,15 +40,19 @@ def _save(fig: Any, path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]], path: Path) -> Path:
-    """Pooled pixel ROC curves: ``{label: (fpr, tpr, auc)}``, linear axes."""
+def roc_figure(
+    curves: Mapping[str, tuple[np.ndarray, np.ndarray, float]],
+    path: Path,
+    title: str = "Pixel ROC, pooled over cases",
+) -> Path:
+    """ROC curves ``{label: (fpr, tpr, auc)}``, linear axes."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for label, (fpr, tpr, auc) in curves.items():
         ax.plot(fpr, tpr, label=f"{label} (AUC {auc:.4f})")
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
-    ax.set_title("Pixel ROC, pooled over cases")
+    ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path)
 

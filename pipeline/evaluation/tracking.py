@@ -67,10 +67,10 @@ class Recorder:
         for key, value in values.items():
             self.client.log_param(self.run_id, key, str(value))
 
-    def metrics(self, values: Mapping[str, Any]) -> None:
-        """Log the finite metrics."""
+    def metrics(self, values: Mapping[str, Any], step: int | None = None) -> None:
+        """Log the finite metrics (at ``step``, e.g. an epoch, when given)."""
         for key, value in _finite(values).items():
-            self.client.log_metric(self.run_id, key, value)
+            self.client.log_metric(self.run_id, key, value, step=step)
 
     def artifacts(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Log a file or a folder."""

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.enums import OutputFormat, Status
 from pipeline.inference.lungs import LungMeasures, measure
 
@@ -36,6 +38,7 @@ class Context:
     algorithm: dict[str, str]
     checksum: str
     started: str
+    tb_crop: Any = None  # the TB bundle's input transform (``lungseg segment --tb``)
 
 
 def output_path(ctx_out: Path, relative: Path, fmt: OutputFormat) -> Path:
@@ -129,7 +132,12 @@ def finish(
     stages["write"] = time.perf_counter() - start
     if OutputFormat.SEG in ctx.formats and meta.get("format") == "DICOM":
         _seg(path, relative, meta, m, ctx, stages)
-    return measured_row(path, meta, m), stages
+    out = measured_row(path, meta, m)
+    if ctx.tb_crop is not None:  # scored in batches by the main process, then dropped
+        image = decoded["original"].astype(np.float32) / 255
+        crop = ctx.tb_crop({"image": image[None], "mask": (m.right | m.left)[None]})
+        out["tb_input"] = np.asarray(crop["tb_input"], dtype=np.float16)
+    return out, stages
 
 
 def _seg(

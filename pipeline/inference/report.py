@@ -33,6 +33,9 @@ REPORT_FIELDS = (
     "seconds",
 )
 
+#: Columns added by ``lungseg segment --tb`` (research only, said in ``tb_note`` on every row).
+TB_FIELDS = ("tb_score", "tb_flag", "tb_note")
+
 JOURNAL = "journal{tag}.jsonl"
 
 
@@ -79,7 +82,7 @@ class Journal:
     def _load(self, header: dict[str, Any]) -> None:
         lines = self.path.read_text(encoding="utf-8").splitlines()
         previous = json.loads(lines[0])["run"] if lines else {}
-        for key in ("checkpoint_sha256", "formats"):
+        for key in ("checkpoint_sha256", "formats", "tb"):
             if previous.get(key) != header.get(key):
                 raise JournalMismatchError(
                     f"{self.path}: this folder holds a run with {key}={previous.get(key)!r}, "
@@ -120,16 +123,20 @@ def _cell(value: Any) -> Any:
 def write_reports(
     out_dir: str | os.PathLike, rows: Iterable[Mapping[str, Any]], tag: str = ""
 ) -> None:
-    """Write ``report{tag}.csv`` and ``report{tag}.jsonl`` (rows sorted by path), atomically."""
+    """Write ``report{tag}.csv`` and ``report{tag}.jsonl`` (rows sorted by path), atomically.
+
+    The :data:`TB_FIELDS` columns are there when any row has a TB score.
+    """
     ordered = sorted(rows, key=lambda r: r["path"])
+    fields = REPORT_FIELDS + (TB_FIELDS if any("tb_score" in r for r in ordered) else ())
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=REPORT_FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(text, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     for row in ordered:
-        writer.writerow({k: _cell(row.get(k)) for k in REPORT_FIELDS})
+        writer.writerow({k: _cell(row.get(k)) for k in fields})
     with atomic_path(Path(out_dir) / f"report{tag}.csv") as tmp:
         Path(tmp).write_text(text.getvalue(), encoding="utf-8")
-    lines = [json.dumps({k: _json(row.get(k)) for k in REPORT_FIELDS}) for row in ordered]
+    lines = [json.dumps({k: _json(row.get(k)) for k in fields}) for row in ordered]
     with atomic_path(Path(out_dir) / f"report{tag}.jsonl") as tmp:
         Path(tmp).write_text("".join(line + "\n" for line in lines), encoding="utf-8")
 

@@ -39,7 +39,7 @@ DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
 #: fragmented cannot pile up over an archive (a new pool costs well under a second).
 RECYCLE_EVERY = 256
 #: Stages timed per run (``summary.json`` → ``this_run.stage_seconds``).
-STAGES = ("decode", "preprocess", "forward", "postprocess", "seg_encode", "write")
+STAGES = ("decode", "preprocess", "forward", "postprocess", "seg_encode", "write", "tb")
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -118,6 +118,7 @@ class Segmenter:
         batch_size: images per forward pass.
         workers: worker processes for decoding and finishing (0: all in this process).
         progress: show a progress bar with rate and ETA.
+        tb_model: a :class:`~pipeline.tb.model.TBModel` to add a TB score to each row.
     """
 
     def __init__(
@@ -129,8 +130,10 @@ class Segmenter:
         batch_size: int = 8,
         workers: int = 2,
         progress: bool = True,
+        tb_model: Any = None,
     ):
         self.model, self.out_dir, self.formats = model, out_dir, tuple(formats)
+        self.tb_model, self._tb_pending = tb_model, []
         self.journal, self.batch_size, self.workers = journal, batch_size, workers
         self.progress = progress
         self._preprocessing = split_preprocessing(model.preprocessing)  # workers=0 decoding
@@ -142,6 +145,7 @@ class Segmenter:
             algorithm=model.algorithm(),
             checksum=ident["checkpoint_sha256"],
             started=journal.header["started"],
+            tb_crop=None if tb_model is None else tb_model.crop,
         )
 
     def run(self, jobs: list[Job]) -> Summary:
@@ -173,6 +177,7 @@ class Segmenter:
             for job, future in pending:
                 self._record(job, future)
                 bar.update()
+            self._flush_tb()
 
     def _pool(self) -> Executor:
         """Worker processes for decoding and finishing (a thread when workers is 0)."""
@@ -191,7 +196,7 @@ class Segmenter:
         )
 
     def _decode(self, pool: Executor, job: Job) -> Future:
-        keep = OutputFormat.OVERLAY in self.formats
+        keep = OutputFormat.OVERLAY in self.formats or self.tb_model is not None
         args = (job.file.path, job.file.is_sidecar, keep)
         if job.collides_with:  # reported as failed without decoding
             args = (job.file.path, True, False)
@@ -256,6 +261,32 @@ class Segmenter:
         result["seconds"] = round(future.finished_at - future.started_at, 4)
         for stage, seconds in stages.items():
             self.summary.add(stage, seconds)
+        if "tb_input" in result:  # scored with others first (see _flush_tb)
+            self._tb_pending.append((job, result))
+            if len(self._tb_pending) >= self.batch_size:
+                self._flush_tb()
+            return
+        self._commit(job, result)
+
+    def _flush_tb(self) -> None:
+        """Score the rows waiting for a TB score in one batch, then journal them."""
+        from pipeline.tb.run import NOTICE
+
+        if not self._tb_pending:
+            return
+        start = time.perf_counter()
+        scores = self.tb_model.scores([r.pop("tb_input") for _, r in self._tb_pending])
+        self.summary.add("tb", time.perf_counter() - start)
+        for (job, result), score in zip(self._tb_pending, scores, strict=True):
+            result.update(
+                tb_score=round(float(score), 4),
+                tb_flag=int(score >= self.tb_model.threshold),
+                tb_note=NOTICE,
+            )
+            self._commit(job, result)
+        self._tb_pending = []
+
+    def _commit(self, job: Job, result: dict[str, Any]) -> None:
         self.journal.record(job.key, result)
         self.summary.counts[result["status"]] += 1
         self.summary.processed += 1
@@ -305,8 +336,12 @@ def segment(
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,
     progress: bool = True,
+    tb: bool = False,
+    tb_bundle: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Segment every radiograph under ``inputs`` into ``out_dir``; return the summary.
+
+    With ``tb``, each segmented image also gets a TB score from the TB bundle (research only).
 
     Raises:
         FileNotFoundError: an input or the bundle does not exist.
@@ -318,16 +353,20 @@ def segment(
     jobs = plan(inputs, shard)
     model = BundleModel(bundle, device)
     ident = model.identity()
+    tb_model = _tb_model(tb, tb_bundle, device)
     header = {
         "started": time.strftime("%Y%m%d%H%M%S"),
         "checkpoint_sha256": ident["checkpoint_sha256"],
         "formats": sorted(str(f) for f in formats),
+        "tb": None if tb_model is None else tb_model.identity()["checkpoint_sha256"],
     }
     tag = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
     journal = Journal(out, header, overwrite, tag)
     threads = _share_cores(workers)
     try:
-        run = Segmenter(model, out, formats, journal, batch_size, workers, progress).run(jobs)
+        run = Segmenter(model, out, formats, journal, batch_size, workers, progress, tb_model).run(
+            jobs
+        )
     finally:
         journal.close()
         _share_cores(0, threads)
@@ -351,5 +390,18 @@ def segment(
         "software": software_versions(),
         "started": journal.header["started"],
     }
+    if tb_model is not None:
+        from pipeline.tb.run import NOTICE
+
+        summary["tb_screening"] = {"research_only": True, "notice": NOTICE, **tb_model.identity()}
     write_summary(out, summary, tag)
     return summary
+
+
+def _tb_model(tb: bool, tb_bundle: str | os.PathLike | None, device: str) -> Any:
+    """The TB bundle's model when ``tb`` is on (``tb_bundle`` alone does not turn it on)."""
+    if not tb:
+        return None
+    from pipeline.tb.model import TBModel
+
+    return TBModel(tb_bundle, device)
