@@ -49,7 +49,7 @@ class BundleModel:
         overrides: dict[str, Any] | None = None,
     ):
         self.bundle = Path(bundle or BUNDLE).resolve()
-        parser = _parser(self.bundle, device)
+        parser = bundle_parser(self.bundle, device)
         unknown = sorted(k for k in overrides or {} if k not in parser)
         if unknown:
             config = self.bundle / "configs" / "inference.json"
@@ -98,7 +98,12 @@ class BundleModel:
         return Postprocessor.apply(self.postprocessing, item, logits)
 
 
-def _parser(bundle: str | os.PathLike | None, device: str = "cpu") -> Any:
+def bundle_parser(bundle: str | os.PathLike | None, device: str = "cpu") -> Any:
+    """A bundle's ``configs/inference.json`` parser with its root and device set.
+
+    Raises:
+        FileNotFoundError: the folder has no ``configs/inference.json``.
+    """
     from monai.bundle import ConfigParser
 
     bundle = Path(bundle or BUNDLE).resolve()
@@ -119,7 +124,7 @@ class Postprocessor:
     """
 
     def __init__(self, bundle: str | os.PathLike | None = None):
-        parser = _parser(bundle)
+        parser = bundle_parser(bundle)
         self.transform = parser.get_parsed_content("postprocessing")
         self.preprocessing = parser.get_parsed_content("preprocessing")
 

@@ -97,15 +97,10 @@ class TBModel:
     """
 
     def __init__(self, bundle: str | os.PathLike | None = None, device: str = "auto"):
-        from monai.bundle import ConfigParser
+        from pipeline.inference.model import bundle_parser
 
         self.bundle = Path(bundle or TB_BUNDLE).resolve()
-        config = self.bundle / "configs" / "inference.json"
-        if not config.is_file():
-            raise FileNotFoundError(f"{self.bundle}: not a TB bundle (no configs/inference.json)")
-        parser = ConfigParser()
-        parser.read_config(str(config))
-        parser.update({"bundle_root": str(self.bundle), "device_name": device})
+        parser = bundle_parser(self.bundle, device)
         self.checkpoint = Path(parser.get_parsed_content("ckpt_path"))
         if not self.checkpoint.is_file():
             raise FileNotFoundError(f"{self.checkpoint}: the TB bundle's checkpoint is missing")
