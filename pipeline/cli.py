@@ -515,7 +515,7 @@ def _add_tb_commands(sub: argparse._SubParsersAction) -> None:
     ev.add_argument(
         "--predictions", type=Path, help="score a predictions CSV instead (cv_predictions.csv)"
     )
-    ev.add_argument("--column", default="cnn_score", help="score column of --predictions")
+    ev.add_argument("--column", default="hybrid_score", help="score column of --predictions")
     ev.add_argument("--max-cases", type=int, help="evaluate this many cases")
     ev.add_argument("--gradcam", type=int, default=6, help="Grad-CAM overlays of this many cases")
     ev.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")

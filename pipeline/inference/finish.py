@@ -38,7 +38,7 @@ class Context:
     algorithm: dict[str, str]
     checksum: str
     started: str
-    tb_crop: Any = None  # the TB bundle's input transform (``lungseg segment --tb``)
+    tb_inputs: Any = None  # the TB bundle's input preparation (``lungseg segment --tb``)
 
 
 def output_path(ctx_out: Path, relative: Path, fmt: OutputFormat) -> Path:
@@ -133,10 +133,11 @@ def finish(
     if OutputFormat.SEG in ctx.formats and meta.get("format") == "DICOM":
         _seg(path, relative, meta, m, ctx, stages)
     out = measured_row(path, meta, m)
-    if ctx.tb_crop is not None:  # scored in batches by the main process, then dropped
+    if ctx.tb_inputs is not None:  # scored in batches by the main process, then dropped
+        start = time.perf_counter()
         image = decoded["original"].astype(np.float32) / 255
-        crop = ctx.tb_crop({"image": image[None], "mask": (m.right | m.left)[None]})
-        out["tb_input"] = np.asarray(crop["tb_input"], dtype=np.float16)
+        out["tb_input"] = ctx.tb_inputs(image, m.right, m.left)
+        stages["tb_inputs"] = time.perf_counter() - start
     return out, stages
 
 

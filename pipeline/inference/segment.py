@@ -39,7 +39,16 @@ DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
 #: fragmented cannot pile up over an archive (a new pool costs well under a second).
 RECYCLE_EVERY = 256
 #: Stages timed per run (``summary.json`` → ``this_run.stage_seconds``).
-STAGES = ("decode", "preprocess", "forward", "postprocess", "seg_encode", "write", "tb")
+STAGES = (
+    "decode",
+    "preprocess",
+    "forward",
+    "postprocess",
+    "seg_encode",
+    "write",
+    "tb_inputs",
+    "tb",
+)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -145,7 +154,7 @@ class Segmenter:
             algorithm=model.algorithm(),
             checksum=ident["checkpoint_sha256"],
             started=journal.header["started"],
-            tb_crop=None if tb_model is None else tb_model.crop,
+            tb_inputs=None if tb_model is None else tb_model.inputs,
         )
 
     def run(self, jobs: list[Job]) -> Summary:

@@ -30,7 +30,7 @@ CAM_LAYERS = {"densenet": "features.norm5", "efficientnet": "_conv_head"}
 def score_cases(
     cases: Sequence[dict[str, Any]], tb_model: Any, seg_model: Any, batch_size: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores, inputs)``: the TB score and the classifier's input of every case."""
+    """``(scores, crops)``: the TB score and the CNN's input of every case."""
     from pipeline.inference.finish import measure_prediction
     from pipeline.inference.model import split_preprocessing
 
@@ -42,12 +42,11 @@ def score_cases(
         logits = seg_model.predict([it["image"] for it in items])
         for d, item, lg in zip(loaded, items, logits, strict=True):
             m = measure_prediction(item, lg, seg_model.postprocess)
-            inputs.append(tb_model.prepare(d["image"].numpy()[0], m.right | m.left))
-    stacked = np.stack(inputs).astype(np.float32)
+            inputs.append(tb_model.prepare(d["image"].numpy()[0], m.right, m.left))
     scores = np.concatenate(
-        [tb_model.scores(stacked[i : i + batch_size]) for i in range(0, len(stacked), batch_size)]
+        [tb_model.scores(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
     )
-    return scores, stacked
+    return scores, np.stack([x["crop"] for x in inputs]).astype(np.float32)
 
 
 def grad_cam(network: Any, inputs: np.ndarray) -> np.ndarray:
@@ -150,7 +149,7 @@ def evaluate_model(
 
 
 def evaluate_predictions(
-    path: str | os.PathLike, out_dir: str | os.PathLike, column: str = "cnn_score"
+    path: str | os.PathLike, out_dir: str | os.PathLike, column: str = "hybrid_score"
 ) -> dict[str, Any]:
     """Metrics of the scores in a predictions CSV (e.g. ``cv_predictions.csv``)."""
     out = Path(out_dir)

@@ -20,6 +20,9 @@ ZONES = ("upper", "middle", "lower")
 GLCM_LEVELS = 32
 GLCM_PROPS = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")
 LBP_POINTS, LBP_RADIUS = 8, 1
+#: Longest side at which features are computed (texture depends on the pixel size; the
+#: training images are 512²).
+FEATURE_SIZE = 512
 
 
 def _intensity(values: np.ndarray, prefix: str) -> dict[str, float]:
@@ -97,3 +100,27 @@ def lung_features(image: np.ndarray, right: np.ndarray, left: np.ndarray) -> dic
         out.update(_glcm(image, lung, name))
         out.update(_lbp(image, lung, name))
     return out
+
+
+def features_at(
+    image: np.ndarray, right: np.ndarray, left: np.ndarray, size: int = FEATURE_SIZE
+) -> dict[str, float]:
+    """:func:`lung_features` at the training images' scale.
+
+    The image and masks are first downscaled to ``size`` on the longer side (area average for
+    the image, nearest for the masks).
+    """
+    scale = size / max(image.shape)
+    if scale >= 1:
+        return lung_features(image, right, left)
+    from PIL import Image
+
+    shape = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    small = np.asarray(
+        Image.fromarray(image.astype(np.float32)).resize(shape, Image.Resampling.BOX)
+    )
+    masks = [
+        np.asarray(Image.fromarray(m.astype(np.uint8)).resize(shape, Image.Resampling.NEAREST)) > 0
+        for m in (right, left)
+    ]
+    return lung_features(small, *masks)

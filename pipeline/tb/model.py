@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,82 @@ class Ensemble(nn.Module):
         return torch.logit(probs.clamp(1e-6, 1 - 1e-6))
 
 
+#: Weight of the feature baseline in the shipped score (the CNN ensemble has the rest).
+BASELINE_WEIGHT = 0.5
+
+
+@dataclass
+class LogisticScorer:
+    """The feature baseline: standardised features, then L2 logistic regression.
+
+    Stored as plain JSON numbers (no pickle) in the bundle's ``models/baseline.json``.
+    """
+
+    names: list[str]
+    mean: np.ndarray
+    scale: np.ndarray
+    coef: np.ndarray
+    intercept: float
+
+    @classmethod
+    def fit(
+        cls, features: np.ndarray, labels: np.ndarray, names: Sequence[str], c: float = 0.05
+    ) -> LogisticScorer:
+        """Fit on ``features`` (N, F) and 0/1 ``labels`` (scikit-learn, C = ``c``)."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(features)
+        model = LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(features), labels)
+        return cls(
+            list(names), scaler.mean_, scaler.scale_, model.coef_[0], float(model.intercept_[0])
+        )
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        """Probabilities of rows of features (columns in :attr:`names` order)."""
+        z = (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
+        return 1 / (1 + np.exp(-(z @ self.coef + self.intercept)))
+
+    def to_json(self) -> str:
+        """The scorer as JSON."""
+        fields = ("mean", "scale", "coef")
+        body = {"names": self.names, "intercept": self.intercept}
+        return json.dumps({**body, **{f: getattr(self, f).tolist() for f in fields}}, indent=1)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LogisticScorer:
+        """Read :meth:`to_json`'s output."""
+        d = json.loads(Path(path).read_text())
+        arrays = [np.asarray(d[k], dtype=np.float64) for k in ("mean", "scale", "coef")]
+        return cls(d["names"], *arrays, float(d["intercept"]))
+
+
+class TBInputs:
+    """Both inputs of the TB model for one radiograph: the CNN's crop, the baseline's features.
+
+    Picklable, so worker processes of ``lungseg segment --tb`` prepare them.
+
+    Args:
+        crop: the bundle's crop transform (:class:`~pipeline.tb.inputs.LungCropd`).
+        names: the baseline's feature names (None: no baseline).
+    """
+
+    def __init__(self, crop: Any, names: Sequence[str] | None):
+        self.crop, self.names = crop, None if names is None else list(names)
+
+    def __call__(self, image: np.ndarray, right: np.ndarray, left: np.ndarray) -> dict:
+        """``{"crop": (2, S, S) float16, "features": (F,) float32 or None}``."""
+        from pipeline.tb.features import features_at
+
+        mask = right | left
+        crop = np.asarray(self.crop({"image": image[None], "mask": mask[None]})["tb_input"])
+        out = {"crop": crop.astype(np.float16), "features": None}
+        if self.names is not None:
+            values = features_at(image, right, left)
+            out["features"] = np.asarray([values[k] for k in self.names], dtype=np.float32)
+        return out
+
+
 class TBModel:
     """The packaged TB classifier: crop parameters, ensemble and operating threshold.
 
@@ -107,6 +184,8 @@ class TBModel:
         self.device = parser.get_parsed_content("device")
         self.crop = parser.get_parsed_content("crop")
         self.threshold = float(parser.get_parsed_content("threshold"))
+        self.baseline, self.baseline_weight = _baseline(parser)
+        self.inputs = TBInputs(self.crop, None if self.baseline is None else self.baseline.names)
         self.network = parser.get_parsed_content("network_def").to(self.device).eval()
         state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
         self.network.load_state_dict(state)
@@ -125,15 +204,38 @@ class TBModel:
             "threshold": self.threshold,
         }
 
-    def prepare(self, image: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        """The network's input for one radiograph in [0, 1] and its lung mask."""
-        return np.asarray(self.crop({"image": image[None], "mask": mask[None]})["tb_input"])
+    def prepare(self, image: np.ndarray, right: np.ndarray, left: np.ndarray) -> dict:
+        """The model's inputs for one radiograph in [0, 1] and its right and left lungs."""
+        return self.inputs(image, right, left)
+
+    def scores(self, inputs: Sequence[dict]) -> np.ndarray:
+        """TB scores of prepared inputs.
+
+        The CNN ensemble's probability, averaged with the feature baseline's
+        (``baseline_weight``) when the bundle has one.
+        """
+        cnn = self.cnn_scores([x["crop"] for x in inputs])
+        if self.baseline is None or not len(inputs):
+            return cnn
+        features = np.stack([x["features"] for x in inputs])
+        w = self.baseline_weight
+        return ((1 - w) * cnn + w * self.baseline(features)).astype(np.float32)
 
     @torch.inference_mode()
-    def scores(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        """TB probabilities of prepared inputs, as one batch."""
-        if not len(inputs):
+    def cnn_scores(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """The CNN ensemble's probabilities for crops, as one batch."""
+        if not len(crops):
             return np.zeros(0, np.float32)
-        batch = torch.stack([torch.as_tensor(np.asarray(x, np.float32)) for x in inputs])
+        batch = torch.stack([torch.as_tensor(np.asarray(x, np.float32)) for x in crops])
         logits = self.network(batch.to(self.device)).float().cpu()
         return torch.sigmoid(logits).reshape(-1).numpy()
+
+
+def _baseline(parser: Any) -> tuple[LogisticScorer | None, float]:
+    """The bundle's feature baseline and its weight (None, 0 when it has none)."""
+    if "baseline_path" not in parser:
+        return None, 0.0
+    path = Path(parser.get_parsed_content("baseline_path"))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the TB bundle's baseline model is missing")
+    return LogisticScorer.load(path), float(parser.get_parsed_content("baseline_weight"))

@@ -28,7 +28,8 @@ NOTICE = (
     "Research use only: the TB score is not validated for screening, diagnosis or any "
     "clinical decision."
 )
-SCORES = ("cnn", "baseline")
+#: The scores of a cross-validation: the CNN, the feature baseline, and their mean (shipped).
+SCORES = ("cnn", "baseline", "hybrid")
 
 
 def select_cases(data: str | os.PathLike, max_cases: int | None) -> list[dict[str, Any]]:
@@ -116,23 +117,18 @@ def write_predictions(path: Path, prepared: Prepared, result: CVResult) -> None:
 
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["name", "source", "tuberculosis", "fold", "cnn_score", "baseline_score"])
+    writer.writerow(["name", "source", "tuberculosis", "fold", *(f"{s}_score" for s in SCORES)])
+    columns = [getattr(result, s) for s in SCORES]
     for i, name in enumerate(prepared.names):
         if result.fold_of[i] >= 0:
-            writer.writerow(
-                [
-                    name,
-                    prepared.sources[i],
-                    int(prepared.labels[i]),
-                    int(result.fold_of[i]),
-                    f"{result.cnn[i]:.6f}",
-                    f"{result.baseline[i]:.6f}",
-                ]
-            )
+            head = [name, prepared.sources[i], int(prepared.labels[i]), int(result.fold_of[i])]
+            writer.writerow(head + [f"{c[i]:.6f}" for c in columns])
     write_text_atomic(path, buf.getvalue())
 
 
-def read_predictions(path: str | os.PathLike, column: str = "cnn_score") -> dict[str, np.ndarray]:
+def read_predictions(
+    path: str | os.PathLike, column: str = "hybrid_score"
+) -> dict[str, np.ndarray]:
     """``labels``, ``scores``, ``sources`` and ``names`` of a predictions CSV.
 
     Raises:
@@ -173,11 +169,12 @@ def summary_markdown(summary: dict[str, Any]) -> str:
                 f"{op['accuracy']:.3f} | {op['f1']:.3f} | {op['sensitivity']:.3f} | "
                 f"{op['specificity']:.3f} |"
             )
-    threshold = summary["cnn"]["all"]["operating_threshold"]
+    threshold = summary["hybrid"]["all"]["operating_threshold"]
     lines += [
         "",
-        f"Accuracy, F1, sensitivity and specificity at the CNN's operating threshold "
-        f"{threshold:.4f} (90% specificity over all cases; the baseline at its own).",
+        "hybrid = mean of the CNN's and the baseline's probabilities: the shipped score.",
+        "Accuracy, F1, sensitivity and specificity at each classifier's threshold of 90% "
+        f"specificity over all cases (the shipped one: {threshold:.4f}).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -239,6 +236,7 @@ def write_outputs(out: Path, prepared: Prepared, result: CVResult) -> dict[str, 
     """Write the cross-validation's files (see the module docstring); return the summary."""
     import torch
 
+    from pipeline.tb.model import LogisticScorer
     from pipeline.tb.train import ensemble_state
 
     summary = summarize(prepared, result)
@@ -254,6 +252,8 @@ def write_outputs(out: Path, prepared: Prepared, result: CVResult) -> dict[str, 
     tmp = out / ".model.pt.tmp"
     torch.save(ensemble_state(result.states), tmp)
     os.replace(tmp, out / "model.pt")
+    baseline = LogisticScorer.fit(prepared.features, prepared.labels, prepared.feature_names)
+    write_text_atomic(out / "baseline.json", baseline.to_json())
     return summary
 
 
@@ -306,8 +306,8 @@ def _log_results(recorder, summary: dict[str, Any], out: Path) -> None:
 def package_bundle(
     bundle: str | os.PathLike, out: Path, summary: dict[str, Any], result: CVResult
 ) -> Path:
-    """Write the TB bundle: configs from the template, the ensemble, the evaluation files."""
-    from pipeline.tb.model import TB_BUNDLE
+    """Write the TB bundle: configs from the template, the models, the evaluation files."""
+    from pipeline.tb.model import BASELINE_WEIGHT, TB_BUNDLE
 
     bundle = Path(bundle)
     (bundle / "models").mkdir(parents=True, exist_ok=True)
@@ -322,10 +322,13 @@ def package_bundle(
         members=len(result.states),
         crop_size=settings["crop_size"],
         crop_margin=settings["crop_margin"],
-        threshold=round(summary["cnn"]["all"]["operating_threshold"], 6),
+        threshold=round(summary["hybrid"]["all"]["operating_threshold"], 6),
+        baseline_path="$@bundle_root + '/models/baseline.json'",
+        baseline_weight=BASELINE_WEIGHT,
     )
     write_text_atomic(config_path, json.dumps(config, indent=4) + "\n")
     shutil.copyfile(out / "model.pt", bundle / "models" / "model.pt")
+    shutil.copyfile(out / "baseline.json", bundle / "models" / "baseline.json")
     for name in ("cv_summary.json", "cv_summary.md", "cv_predictions.csv", "roc.png"):
         shutil.copyfile(out / name, bundle / "docs" / "evaluation" / name)
     return bundle

@@ -243,14 +243,14 @@ def _epoch(network, crops, labels, train_idx, optimizer, loss_fn, gen, settings,
 def baseline_scores(
     features: np.ndarray, labels: np.ndarray, train_idx: np.ndarray, test_idx: np.ndarray
 ) -> np.ndarray:
-    """Standardised features + L2 logistic regression, fitted on ``train_idx``."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    """Scores of ``test_idx`` by the feature baseline fitted on ``train_idx``.
 
-    model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=5000))
-    model.fit(features[train_idx], labels[train_idx])
-    return model.predict_proba(features[test_idx])[:, 1]
+    The baseline is :class:`~pipeline.tb.model.LogisticScorer`.
+    """
+    from pipeline.tb.model import LogisticScorer
+
+    names = [str(i) for i in range(features.shape[1])]
+    return LogisticScorer.fit(features[train_idx], labels[train_idx], names)(features[test_idx])
 
 
 @dataclass
@@ -263,6 +263,13 @@ class CVResult:
     states: list[dict[str, torch.Tensor]]
     histories: list[list[dict[str, float]]]
     settings: dict[str, Any]
+
+    @property
+    def hybrid(self) -> np.ndarray:
+        """The shipped score: CNN and baseline averaged (``BASELINE_WEIGHT``)."""
+        from pipeline.tb.model import BASELINE_WEIGHT
+
+        return (1 - BASELINE_WEIGHT) * self.cnn + BASELINE_WEIGHT * self.baseline
 
 
 def cross_validate(
@@ -305,6 +312,8 @@ def _fold(prepared, train_idx, settings, log, checkpoints, fold):
     if path is not None and path.is_file():
         saved = torch.load(path, weights_only=False)
         if saved["key"] == key:
+            for entry in saved["history"] if log else []:  # this run's record has the curves too
+                log(entry["epoch"], entry)
             return saved["state"], saved["history"]
     state, history = train_network(
         prepared.crops[train_idx],

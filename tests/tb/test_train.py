@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pipeline.cli import EXIT_OK, EXIT_USAGE, main
+from pipeline.inference.lungs import split_lungs
 from pipeline.tb.run import NOTICE
 from tests.conftest import load_png
 
@@ -37,13 +38,16 @@ def test_training_writes_scores_a_model_and_the_report(trained):
     rows = _rows(trained["cv"] / "cv_predictions.csv")
     assert len(rows) == 16 and {r["fold"] for r in rows} == {"0", "1"}
     assert {r["source"] for r in rows} == {"montgomery", "shenzhen"}
-    for column in ("cnn_score", "baseline_score"):
+    for column in ("cnn_score", "baseline_score", "hybrid_score"):
         assert all(0 <= float(r[column]) <= 1 for r in rows)
     summary = json.loads((trained["cv"] / "cv_summary.json").read_text())
     assert summary["cases"] == 16 and summary["notice"] == NOTICE
-    assert set(summary["cnn"]) == {"all", "montgomery", "shenzhen"}
+    assert set(summary["hybrid"]) == {"all", "montgomery", "shenzhen"}
+    for row in rows:  # the shipped score is the mean of the two
+        mean = (float(row["cnn_score"]) + float(row["baseline_score"])) / 2
+        assert float(row["hybrid_score"]) == pytest.approx(mean, abs=2e-6)
     assert 0 <= summary["cnn"]["all"]["auc"] <= 1
-    for name in ("roc.png", "history.json", "model.pt"):
+    for name in ("roc.png", "history.json", "model.pt", "baseline.json"):
         assert (trained["cv"] / name).stat().st_size > 0
 
 
@@ -76,14 +80,20 @@ def test_the_packaged_model_scores_probabilities(trained, case_pixels, case_mask
 
     model = TBModel(trained["bundle"], "cpu")
     summary = json.loads((trained["cv"] / "cv_summary.json").read_text())
-    assert model.threshold == pytest.approx(summary["cnn"]["all"]["operating_threshold"], abs=1e-6)
-    assert len(model.network.members) == 2
+    assert model.threshold == pytest.approx(
+        summary["hybrid"]["all"]["operating_threshold"], abs=1e-6
+    )
+    assert len(model.network.members) == 2 and model.baseline_weight == 0.5
     inputs = [
-        model.prepare(case_pixels[n].astype(np.float32) / 255, case_masks[n]) for n in case_pixels
+        model.prepare(case_pixels[n].astype(np.float32) / 255, *split_lungs(case_masks[n])[:2])
+        for n in case_pixels
     ]
-    assert inputs[0].shape == (2, 96, 96)
+    assert inputs[0]["crop"].shape == (2, 96, 96) and inputs[0]["features"].shape == (95,)
     scores = model.scores(inputs)
     assert scores.shape == (4,) and np.all((scores >= 0) & (scores <= 1))
+    cnn = model.cnn_scores([x["crop"] for x in inputs])
+    baseline = model.baseline(np.stack([x["features"] for x in inputs]))
+    assert np.allclose(scores, (cnn + baseline) / 2, atol=1e-6)
     verify_metadata(
         meta_file=str(trained["bundle"] / "configs" / "metadata.json"), filepath=str(SCHEMA)
     )
@@ -105,7 +115,7 @@ def test_evaluate_a_predictions_file_gives_the_cross_validated_auc(trained):
     argv = ["tb", "evaluate", "--predictions", str(trained["cv"] / "cv_predictions.csv")]
     assert main([*argv, "-o", str(out)]) == EXIT_OK
     got = json.loads((out / "summary.json").read_text())["metrics"]["all"]["auc"]
-    cv = json.loads((trained["cv"] / "cv_summary.json").read_text())["cnn"]["all"]["auc"]
+    cv = json.loads((trained["cv"] / "cv_summary.json").read_text())["hybrid"]["all"]["auc"]
     assert got == pytest.approx(cv)
 
 
@@ -132,8 +142,8 @@ def test_segment_tb_adds_a_research_only_score(trained, radiograph_folder, tmp_p
     png = next(rel for rel in radiograph_folder["cases"] if rel.startswith("png/"))
     model = TBModel(trained["bundle"], "cpu")
     image = read_cxr(radiograph_folder["root"] / png)[0]
-    mask = load_png(out / "masks" / png) > 127
-    expected = model.scores([model.prepare(image, mask)])[0]
+    right, left, _ = split_lungs(load_png(out / "masks" / png) > 127)
+    expected = model.scores([model.prepare(image, right, left)])[0]
     assert float(rows[png]["tb_score"]) == pytest.approx(expected, abs=2e-3)
 
 
