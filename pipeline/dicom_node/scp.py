@@ -126,9 +126,12 @@ class Node:
         """Block until nothing is left to process or send (tests); False on timeout."""
         end = time.time() + timeout
         while time.time() < end:
-            pending = list(self.spool.incoming.glob("*/*/*.dcm")) or list(
-                self.spool.pending_results()
-            )
+            try:
+                pending = any(self.spool.incoming.glob("*/*/*.dcm")) or any(
+                    self.spool.pending_results()
+                )
+            except FileNotFoundError:  # a folder removed while listed: look again
+                pending = True
             if not pending:
                 return True
             time.sleep(0.2)

@@ -44,15 +44,25 @@ def safe_uid(uid: str, what: str) -> str:
     return uid
 
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` durably: temporary file, fsync, rename, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _fsync_write(path: Path, data: bytes, attempts: int = 3) -> None:
+    """Write ``data`` to ``path`` durably: temporary file, fsync, rename, fsync the folder.
+
+    The folder is created when missing, and again if it vanishes before the file is in it
+    (the processor removes empty series folders while instances arrive).
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    for attempt in range(attempts):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+            break
+        except FileNotFoundError:
+            if attempt == attempts - 1:
+                raise
     fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -110,11 +120,17 @@ class Spool:
         return sorted(series.glob("*.dcm"))
 
     def forget_if_empty(self, series: Path) -> None:
-        """Remove a processed series folder (and its study folder when empty)."""
-        if not any(series.glob("*.dcm")):
-            shutil.rmtree(series, ignore_errors=True)
-            with contextlib.suppress(OSError):
-                series.parent.rmdir()
+        """Remove a processed series folder (and its study folder) when nothing is left in it.
+
+        Only empty folders are removed (``rmdir``), never a tree: an instance stored into the
+        series meanwhile keeps its folder and is processed in a later round.
+        """
+        if any(series.glob("*.dcm")):
+            return
+        (series / ".released").unlink(missing_ok=True)
+        for folder in (series, series.parent):
+            with contextlib.suppress(OSError):  # not empty (a new instance): keep it
+                folder.rmdir()
 
     # --- results --------------------------------------------------------------------------
 
