@@ -24,7 +24,7 @@ from pipeline.io.atomic import write_text_atomic
 from pipeline.tb.run import NOTICE, read_predictions, roc_plot, select_cases
 
 #: Grad-CAM target layer of each network family.
-CAM_LAYERS = {"densenet": "features.norm5", "efficientnet": "_conv_head"}
+CAM_LAYERS = {"densenet": "class_layers.relu", "efficientnet": "_swish"}
 
 
 def score_cases(
@@ -60,7 +60,8 @@ def grad_cam(network: Any, inputs: np.ndarray) -> np.ndarray:
             if isinstance(module, torch.nn.ReLU):
                 module.inplace = False
         family = "efficientnet" if hasattr(member, "_conv_head") else "densenet"
-        cam = GradCAM(nn_module=member, target_layers=CAM_LAYERS[family])
+        # identity post-processing: MONAI's default normaliser maps the maximum to 0
+        cam = GradCAM(member, CAM_LAYERS[family], postprocessing=lambda m: m)
         x = torch.as_tensor(inputs, dtype=torch.float32, device=next(member.parameters()).device)
         maps.append(cam(x=x).detach().cpu().numpy()[:, 0])
     out = np.mean(maps, axis=0)
