@@ -55,26 +55,13 @@ class BundleModel:
             config = self.bundle / "configs" / "inference.json"
             raise KeyError(f"overrides {unknown} are not config ids of {config}")
         parser.update(dict(overrides or {}))
-        self.checkpoint = Path(parser.get_parsed_content("ckpt_path"))
-        if not self.checkpoint.is_file():
-            raise FileNotFoundError(f"{self.checkpoint}: the bundle's checkpoint is missing")
-        self.device = parser.get_parsed_content("device")
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.postprocessing = parser.get_parsed_content("postprocessing")
-        self.network = parser.get_parsed_content("network_def").to(self.device).eval()
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        self.network.load_state_dict(state)
-        meta = json.loads((self.bundle / "configs" / "metadata.json").read_text())
-        self.name, self.version = meta.get("name", self.bundle.name), meta.get("version", "")
+        load_network(self, parser)
 
     def identity(self) -> dict[str, str]:
         """Name, version and checkpoint checksum, for reports."""
-        return {
-            "name": self.name,
-            "version": self.version,
-            "bundle": str(self.bundle),
-            "checkpoint_sha256": file_sha256(self.checkpoint),
-        }
+        return identity_of(self)
 
     def algorithm(self) -> dict[str, str]:
         """``name`` and ``version`` of the algorithm, as DICOM SEG/SR objects record it."""
@@ -96,6 +83,36 @@ class BundleModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Mask and probability on the original grid (see :class:`Postprocessor`)."""
         return Postprocessor.apply(self.postprocessing, item, logits)
+
+
+def load_network(model: Any, parser: Any) -> None:
+    """Load a bundle's network onto ``model`` from its parsed config and metadata.
+
+    Sets ``checkpoint``, ``device``, ``network`` (weights loaded, eval mode), ``name`` and
+    ``version``; ``model.bundle`` must be set.
+
+    Raises:
+        FileNotFoundError: the checkpoint is missing.
+    """
+    model.checkpoint = Path(parser.get_parsed_content("ckpt_path"))
+    if not model.checkpoint.is_file():
+        raise FileNotFoundError(f"{model.checkpoint}: the bundle's checkpoint is missing")
+    model.device = parser.get_parsed_content("device")
+    model.network = parser.get_parsed_content("network_def").to(model.device).eval()
+    state = torch.load(model.checkpoint, map_location=model.device, weights_only=True)
+    model.network.load_state_dict(state)
+    meta = json.loads((model.bundle / "configs" / "metadata.json").read_text())
+    model.name, model.version = meta.get("name", model.bundle.name), meta.get("version", "")
+
+
+def identity_of(model: Any) -> dict[str, str]:
+    """Name, version, bundle folder and checkpoint checksum of a loaded bundle model."""
+    return {
+        "name": model.name,
+        "version": model.version,
+        "bundle": str(model.bundle),
+        "checkpoint_sha256": file_sha256(model.checkpoint),
+    }
 
 
 def bundle_parser(bundle: str | os.PathLike | None, device: str = "cpu") -> Any:

@@ -174,35 +174,21 @@ class TBModel:
     """
 
     def __init__(self, bundle: str | os.PathLike | None = None, device: str = "auto"):
-        from pipeline.inference.model import bundle_parser
+        from pipeline.inference.model import bundle_parser, load_network
 
         self.bundle = Path(bundle or TB_BUNDLE).resolve()
         parser = bundle_parser(self.bundle, device)
-        self.checkpoint = Path(parser.get_parsed_content("ckpt_path"))
-        if not self.checkpoint.is_file():
-            raise FileNotFoundError(f"{self.checkpoint}: the TB bundle's checkpoint is missing")
-        self.device = parser.get_parsed_content("device")
+        load_network(self, parser)
         self.crop = parser.get_parsed_content("crop")
         self.threshold = float(parser.get_parsed_content("threshold"))
         self.baseline, self.baseline_weight = _baseline(parser)
         self.inputs = TBInputs(self.crop, None if self.baseline is None else self.baseline.names)
-        self.network = parser.get_parsed_content("network_def").to(self.device).eval()
-        state = torch.load(self.checkpoint, map_location=self.device, weights_only=True)
-        self.network.load_state_dict(state)
-        meta = json.loads((self.bundle / "configs" / "metadata.json").read_text())
-        self.name, self.version = meta.get("name", self.bundle.name), meta.get("version", "")
 
     def identity(self) -> dict[str, Any]:
         """Name, version, checksum and operating threshold, for reports."""
-        from pipeline.inference.model import file_sha256
+        from pipeline.inference.model import identity_of
 
-        return {
-            "name": self.name,
-            "version": self.version,
-            "bundle": str(self.bundle),
-            "checkpoint_sha256": file_sha256(self.checkpoint),
-            "threshold": self.threshold,
-        }
+        return {**identity_of(self), "threshold": self.threshold}
 
     def prepare(self, image: np.ndarray, right: np.ndarray, left: np.ndarray) -> dict:
         """The model's inputs for one radiograph in [0, 1] and its right and left lungs."""
