@@ -481,46 +481,42 @@ def _tb_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _tb_common(p: argparse.ArgumentParser) -> None:
+    """The options ``tb train`` and ``tb evaluate`` share."""
+    p.add_argument("-o", "--output", required=True, type=Path, help="output folder")
+    p.add_argument("--data", type=Path, help="collection with manifest.csv (default: shared)")
+    p.add_argument("--max-cases", type=int, help="use this many cases (sources, labels mixed)")
+    p.add_argument("--seg-bundle", type=Path, help="lung segmentation bundle (default: shipped)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--tracking-uri", help="MLflow URI (default: sqlite under mlruns/)")
+
+
 def _add_tb_commands(sub: argparse._SubParsersAction) -> None:
     tb = sub.add_parser("tb", help="TB score from the segmented lungs (research only)")
     tb_sub = tb.add_subparsers(dest="tb_command", required=True, metavar="{train,evaluate}")
     tr = tb_sub.add_parser("train", help="stratified k-fold training, MLflow, optional bundle")
-    tr.add_argument("-o", "--output", required=True, type=Path, help="output folder")
-    tr.add_argument("--data", type=Path, help="collection with manifest.csv (default: shared)")
+    _tb_common(tr)
     tr.add_argument(
-        "--network",
-        default="densenet_small",
-        help="densenet_small (default), densenet121, efficientnet_b0",
+        "--network", default="densenet_small", help="densenet_small, densenet121, efficientnet_b0"
     )
     tr.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     tr.add_argument("--max-folds", type=int, help="stop after this many folds (quick runs)")
-    tr.add_argument("--epochs", type=int, default=30, help="epochs per fold (default 30)")
-    tr.add_argument("--patience", type=int, default=10, help="early stopping patience")
+    tr.add_argument("--epochs", type=int, default=24, help="epochs per fold (default 24)")
+    tr.add_argument("--patience", type=int, default=8, help="early stopping patience (default 8)")
     tr.add_argument("--batch-size", type=int, default=16, help="batch size (default 16)")
     tr.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     tr.add_argument("--crop-size", type=int, default=256, help="side of the lung crop")
     tr.add_argument("--seed", type=int, default=0, help="folds, initialisation, augmentation")
-    tr.add_argument("--max-cases", type=int, help="use this many cases (sources and labels mixed)")
-    tr.add_argument("--seg-bundle", type=Path, help="lung segmentation bundle (default: shipped)")
-    tr.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     tr.add_argument("--package", type=Path, help="also write the TB bundle to this folder")
-    tr.add_argument("--tracking-uri", help="MLflow URI (default: sqlite under mlruns/)")
     tr.add_argument("--experiment", default="lungseg-tb", help="MLflow experiment name")
     tr.add_argument("--no-mlflow", action="store_true", help="do not track the run")
     ev = tb_sub.add_parser("evaluate", help="AUC [95% CI], sensitivity at 90% specificity, ROC")
-    ev.add_argument("-o", "--output", required=True, type=Path, help="output folder")
-    ev.add_argument("--data", type=Path, help="collection with manifest.csv (default: shared)")
+    _tb_common(ev)
     ev.add_argument("--bundle", type=Path, help="TB bundle (default: the shipped one)")
-    ev.add_argument("--seg-bundle", type=Path, help="lung segmentation bundle (default: shipped)")
-    ev.add_argument(
-        "--predictions", type=Path, help="score a predictions CSV instead (cv_predictions.csv)"
-    )
+    ev.add_argument("--predictions", type=Path, help="score a CSV instead (cv_predictions.csv)")
     ev.add_argument("--column", default="hybrid_score", help="score column of --predictions")
-    ev.add_argument("--max-cases", type=int, help="evaluate this many cases")
     ev.add_argument("--gradcam", type=int, default=6, help="Grad-CAM overlays of this many cases")
-    ev.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     ev.add_argument("--mlflow", action="store_true", help="log the evaluation to MLflow")
-    ev.add_argument("--tracking-uri", help="MLflow URI (default: sqlite under mlruns/)")
     tb.set_defaults(func=_cmd_tb)
 
 

@@ -44,11 +44,11 @@ class Settings:
     """How each fold's CNN is trained."""
 
     network: str = "densenet_small"
-    epochs: int = 30
+    epochs: int = 24
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 1e-4
-    patience: int = 10
+    patience: int = 8
     inner_validation: float = 0.15
     crop_size: int = CROP_SIZE
     crop_margin: float = MARGIN
