@@ -1,0 +1,39 @@
+"""Grad-CAM of the TB ensemble points at what raises the score."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.tb.evaluate import grad_cam
+
+
+class Brightness(nn.Module):
+    """A DenseNet-shaped network whose logit grows with the mean of the first channel."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Conv2d(2, 1, 1, bias=False)
+        with torch.no_grad():
+            self.features.weight.copy_(torch.tensor([1.0, 0.0]).view(1, 2, 1, 1))
+        layers = [("relu", nn.ReLU(inplace=True)), ("pool", nn.AdaptiveAvgPool2d(1))]
+        layers += [("flatten", nn.Flatten()), ("out", nn.Linear(1, 1))]
+        self.class_layers = nn.Sequential(OrderedDict(layers))
+        with torch.no_grad():
+            self.class_layers.out.weight.fill_(2.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.class_layers(self.features(x))
+
+
+def test_the_map_is_hot_where_the_evidence_is():
+    x = np.zeros((1, 2, 32, 32), np.float32)
+    x[0, 0, 4:12, 20:28] = 3.0  # a bright patch: the only thing that raises the logit
+    maps = grad_cam(SimpleNamespace(members=[Brightness(), Brightness()]), x)
+    assert maps.shape == (1, 32, 32) and maps.min() >= 0 and maps.max() <= 1
+    inside, outside = maps[0, 4:12, 20:28].mean(), maps[0, 16:, :16].mean()
+    assert inside > 0.9 and outside < 0.1
