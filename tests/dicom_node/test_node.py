@@ -369,3 +369,22 @@ def test_results_are_stored_by_stow_rs(tmp_path, model, study):
     ]
     with pytest.raises(ConfigError, match="must be"):
         parse_config({"dicomweb": {"url": "ftp://x"}})
+
+
+def test_processed_series_folders_are_removed_only_when_empty(tmp_path):
+    from pipeline.dicom_node.spool import Spool
+
+    spool = Spool(tmp_path / "spool")
+    path = spool.store("1.2.3", "1.2.3.4", "1.2.3.4.5", b"DICM")
+    series = path.parent
+    (series / ".released").touch()
+    in_flight = series / ".1.2.3.4.6.dcm.99.1.tmp"  # an instance being stored right now
+    in_flight.write_bytes(b"partial")
+    path.unlink()  # the processed instance
+    spool.forget_if_empty(series)
+    assert in_flight.read_bytes() == b"partial"  # nothing but empty folders is ever removed
+    in_flight.unlink()
+    spool.forget_if_empty(series)
+    assert not series.exists() and not series.parent.exists()
+    # a store into a series whose folder was just removed recreates it
+    assert spool.store("1.2.3", "1.2.3.4", "1.2.3.4.7", b"DICM").read_bytes() == b"DICM"
