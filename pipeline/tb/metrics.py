@@ -16,13 +16,10 @@ TARGET_SPECIFICITY = 0.90
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (NaN without both classes)."""
-    from sklearn.metrics import roc_auc_score
+    """Area under the ROC curve (NaN without both classes): the project's Mann-Whitney AUC."""
+    from pipeline.evaluation.metrics import roc_auc as mann_whitney
 
-    labels = np.asarray(labels)
-    if len(np.unique(labels)) < 2:
-        return float("nan")
-    return float(roc_auc_score(labels, scores))
+    return mann_whitney(np.asarray(scores), np.asarray(labels))
 
 
 def bootstrap_auc(
@@ -38,14 +35,16 @@ def bootstrap_auc(
     if not pos.size or not neg.size:
         return float("nan"), float("nan")
     rng = np.random.default_rng(seed)
-    aucs = np.empty(resamples)
-    for i in range(resamples):
-        p = np.sort(pos[rng.integers(0, pos.size, pos.size)])
-        n = neg[rng.integers(0, neg.size, neg.size)]
-        # Mann-Whitney: P(score_pos > score_neg) + 0.5 P(tie)
-        below = np.searchsorted(p, n, side="left")
-        ties = np.searchsorted(p, n, side="right") - below
-        aucs[i] = ((p.size - below - ties).sum() + 0.5 * ties.sum()) / (p.size * n.size)
+    resampled = np.r_[np.ones(pos.size), np.zeros(neg.size)]
+    aucs = [
+        roc_auc(
+            resampled,
+            np.r_[
+                pos[rng.integers(0, pos.size, pos.size)], neg[rng.integers(0, neg.size, neg.size)]
+            ],
+        )
+        for _ in range(resamples)
+    ]
     low, high = np.percentile(aucs, [2.5, 97.5])
     return float(low), float(high)
 
