@@ -10,7 +10,9 @@ workers they run in the main process and one thread.
 from __future__ import annotations
 
 import math
+import os
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,6 +98,28 @@ def measure_prediction(item: dict[str, Any], logits: Any, postprocess: Any) -> L
     mask, prob = postprocess(item, logits)
     spacing = tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
     return measure(mask, prob, meta.get("patient_orientation"), spacing)
+
+
+def segment_files(
+    model: Any, paths: Sequence[str | os.PathLike], batch_size: int = 8
+) -> Iterator[tuple[np.ndarray, LungMeasures]]:
+    """Decode, segment and measure files in batches, in order (for whole collections).
+
+    Yields:
+        ``(image, measures)``: the decoded radiograph in [0, 1] and its lungs.
+
+    Raises:
+        InputError: a file the reader cannot use (a collection is expected to be clean).
+    """
+    from pipeline.inference.model import split_preprocessing
+
+    load, rest = split_preprocessing(model.preprocessing)
+    for first in range(0, len(paths), batch_size):
+        loaded = [load({"image": str(p)}) for p in paths[first : first + batch_size]]
+        items = [rest(d) for d in loaded]
+        logits = model.predict([it["image"] for it in items])
+        for d, item, lg in zip(loaded, items, logits, strict=True):
+            yield d["image"].numpy()[0], measure_prediction(item, lg, model.postprocess)
 
 
 def finish(

@@ -31,18 +31,13 @@ def score_cases(
     cases: Sequence[dict[str, Any]], tb_model: Any, seg_model: Any, batch_size: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, crops)``: the TB score and the CNN's input of every case."""
-    from pipeline.inference.finish import measure_prediction
-    from pipeline.inference.model import split_preprocessing
+    from pipeline.inference.finish import segment_files
 
-    load, rest = split_preprocessing(seg_model.preprocessing)
-    inputs = []
-    for first in range(0, len(cases), batch_size):
-        loaded = [load({"image": c["image"]}) for c in cases[first : first + batch_size]]
-        items = [rest(d) for d in loaded]
-        logits = seg_model.predict([it["image"] for it in items])
-        for d, item, lg in zip(loaded, items, logits, strict=True):
-            m = measure_prediction(item, lg, seg_model.postprocess)
-            inputs.append(tb_model.prepare(d["image"].numpy()[0], m.right, m.left))
+    paths = [c["image"] for c in cases]
+    inputs = [
+        tb_model.prepare(image, m.right, m.left)
+        for image, m in segment_files(seg_model, paths, batch_size)
+    ]
     scores = np.concatenate(
         [tb_model.scores(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
     )

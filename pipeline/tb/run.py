@@ -265,7 +265,7 @@ def _recorder(mlflow, tracking_uri, experiment, settings, folds, data, n_cases):
     rec = Recorder(tracking_uri, experiment, f"tb-{settings.network}-{folds}fold", {"kind": "tb"})
     rec.params(
         {
-            **{k: v for k, v in settings.__dict__.items() if k != "extra"},
+            **settings.__dict__,
             "folds": folds,
             "data": str(data),
             "cases": n_cases,

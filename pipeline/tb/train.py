@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,6 @@ class Settings:
     crop_margin: float = MARGIN
     seed: int = 0
     device: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def prepare(
@@ -65,18 +64,14 @@ def prepare(
     batch_size: int = 8,
 ) -> Prepared:
     """Segment, crop and describe ``cases`` (datalist items with ``source``/``tuberculosis``)."""
-    from pipeline.inference.model import split_preprocessing
+    from pipeline.inference.finish import segment_files
+    from pipeline.tb.features import features_at
+    from pipeline.tb.inputs import lung_crop
 
-    load, rest = split_preprocessing(seg_model.preprocessing)
     crops, rows = [], []
-    for first in range(0, len(cases), batch_size):
-        loaded = [load({"image": c["image"]}) for c in cases[first : first + batch_size]]
-        items = [rest(d) for d in loaded]
-        logits = seg_model.predict([it["image"] for it in items])
-        for d, item, lg in zip(loaded, items, logits, strict=True):
-            crop, feats = _describe(d["image"].numpy()[0], item, lg, seg_model, size, margin)
-            crops.append(crop)
-            rows.append(feats)
+    for image, m in segment_files(seg_model, [c["image"] for c in cases], batch_size):
+        crops.append(lung_crop(image, m.right | m.left, size, margin).astype(np.float16))
+        rows.append(features_at(image, m.right, m.left))
     names = sorted(rows[0])
     return Prepared(
         names=[str(c.get("name", Path(c["image"]).name)) for c in cases],
@@ -86,16 +81,6 @@ def prepare(
         features=np.asarray([[r[k] for k in names] for r in rows], dtype=np.float32),
         feature_names=names,
     )
-
-
-def _describe(image, item, logits, seg_model, size, margin) -> tuple[np.ndarray, dict]:
-    from pipeline.inference.finish import measure_prediction
-    from pipeline.tb.features import lung_features
-    from pipeline.tb.inputs import lung_crop
-
-    m = measure_prediction(item, logits, seg_model.postprocess)
-    crop = lung_crop(image, m.right | m.left, size, margin).astype(np.float16)
-    return crop, lung_features(image, m.right, m.left)
 
 
 def fold_parts(prepared: Prepared, folds: int, seed: int = 0) -> list[np.ndarray]:
