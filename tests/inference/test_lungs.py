@@ -87,3 +87,16 @@ def test_overlay_of_an_8bit_image_keeps_its_grey_levels(pixels, lung_mask):
     m = measure(lung_mask, np.ones(lung_mask.shape, np.float32))
     as_float, as_uint8 = overlay_image(pixels / 255.0, m), overlay_image(pixels, m)
     assert np.array_equal(as_float, as_uint8) and len(np.unique(as_uint8[..., 0])) > 100
+
+
+def test_every_qa_flag_is_explained_with_its_limit():
+    from pipeline.enums import QAFlag
+    from pipeline.inference.lungs import describe_flag
+
+    messages = {flag: describe_flag(flag) for flag in QAFlag}
+    assert "8%-65%" in messages[QAFlag.IMPLAUSIBLE_AREA]
+    assert "0.5-2.0" in messages[QAFlag.IMPLAUSIBLE_RATIO]
+    assert "0.85" in messages[QAFlag.LOW_CONFIDENCE]
+    assert describe_flag("not_two_components") == messages[QAFlag.NOT_TWO_COMPONENTS]
+    with pytest.raises(ValueError, match="not_two_components"):
+        describe_flag("blurry")

@@ -84,3 +84,21 @@ def test_mask_features_of_the_two_lungs(case):
     f = mask_features(right, left)
     assert f["right_area_fraction"] + f["left_area_fraction"] == pytest.approx(mask.mean())
     assert f["right_left_ratio"] == pytest.approx(right.sum() / left.sum())
+
+
+def test_features_are_computed_at_the_training_scale(case):
+    from PIL import Image
+
+    from pipeline.tb.features import features_at
+
+    image, mask = case
+    right, left, _ = split_lungs(mask)
+    assert features_at(image, right, left) == lung_features(image, right, left)  # 512: as is
+    big = np.asarray(Image.fromarray(image).resize((1024, 1024), Image.Resampling.BILINEAR))
+    big_mask = np.asarray(Image.fromarray(mask).resize((1024, 1024), Image.Resampling.NEAREST))
+    big_right, big_left, _ = split_lungs(big_mask)
+    reference = lung_features(image, right, left)
+    scaled = features_at(big, big_right, big_left)
+    unscaled = lung_features(big, big_right, big_left)
+    for key in ("right_glcm_contrast", "left_glcm_dissimilarity", "right_lbp_3"):
+        assert abs(scaled[key] - reference[key]) < abs(unscaled[key] - reference[key]) / 2, key

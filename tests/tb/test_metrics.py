@@ -74,3 +74,23 @@ def test_groups_use_the_overall_operating_threshold(scored):
     assert out["montgomery"]["n"] + out["shenzhen"]["n"] == labels.size
     keep = groups == "shenzhen"
     assert out["shenzhen"]["auc"] == pytest.approx(roc_auc_score(labels[keep], scores[keep]))
+
+
+def test_the_feature_baseline_is_scikit_learns_and_survives_json(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from pipeline.tb.model import LogisticScorer
+
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(80, 5)) * [1, 10, 0.1, 3, 1] + [0, 5, 1, 0, -2]
+    labels = (features[:, 0] + 0.1 * features[:, 1] + rng.normal(size=80) > 0.5).astype(int)
+    scorer = LogisticScorer.fit(features, labels, list("abcde"))
+    reference = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=5000))
+    expected = reference.fit(features, labels).predict_proba(features)[:, 1]
+    assert np.allclose(scorer(features), expected, atol=1e-9)
+    path = tmp_path / "baseline.json"
+    path.write_text(scorer.to_json())
+    loaded = LogisticScorer.load(path)
+    assert loaded.names == list("abcde") and np.allclose(loaded(features), expected, atol=1e-9)

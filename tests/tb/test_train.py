@@ -145,6 +145,8 @@ def test_segment_tb_adds_a_research_only_score(trained, radiograph_folder, tmp_p
     right, left, _ = split_lungs(load_png(out / "masks" / png) > 127)
     expected = model.scores([model.prepare(image, right, left)])[0]
     assert float(rows[png]["tb_score"]) == pytest.approx(expected, abs=2e-3)
+    # the journal holds TB scores of this model: a rerun without --tb is refused, not mixed
+    assert main(argv) == EXIT_USAGE
 
 
 def test_tb_train_usage_errors(tmp_path, capsys):
