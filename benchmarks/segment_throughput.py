@@ -127,9 +127,10 @@ def forward_only(folder: Path, args: argparse.Namespace) -> float:
 
 def naive_loop(folder: Path, out: Path, args: argparse.Namespace, limit: int = 100) -> float:
     """The baseline: one file at a time, one process, same model and outputs; images/s."""
-    from pipeline.enums import OutputFormat
     from pipeline.inference.finish import Context, safe_finish
     from pipeline.inference.model import BundleModel
+
+    from pipeline.enums import OutputFormat
 
     model = BundleModel(device=args.device)
     ctx = Context(out, tuple(OutputFormat.parse(f) for f in ("seg", "mask", "overlay")),

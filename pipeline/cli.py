@@ -103,6 +103,7 @@ TRAIN_OPTIONS = {  # CLI option -> bundle config id
     "augmentation": "augmentation",
     "max_cases": "max_cases",
     "resume": "resume",
+    "init": "init_weights",
     "device": "device_name",
     "seed": "seed",
     "workers": "num_workers",
@@ -133,7 +134,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for opt, cfg in TRAIN_OPTIONS.items()
         if getattr(args, opt) is not None
     }
-    for key in ("dataset_dir", "pretrained", "resume"):
+    for key in ("dataset_dir", "pretrained", "resume", "init_weights"):
         if key in overrides and "://" not in str(overrides[key]) and overrides[key] != "imagenet":
             overrides[key] = str(Path(overrides[key]).resolve())
     split = {
@@ -198,6 +199,8 @@ def _parse_formats(text: str) -> list:
 def _cmd_segment(args: argparse.Namespace) -> int:
     from pipeline.inference.segment import parse_shard, segment
 
+    if args.tb:  # TB sits above inference: its package wraps the batch job
+        from pipeline.tb.screen import segment_and_screen as segment
     try:
         shard = parse_shard(args.shard)
     except ValueError as err:
@@ -215,8 +218,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         shard=shard,
         progress=not args.no_progress,
-        tb=args.tb,
-        tb_bundle=args.tb_bundle,
+        **({"tb_bundle": args.tb_bundle} if args.tb else {}),
     )
     counts = summary["counts"]
     rate = summary["this_run"]["images_per_second"]
@@ -361,23 +363,14 @@ def _cmd_protocol(args: argparse.Namespace) -> int:
 
 
 def _cmd_node(args: argparse.Namespace) -> int:
-    from pipeline.dicom_node import ConfigError, Node, echo, load_config
+    from pipeline.dicom_node import ConfigError, Node, check_node, load_config
 
     try:
         config = load_config(args.config)
     except ConfigError as err:
         raise UsageError(str(err)) from err
     if args.check:
-        problems = []
-        for dest in config.destinations:
-            error = echo(dest, config.ae_title)
-            print(f"destination {dest.ae_title}@{dest.host}:{dest.port}: {error or 'C-ECHO ok'}")
-            problems += [error] if error else []
-        from pipeline.inference.model import BundleModel
-
-        model = BundleModel(config.bundle, config.device)
-        print(f"model {model.identity()['name']} on {model.device}: ok")
-        return EXIT_FAILED if problems else EXIT_OK
+        return EXIT_OK if check_node(config) else EXIT_FAILED
     print(f"lungseg node {config.ae_title} listening on {config.host}:{config.port}", flush=True)
     Node(config).start(block=True)
     return EXIT_OK
@@ -635,7 +628,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--optimizer", choices=("auto", "adam", "nadam", "adamw"))
     tr.add_argument("--scheduler", choices=("plateau", "cosine", "none"))
     tr.add_argument("--image-size", type=int, help="network input size (default 256)")
-    tr.add_argument("--augmentation", choices=("default", "light", "none"))
+    tr.add_argument("--augmentation", choices=("default", "robust", "light", "none"))
     tr.add_argument(
         "--clahe", action="store_true", default=None, help="add CLAHE to the preprocessing"
     )
@@ -655,6 +648,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
     tr.add_argument("--workers", type=int, help="data loader worker processes")
     tr.add_argument("--resume", type=Path, help="checkpoint (last.pt) to continue from")
+    tr.add_argument("--init", type=Path, help="start from these network weights (fine-tuning)")
     tr.add_argument("-o", "--output", type=Path, help="run folder (models/, eval/)")
     tr.add_argument("--bundle", type=Path, help="bundle folder (default: the shipped one)")
     tr.add_argument("--tracking-uri", help="MLflow URI (default: sqlite under mlruns/)")

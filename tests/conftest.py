@@ -48,9 +48,9 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def shipped_model():
     """The shipped bundle's model on the CPU, loaded once per test session."""
-    from pipeline.inference.model import BundleModel
+    from pipeline.inference.predictor import Predictor
 
-    return BundleModel(device="cpu")
+    return Predictor(device="cpu")
 
 
 @pytest.fixture(scope="session")

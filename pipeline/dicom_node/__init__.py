@@ -7,13 +7,14 @@ from pipeline.dicom_node.config import (
     load_config,
     parse_config,
 )
-from pipeline.dicom_node.scp import Node, echo
+from pipeline.dicom_node.scp import Node, check_node, echo
 
 __all__ = [
     "ConfigError",
     "Destination",
     "Node",
     "NodeConfig",
+    "check_node",
     "echo",
     "load_config",
     "parse_config",

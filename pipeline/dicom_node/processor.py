@@ -9,7 +9,6 @@ output folder when one is configured.
 
 from __future__ import annotations
 
-import io
 import shutil
 import time
 from pathlib import Path
@@ -17,12 +16,6 @@ from typing import Any
 
 from pipeline.dicom_node.config import NodeConfig
 from pipeline.dicom_node.spool import Spool
-
-
-def _encode(ds: Any) -> bytes:
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
 
 
 def selection_reason(ds: Any, config: NodeConfig) -> str | None:
@@ -47,17 +40,16 @@ class Processor:
     Args:
         config: the node configuration.
         spool: the node's spool.
-        model: a loaded :class:`~pipeline.inference.model.BundleModel` (default: the configured
+        model: a :class:`~pipeline.inference.predictor.Predictor` (default: the configured
             bundle on the configured device).
     """
 
     def __init__(self, config: NodeConfig, spool: Spool, model: Any = None):
-        from pipeline.inference.model import BundleModel
+        from pipeline.inference.predictor import Predictor
 
         self.config, self.spool = config, spool
-        self.model = model or BundleModel(config.bundle, config.device)
-        self.algorithm = self.model.algorithm()
-        self.checksum = self.model.identity()["checkpoint_sha256"]
+        self.model = model or Predictor(config.bundle, config.device)
+        self.identity = self.model.identity
 
     def run_once(self) -> int:
         """Process every ready series; return how many instances were handled."""
@@ -91,7 +83,8 @@ class Processor:
                 self._decided(path, uids, err, start)
                 return
             self.spool.put_results(uids["sop"], results)
-            self.spool.audit("segmented", **uids, seconds=round(time.perf_counter() - start, 3))
+            seconds = round(time.perf_counter() - start, 3)
+            self.spool.audit("segmented", **uids, model=self.identity.digest, seconds=seconds)
         else:
             self.spool.audit("skipped", **uids, reason=reason)
         path.unlink(missing_ok=True)
@@ -114,34 +107,23 @@ class Processor:
 
     def _segment(self, path: Path, ds: Any) -> dict[str, bytes]:
         """The SEG (and SR) of one image, as ``{file name: encoded bytes}``."""
-        from pipeline.inference.finish import measure_prediction
-        from pipeline.inference.outputs import build_seg, seg_uids
+        from pipeline.inference.outputs import encode_dicom, seg_of
 
-        item = self.model.preprocess(path)
-        logits = self.model.predict([item["image"]])[0]
-        m = measure_prediction(item, logits, self.model.postprocess)
-        uids = seg_uids(str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID), self.checksum)
-        seg = build_seg(ds, m, uids, self.algorithm)
-        results = {"seg.dcm": _encode(seg)}
+        m = self.model.predict_items([self.model.load(path)])[0].measures
+        seg = seg_of(ds, m, self.identity)
+        results = {"seg.dcm": encode_dicom(seg)}
         if self.config.sr:
             results.update(self._report(ds, seg, m))
         return results
 
     def _report(self, ds: Any, seg: Any, m: Any) -> dict[str, bytes]:
         """The TID 1500 SR of the lung areas (none, audited, when the spacing is unknown)."""
-        from pipeline.inference.outputs import build_sr
-        from pipeline.io.convert import make_uid
+        from pipeline.inference.outputs import encode_dicom, sr_of
 
-        sop, series = str(ds.SOPInstanceUID), str(ds.SeriesInstanceUID)
-        uids = {
-            "series_instance_uid": make_uid("lungseg-sr-series", series, self.checksum),
-            "sop_instance_uid": make_uid("lungseg-sr", sop, self.checksum),
-            "device_uid": make_uid("lungseg-device", self.checksum),
-        }
         try:
-            return {"sr.dcm": _encode(build_sr(ds, seg, m, uids, self.algorithm))}
+            return {"sr.dcm": encode_dicom(sr_of(ds, seg, m, self.identity))}
         except ValueError as err:
-            self.spool.audit("sr_skipped", sop=sop, reason=str(err))
+            self.spool.audit("sr_skipped", sop=str(ds.SOPInstanceUID), reason=str(err))
             return {}
 
 

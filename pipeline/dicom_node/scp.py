@@ -102,7 +102,13 @@ class Node:
         handlers = [(evt.EVT_C_STORE, self.on_store), (evt.EVT_RELEASED, self.on_released)]
         self._worker = threading.Thread(target=self.work, name="lungseg-node-worker", daemon=True)
         self._worker.start()
-        self.spool.audit("started", ae_title=self.config.ae_title, port=self.config.port)
+        model = self.processor.identity.as_dict()
+        self.spool.audit(
+            "started",
+            ae_title=self.config.ae_title,
+            port=self.config.port,
+            model={k: model[k] for k in ("name", "version", "digest", "checkpoints_sha256")},
+        )
         ae = self.application_entity()
         address = (self.config.host, self.config.port)
         if block:
@@ -154,3 +160,21 @@ def echo(dest: Any, calling_aet: str) -> str | None:
         assoc.release()
     code = getattr(status, "Status", None)
     return None if code == SUCCESS else f"C-ECHO answered status {code!r}"
+
+
+def check_node(config: NodeConfig) -> bool:
+    """``lungseg node --check``: C-ECHO every destination, load the model; print each result.
+
+    Returns:
+        Whether every destination answered.
+    """
+    from pipeline.inference.predictor import Predictor
+
+    ok = True
+    for dest in config.destinations:
+        error = echo(dest, config.ae_title)
+        print(f"destination {dest.ae_title}@{dest.host}:{dest.port}: {error or 'C-ECHO ok'}")
+        ok = ok and error is None
+    model = Predictor(config.bundle, config.device)
+    print(f"model {model.identity.name} ({model.identity.digest[:12]}) on {model.device}: ok")
+    return ok

@@ -207,7 +207,7 @@ class Evaluation:
     @staticmethod
     def _write_worst_overlays(cases: list[dict[str, Any]], folder: Path) -> list[str]:
         from pipeline.evaluation.plots import case_overlay
-        from pipeline.io.writers import save_png
+        from pipeline.io.png import save_png
 
         names = []
         for i, case in enumerate(cases, start=1):

@@ -26,8 +26,8 @@ class CaseMetrics:
         group_columns: datalist entries to group the statistics by.
         pred_key: the post-processed binary mask (original grid).
         truth_key: the reference mask (original grid).
-        logits_key: the network's logits, copied before post-processing (for the AUC);
-            absent: no AUC and no ROC curve.
+        prob_key: the lung probability on the original grid (the bundle's post-processing
+            copies it out as ``prob``; for the AUC); absent: no AUC and no ROC curve.
         about: extra entries for ``summary.json`` (model identity, title...).
     """
 
@@ -38,11 +38,11 @@ class CaseMetrics:
         group_columns: Sequence[str] = ("source", "tuberculosis"),
         pred_key: str = "pred",
         truth_key: str = "truth_mask",
-        logits_key: str = "logits",
+        prob_key: str = "prob",
         about: Mapping[str, Any] | None = None,
     ):
         self.output_dir, self.about = Path(output_dir), dict(about or {})
-        self.keys = (pred_key, truth_key, logits_key)
+        self.keys = (pred_key, truth_key, prob_key)
         self.items = {os.path.abspath(str(i["image"])): dict(i) for i in items}
         self.evaluation = Evaluation(group_columns)
         self.summary: dict[str, Any] | None = None
@@ -62,13 +62,11 @@ class CaseMetrics:
 
     def add(self, item: Mapping[str, Any]) -> None:
         """Score one decollated item."""
-        from pipeline.inference.model import probability_map
-
-        pred_key, truth_key, logits_key = self.keys
+        pred_key, truth_key, prob_key = self.keys
         meta = item["image"].meta
         path = str(meta.get("filename_or_obj", ""))
         case = self.items.get(os.path.abspath(path), {})
-        prob = probability_map(item[logits_key], meta) if logits_key in item else None
+        prob = np.asarray(item[prob_key])[0].astype(np.float32) if prob_key in item else None
         spacing = tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
         self.evaluation.add(
             case.get("name", Path(path).name),

@@ -23,7 +23,8 @@ MISSED_RGB = (230, 40, 40)
 EXTRA_RGB = (40, 90, 255)
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the headless Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -32,8 +33,9 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: str | os.PathLike) -> Path:
-    plt = _pyplot()
+def save_figure(fig: Any, path: str | os.PathLike) -> Path:
+    """Save a figure as PNG atomically and close it."""
+    plt = pyplot()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -46,7 +48,7 @@ def roc_figure(
     title: str = "Pixel ROC, pooled over cases",
 ) -> Path:
     """ROC curves ``{label: (fpr, tpr, auc)}``, linear axes."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 5))
     for label, (fpr, tpr, auc) in curves.items():
         ax.plot(fpr, tpr, label=f"{label} (AUC {auc:.4f})")
@@ -54,7 +56,7 @@ def roc_figure(
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1))
     ax.set_title(title)
     ax.legend(loc="lower right", fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def distribution_figure(
@@ -64,7 +66,7 @@ def distribution_figure(
 
     The first panel is every case; then one panel per grouping column.
     """
-    plt = _pyplot()
+    plt = pyplot()
     panels = list(values.items())
     fig, axes = plt.subplots(1, len(panels), figsize=(3 + 2.2 * len(panels), 4), squeeze=False)
     rng = np.random.default_rng(0)
@@ -81,7 +83,7 @@ def distribution_figure(
         ax.set_title(column)
         ax.set_ylabel(metric)
     fig.suptitle(f"{metric} per case", y=1.02)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
@@ -104,7 +106,7 @@ def case_overlay(image: np.ndarray, pred: np.ndarray, truth: np.ndarray) -> np.n
 
 def worst_cases_figure(cases: Sequence[Mapping[str, Any]], path: Path) -> Path:
     """A grid of :func:`case_overlay` panels: ``[{name, dice, image, pred, truth}]``."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(4, max(1, len(cases)))
     rows = max(1, -(-len(cases) // cols))
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.5 * rows), squeeze=False)
@@ -116,4 +118,4 @@ def worst_cases_figure(cases: Sequence[Mapping[str, Any]], path: Path) -> Path:
     fig.suptitle(
         "Worst cases: reference green, prediction magenta, missed red, extra blue", fontsize=9
     )
-    return _save(fig, path)
+    return save_figure(fig, path)

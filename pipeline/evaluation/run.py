@@ -159,7 +159,7 @@ def _score_predictions(
 def _score_model(
     ev: Evaluation,
     cases: Sequence[EvalCase],
-    model: Any,
+    predictor: Any,
     spacing: Any,
     batch_size: int,
     tick: Callable[[int], Any],
@@ -169,18 +169,17 @@ def _score_model(
         ready = []
         for case in cases[start : start + batch_size]:
             try:
-                ready.append((case, model.preprocess(case.image)))
+                ready.append((case, predictor.load(case.image)))
             except Exception as err:  # undecodable image: a failed row
                 ev.add_failure(case.name, _reason(err), case.groups)
         if not ready:
             continue
-        logits = model.predict([item["image"] for _, item in ready])
-        for (case, item), lg in zip(ready, logits, strict=True):
+        predictions = predictor.predict_items([loaded for _, loaded in ready])
+        for (case, _), pred in zip(ready, predictions, strict=True):
             try:
-                mask, prob = model.postprocess(item, lg)
-                truth = read_mask(case.truth, mask.shape)
-                sp = spacing or tuple(item["image"].meta.get("pixel_spacing", (math.nan,) * 2))
-                ev.add(case.name, mask, truth, prob, sp, case.groups, case.image)
+                truth = read_mask(case.truth, pred.mask.shape)
+                sp = spacing or pred.measures.spacing
+                ev.add(case.name, pred.mask, truth, pred.probability, sp, case.groups, case.image)
             except Exception as err:  # unreadable or mismatched reference: a failed row
                 ev.add_failure(case.name, _reason(err), case.groups)
 
@@ -247,11 +246,11 @@ def evaluate(
         _score_predictions(ev, cases, pixel_spacing, bar.update)
         about["predictions"] = str(predictions)
     else:
-        from pipeline.inference.model import BundleModel
+        from pipeline.inference.predictor import Predictor
 
-        model = BundleModel(bundle, device, overrides)
-        _score_model(ev, cases, model, pixel_spacing, batch_size, bar.update)
-        about.update(model=model.identity(), device=str(model.device))
+        predictor = Predictor(bundle, device, overrides)
+        _score_model(ev, cases, predictor, pixel_spacing, batch_size, bar.update)
+        about.update(model=predictor.identity.as_dict(), device=str(predictor.device))
     bar.close()
     about["seconds"] = round(time.perf_counter() - start, 2)
     return ev.write(out_dir, about)

@@ -1,33 +1,178 @@
-"""Per-image outputs of ``lungseg segment``: mask PNG, overlay PNG, DICOM SEG, NIfTI.
+"""Every output of a prediction, in one place: report row, mask, overlay, NIfTI, SEG, SR.
 
-Every file is written to a temporary name beside its target and renamed (atomic).
+``lungseg segment``, the web viewer, the DICOM node and the MONAI Deploy operator all take
+their outputs from here, so a SEG is the same object whoever writes it, and the colours of
+the right and left lung are defined once. Files are written to a temporary name beside their
+target and renamed (atomic); SEG and SR UIDs derive from the source's UIDs and the model's
+identity digest (a rerun or a resend produces the same instance).
 """
 
 from __future__ import annotations
 
 import math
 import os
+import time
+from collections.abc import Hashable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Transform
+from monai.utils import convert_to_numpy
 from scipy import ndimage
 
+from pipeline.enums import OutputFormat, Status
+from pipeline.inference.bundle import ModelIdentity
 from pipeline.inference.lungs import LungMeasures
+from pipeline.inference.predictor import Prediction
 from pipeline.io.atomic import atomic_path
-from pipeline.io.writers import save_png, to_uint8
+from pipeline.io.png import save_png, to_uint8
 
-#: Outline colours (RGB): patient's right lung, left lung.
+#: Colours (RGB) of the patient's right and left lung: overlay outlines and viewer fills.
 RIGHT_COLOUR, LEFT_COLOUR = (0, 200, 255), (255, 160, 0)
 #: SNOMED CT codes of the two segments (DICOM CID 7151 / 4031 region terms).
 RIGHT_LUNG = ("3341006", "SCT", "Right lung")
 LEFT_LUNG = ("44029006", "SCT", "Left lung")
 
+#: Output folder and suffix of each format under a batch's OUT folder.
+LAYOUT = {
+    OutputFormat.MASK: ("masks", ".png"),
+    OutputFormat.OVERLAY: ("overlays", ".png"),
+    OutputFormat.SEG: ("seg", ".dcm"),
+    OutputFormat.NIFTI: ("nifti", ".nii.gz"),
+}
+
+
+def output_path(out_dir: Path, relative: Path, fmt: OutputFormat) -> Path:
+    """``OUT/<format folder>/<relative path with the format's suffix>``."""
+    from pipeline.io.discovery import InputFile
+
+    folder, suffix = LAYOUT[fmt]
+    return InputFile(Path(), relative).output(out_dir / folder, suffix)
+
+
+# --- report rows ------------------------------------------------------------------------
+
+
+def row(path: Path, status: str, reason: str = "", seconds: float = 0.0, **extra: Any) -> dict:
+    """A report row; the columns are :data:`pipeline.inference.report.REPORT_FIELDS`."""
+    return {
+        "path": str(path),
+        "status": status,
+        "reason": reason,
+        "seconds": round(seconds, 4),
+        **extra,
+    }
+
+
+def measured_row(path: Path, meta: dict[str, Any], m: LungMeasures) -> dict:
+    """The report row of a segmented image."""
+    rows, cols = m.right.shape
+    right, left = m.right_px, m.left_px
+    spacing = None if math.isnan(m.spacing[0]) else m.spacing
+    return row(
+        path,
+        Status.OK.value,
+        sop_instance_uid=meta.get("sop_instance_uid") or "",
+        rows=rows,
+        columns=cols,
+        pixel_spacing_mm="" if spacing is None else f"{spacing[0]:.6g}\\{spacing[1]:.6g}",
+        pixel_spacing_source=str(meta.get("pixel_spacing_source") or "none"),
+        right_area_px=right,
+        left_area_px=left,
+        total_area_px=right + left,
+        right_area_mm2=round(m.mm2(right), 2),
+        left_area_mm2=round(m.mm2(left), 2),
+        total_area_mm2=round(m.mm2(right + left), 2),
+        mean_confidence=round(m.confidence, 4),
+        qa_flags=[str(f) for f in m.flags],
+    )
+
+
+# --- masks --------------------------------------------------------------------------------
+
+
+def mask_to_uint8(mask: Any) -> np.ndarray:
+    """A ``(1, rows, columns)`` or ``(rows, columns)`` binary mask as a 0/255 uint8 image.
+
+    Raises:
+        ValueError: the mask has more than one channel or is not 2D.
+    """
+    arr = convert_to_numpy(mask)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"expected a one-channel 2D mask, got shape {tuple(arr.shape)}")
+    return np.where(arr > 0.5, 255, 0).astype(np.uint8)
+
+
+class SaveMask(Transform):
+    """Save a binary mask as a 0/255 PNG (atomically); returns the mask unchanged."""
+
+    def __call__(self, mask: Any, path: str | os.PathLike) -> Any:
+        """Write ``mask`` to ``path`` (parent folders are created)."""
+        save_png(mask_to_uint8(mask), path)
+        return mask
+
+
+class SaveMaskd(MapTransform):
+    """Save each key's mask to ``output_dir/<relative path>.png`` (the bundle's ``writers``).
+
+    The relative path is the item's ``relative_key`` entry (set by
+    :func:`pipeline.inference.datalist.image_datalist`; MONAI engines merge the batch's
+    entries into post-processing), so the output tree mirrors the input tree; without it,
+    the image file's name is used. The written path is stored under ``<key>_path``.
+
+    Args:
+        keys: mask keys (e.g. ``pred``).
+        output_dir: folder to write under.
+        relative_key: item entry holding the input's path relative to its folder.
+        image_key: item entry whose metadata names the source file (fallback).
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        output_dir: str | os.PathLike,
+        relative_key: str = "relative",
+        image_key: str = "image",
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir = Path(output_dir)
+        self.relative_key, self.image_key = relative_key, image_key
+        self.saver = SaveMask()
+
+    def _relative(self, d: Mapping[Hashable, Any]) -> Path:
+        rel = d.get(self.relative_key)
+        if rel:
+            return Path(rel)
+        meta = getattr(d.get(self.image_key), "meta", {})
+        name = meta.get("filename_or_obj")
+        if not name:
+            raise ValueError(
+                f"cannot name the output: no {self.relative_key!r} entry and no source file "
+                f"in the {self.image_key!r} metadata"
+            )
+        return Path(Path(str(name)).name)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Write every key's mask; add ``<key>_path`` with the written file."""
+        from pipeline.io.discovery import InputFile
+
+        d = dict(data)
+        target = InputFile(Path(), self._relative(d)).output(self.output_dir, ".png")
+        for key in self.key_iterator(d):
+            path = target if key == self.keys[0] else target.with_name(f"{target.stem}_{key}.png")
+            self.saver(d[key], path)
+            d[f"{key}_path"] = str(path)
+        return d
+
 
 def write_mask(m: LungMeasures, path: str | os.PathLike) -> Path:
     """Both lungs as one 0/255 PNG of the input's size."""
-    from pipeline.inference.writers import mask_to_uint8
-
     return save_png(mask_to_uint8(m.right | m.left), path)
 
 
@@ -67,6 +212,14 @@ def fit_for_display(
         np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in (right, left)
     ]
     return gray, *masks
+
+
+def label_overlay(right: np.ndarray, left: np.ndarray) -> np.ndarray:
+    """RGBA uint8: the right and left lung filled in their colours, transparent elsewhere."""
+    rgba = np.zeros((*right.shape, 4), dtype=np.uint8)
+    rgba[right] = (*RIGHT_COLOUR, 255)
+    rgba[left] = (*LEFT_COLOUR, 255)
+    return rgba
 
 
 def overlay_image(image: np.ndarray, m: LungMeasures) -> np.ndarray:
@@ -190,7 +343,7 @@ def build_seg(source: Any, m: LungMeasures, uids: dict[str, str], algorithm: dic
         hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=code[2],
-            segmented_property_category=codes.SCT.Organ,
+            segmented_property_category=codes.cid7150.AnatomicalStructure,
             segmented_property_type=Code(*code),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=ident,
@@ -333,3 +486,106 @@ def _drop_frame_numbers(items: Any) -> None:
                 del ref.ReferencedFrameNumber
         if "ContentSequence" in item:
             _drop_frame_numbers(item.ContentSequence)
+
+
+# --- one prediction's DICOM objects -------------------------------------------------------
+
+
+def encode_dicom(ds: Any) -> bytes:
+    """A dataset as DICOM Part 10 bytes (with the file meta header)."""
+    import io
+
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def seg_of(source: Any, m: LungMeasures, identity: ModelIdentity) -> Any:
+    """The SEG of a source instance (header enough) under a model: UIDs from both.
+
+    Args:
+        source: the source pydicom Dataset.
+        m: the measured lungs on the source grid.
+        identity: the model that produced them (its digest derives the UIDs).
+    """
+    uids = seg_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), identity.digest)
+    return build_seg(source, m, uids, identity.algorithm())
+
+
+def sr_uids(series_uid: str, sop_uid: str, checksum: str) -> dict[str, str]:
+    """Series, SOP Instance and observer device UIDs of the SR of a source under a model."""
+    from pipeline.io.convert import make_uid
+
+    return {
+        "series_instance_uid": make_uid("lungseg-sr-series", series_uid, checksum),
+        "sop_instance_uid": make_uid("lungseg-sr", sop_uid, checksum),
+        "device_uid": make_uid("lungseg-device", checksum),
+    }
+
+
+def sr_of(source: Any, seg: Any, m: LungMeasures, identity: ModelIdentity) -> Any:
+    """The TID 1500 SR of a source's lung areas, referencing its SEG (see :func:`build_sr`).
+
+    Raises:
+        ValueError: the pixel spacing is unknown.
+    """
+    series, sop = str(source.SeriesInstanceUID), str(source.SOPInstanceUID)
+    uids = sr_uids(series, sop, identity.digest)
+    return build_sr(source, seg, m, uids, identity.algorithm())
+
+
+# --- a batch's files for one prediction ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Context:
+    """What writing a batch's outputs needs besides the prediction: where and what."""
+
+    out_dir: Path
+    formats: tuple[OutputFormat, ...]
+    identity: ModelIdentity
+    started: str
+    tb_inputs: Any = None  # the TB bundle's input preparation (``lungseg segment --tb``)
+
+
+def write_outputs(
+    path: Path, relative: Path, pred: Prediction, original: np.ndarray | None, ctx: Context
+) -> tuple[dict, dict]:
+    """Write one prediction's files under ``ctx.out_dir``; return its row and stage seconds.
+
+    Args:
+        path: the input file.
+        relative: its path under its input folder (names the outputs).
+        pred: the prediction.
+        original: the decoded image (uint8 is enough) for the overlay and TB inputs.
+        ctx: output settings.
+    """
+    stages: dict[str, float] = {}
+    m, start = pred.measures, time.perf_counter()
+    if OutputFormat.MASK in ctx.formats:
+        write_mask(m, output_path(ctx.out_dir, relative, OutputFormat.MASK))
+    if OutputFormat.OVERLAY in ctx.formats:
+        write_overlay(original, m, output_path(ctx.out_dir, relative, OutputFormat.OVERLAY))
+    if OutputFormat.NIFTI in ctx.formats:
+        write_nifti(m, output_path(ctx.out_dir, relative, OutputFormat.NIFTI))
+    stages["write"] = time.perf_counter() - start
+    if OutputFormat.SEG in ctx.formats and pred.meta.get("format") == "DICOM":
+        _write_seg(path, relative, m, ctx, stages)
+    out = measured_row(path, pred.meta, m)
+    if ctx.tb_inputs is not None:  # scored in batches by the main process, then dropped
+        start = time.perf_counter()
+        image = np.asarray(original, dtype=np.float32) / (255 if original.dtype == np.uint8 else 1)
+        out["tb_input"] = ctx.tb_inputs(image, m.right, m.left)
+        stages["tb_inputs"] = time.perf_counter() - start
+    return out, stages
+
+
+def _write_seg(path: Path, relative: Path, m: LungMeasures, ctx: Context, stages: dict) -> None:
+    import pydicom
+
+    start = time.perf_counter()
+    seg = seg_of(pydicom.dcmread(path, stop_before_pixels=True, force=True), m, ctx.identity)
+    stages["seg_encode"] = time.perf_counter() - start
+    start = time.perf_counter()
+    write_seg(seg, output_path(ctx.out_dir, relative, OutputFormat.SEG), ctx.started)
+    stages["write"] += time.perf_counter() - start

@@ -51,8 +51,8 @@ def run_previews(
     Bad files yield a ``failed`` or ``skipped`` result with the reason; the run goes on.
     Nothing is written into the input folders.
     """
+    from pipeline.io.png import save_png, side_by_side
     from pipeline.io.reader import read_cxr
-    from pipeline.io.writers import save_png, side_by_side
 
     for item in iter_inputs(inputs):
         start = time.perf_counter()

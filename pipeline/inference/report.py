@@ -82,7 +82,7 @@ class Journal:
     def _load(self, header: dict[str, Any]) -> None:
         lines = self.path.read_text(encoding="utf-8").splitlines()
         previous = json.loads(lines[0])["run"] if lines else {}
-        for key in ("checkpoint_sha256", "formats", "tb"):
+        for key in ("checkpoint_sha256", "model_digest", "formats", "tb"):
             if previous.get(key) != header.get(key):
                 raise JournalMismatchError(
                     f"{self.path}: this folder holds a run with {key}={previous.get(key)!r}, "

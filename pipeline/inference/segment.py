@@ -1,8 +1,9 @@
-"""``lungseg segment``: stream a folder of radiographs through the bundle's model.
+"""``lungseg segment``: stream a folder of radiographs through the predictor.
 
-A pool of worker processes decodes and preprocesses ahead of the network and, after it,
-post-processes and writes the outputs (:mod:`pipeline.inference.finish`); the main process
-batches and runs the network. Bounded queues keep memory flat whatever the number of
+A pool of worker processes runs the predictor's steps around the network
+(:mod:`pipeline.inference.workers`): decoding and preprocessing ahead of it and, after it,
+post-processing and writing the outputs (:mod:`pipeline.inference.outputs`); the main
+process batches and runs the network. Bounded queues keep memory flat whatever the number of
 inputs. Each finished input is journalled, so a rerun skips it; every file is written
 atomically.
 """
@@ -19,19 +20,17 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.enums import OutputFormat, Status
-from pipeline.inference.finish import (
-    Context,
+from pipeline.inference.outputs import Context, output_path, row
+from pipeline.inference.predictor import Predictor
+from pipeline.inference.report import Journal, write_reports, write_summary
+from pipeline.inference.workers import (
     decode,
     decode_in_worker,
     finish_in_worker,
     init_worker,
-    output_path,
     release_memory,
-    row,
     safe_finish,
 )
-from pipeline.inference.model import split_preprocessing
-from pipeline.inference.report import Journal, write_reports, write_summary
 from pipeline.io.discovery import InputFile, iter_inputs
 
 DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
@@ -117,22 +116,23 @@ class Summary:
 
 
 class Segmenter:
-    """Runs jobs through a :class:`~pipeline.inference.model.BundleModel` and writes outputs.
+    """Runs jobs through a :class:`~pipeline.inference.predictor.Predictor`, writes outputs.
 
     Args:
-        model: the loaded bundle model.
+        model: the predictor.
         out_dir: output folder.
         formats: what to write per input.
         journal: the run's journal (finished inputs are skipped).
         batch_size: images per forward pass.
         workers: worker processes for decoding and finishing (0: all in this process).
         progress: show a progress bar with rate and ETA.
-        tb_model: a :class:`~pipeline.tb.model.TBModel` to add a TB score to each row.
+        tb_model: a scorer that adds a TB score to each row (``inputs``, ``scores``,
+            ``threshold``, ``notice``: :class:`pipeline.tb.model.TBModel`).
     """
 
     def __init__(
         self,
-        model: Any,
+        model: Predictor,
         out_dir: Path,
         formats: Sequence[OutputFormat],
         journal: Journal,
@@ -145,14 +145,11 @@ class Segmenter:
         self.tb_model, self._tb_pending = tb_model, []
         self.journal, self.batch_size, self.workers = journal, batch_size, workers
         self.progress = progress
-        self._preprocessing = split_preprocessing(model.preprocessing)  # workers=0 decoding
         self.summary = Summary()
-        ident = model.identity()
         self.context = Context(
             out_dir=out_dir,
             formats=self.formats,
-            algorithm=model.algorithm(),
-            checksum=ident["checkpoint_sha256"],
+            identity=model.identity,
             started=journal.header["started"],
             tb_inputs=None if tb_model is None else tb_model.inputs,
         )
@@ -201,7 +198,7 @@ class Segmenter:
             self.workers,
             mp_context=multiprocessing.get_context(method),
             initializer=init_worker,
-            initargs=(str(self.model.bundle),),
+            initargs=(str(self.model.bundle), self.model.overrides),
         )
 
     def _decode(self, pool: Executor, job: Job) -> Future:
@@ -212,7 +209,7 @@ class Segmenter:
         if isinstance(pool, ProcessPoolExecutor):
             return pool.submit(decode_in_worker, *args)
         done: Future = Future()
-        done.set_result(decode(*args, *self._preprocessing))
+        done.set_result(decode(*args, self.model))
         return done
 
     def _batches(self, pool: Executor, todo: list[Job]):
@@ -242,7 +239,7 @@ class Segmenter:
         """Run the network on the decoded images of a batch; attach each one's logits."""
         ok = [d for _, d in batch if "error" not in d]
         start = time.perf_counter()
-        logits = self.model.predict([d["item"]["image"] for d in ok]) if ok else []
+        logits = self.model.forward([d["item"]["image"] for d in ok]) if ok else []
         self.summary.add("forward", time.perf_counter() - start)
         for d, lg in zip(ok, logits, strict=True):
             d["logits"] = lg
@@ -262,7 +259,7 @@ class Segmenter:
             args = (job.file.path, job.file.relative, decoded, self.context)
             if isinstance(pool, ProcessPoolExecutor):
                 return _timed(pool.submit(finish_in_worker, *args), decoded["start"])
-            return _timed(pool.submit(safe_finish, *args, self.model.postprocess), decoded["start"])
+            return _timed(pool.submit(safe_finish, *args, self.model), decoded["start"])
         return _timed(done, decoded["start"])
 
     def _record(self, job: Job, future: Future) -> None:
@@ -279,8 +276,6 @@ class Segmenter:
 
     def _flush_tb(self) -> None:
         """Score the rows waiting for a TB score in one batch, then journal them."""
-        from pipeline.tb.run import NOTICE
-
         if not self._tb_pending:
             return
         start = time.perf_counter()
@@ -290,7 +285,7 @@ class Segmenter:
             result.update(
                 tb_score=round(float(score), 4),
                 tb_flag=int(score >= self.tb_model.threshold),
-                tb_note=NOTICE,
+                tb_note=self.tb_model.notice,
             )
             self._commit(job, result)
         self._tb_pending = []
@@ -345,27 +340,25 @@ def segment(
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,
     progress: bool = True,
-    tb: bool = False,
-    tb_bundle: str | os.PathLike | None = None,
+    tb_model: Any = None,
 ) -> dict[str, Any]:
     """Segment every radiograph under ``inputs`` into ``out_dir``; return the summary.
 
-    With ``tb``, each segmented image also gets a TB score from the TB bundle (research only).
+    With a ``tb_model`` (:func:`pipeline.tb.screen.segment_and_screen` passes the TB
+    bundle's), each segmented image also gets a TB score (research only).
 
     Raises:
         FileNotFoundError: an input or the bundle does not exist.
-        JournalMismatchError: ``out_dir`` holds a run with another model or formats.
+        JournalMismatchError: ``out_dir`` holds a run with another model, config or formats.
     """
-    from pipeline.inference.model import BundleModel
-
     out = Path(out_dir)
     jobs = plan(inputs, shard)
-    model = BundleModel(bundle, device)
-    ident = model.identity()
-    tb_model = _tb_model(tb, tb_bundle, device)
+    model = Predictor(bundle, device)
+    ident = model.identity.as_dict()
     header = {
         "started": time.strftime("%Y%m%d%H%M%S"),
         "checkpoint_sha256": ident["checkpoint_sha256"],
+        "model_digest": ident["digest"],
         "formats": sorted(str(f) for f in formats),
         "tb": None if tb_model is None else tb_model.identity()["checkpoint_sha256"],
     }
@@ -400,17 +393,7 @@ def segment(
         "started": journal.header["started"],
     }
     if tb_model is not None:
-        from pipeline.tb.run import NOTICE
-
-        summary["tb_screening"] = {"research_only": True, "notice": NOTICE, **tb_model.identity()}
+        notice = tb_model.notice
+        summary["tb_screening"] = {"research_only": True, "notice": notice, **tb_model.identity()}
     write_summary(out, summary, tag)
     return summary
-
-
-def _tb_model(tb: bool, tb_bundle: str | os.PathLike | None, device: str) -> Any:
-    """The TB bundle's model when ``tb`` is on (``tb_bundle`` alone does not turn it on)."""
-    if not tb:
-        return None
-    from pipeline.tb.model import TBModel
-
-    return TBModel(tb_bundle, device)

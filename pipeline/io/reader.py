@@ -101,11 +101,37 @@ def to_meta_tensor(image: np.ndarray, meta: dict[str, Any]) -> MetaTensor:
     return MetaTensor(tensor, meta=monai_meta(image, meta))
 
 
+def as_cxr_tensor(image: Any, meta: dict[str, Any] | None = None) -> MetaTensor:
+    """An already decoded radiograph as the ``(1, rows, columns)`` MetaTensor LoadCXR gives.
+
+    For hosts that hold the pixels (MONAI Deploy, a PACS plugin, the web viewer's arrays):
+    a ``rows x columns`` or ``(1, rows, columns)`` array or tensor, lungs dark, any range (the
+    bundle's preprocessing rescales). Its metadata (a MetaTensor's, then ``meta``) is kept;
+    ``pixel_spacing`` defaults to unknown and ``format`` to ``array``.
+
+    Raises:
+        ValueError: the array is not one 2D image (its shape quoted).
+    """
+    merged = {**dict(getattr(image, "meta", {}) or {}), **dict(meta or {})}
+    plain = image.as_tensor() if isinstance(image, MetaTensor) else image
+    arr = np.asarray(plain.detach().cpu() if isinstance(plain, torch.Tensor) else plain)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"expected one 2D radiograph, got an array of shape {arr.shape}")
+    arr = arr.astype(np.float32, copy=False)
+    merged.setdefault("format", "array")
+    merged.setdefault("pixel_spacing", (float("nan"), float("nan")))
+    merged.setdefault("original_shape", tuple(int(s) for s in arr.shape))
+    return to_meta_tensor(arr, merged)
+
+
 class LoadCXR(Transform):
     """Load a chest X-ray file as a ``(1, rows, columns)`` MetaTensor in [0, 1].
 
     Unlike ``monai.transforms.LoadImage`` with a custom reader, errors keep their type
-    (:class:`~pipeline.io.errors.InputError`) and name the file.
+    (:class:`~pipeline.io.errors.InputError`) and name the file. An array or tensor instead
+    of a path is passed through :func:`as_cxr_tensor` (already decoded by the host).
 
     Args:
         voi: DICOM VOI transformation (``auto``, ``lut``, ``window``, ``none``).
@@ -118,8 +144,10 @@ class LoadCXR(Transform):
         self.voi_index = voi_index
         self.allow_lateral = allow_lateral
 
-    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+    def __call__(self, path: str | os.PathLike | np.ndarray | torch.Tensor) -> MetaTensor:
         """Read ``path``; raise :class:`InputError` (a subclass) for bad input."""
+        if not isinstance(path, (str, os.PathLike)):
+            return as_cxr_tensor(path)
         image, meta = read_cxr(
             path, voi=self.voi, voi_index=self.voi_index, allow_lateral=self.allow_lateral
         )

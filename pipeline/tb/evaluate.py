@@ -21,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from pipeline.io.atomic import write_text_atomic
-from pipeline.tb.run import NOTICE, read_predictions, roc_plot, select_cases
+from pipeline.tb.model import NOTICE
+from pipeline.tb.run import read_predictions, roc_plot, select_cases
 
 #: Grad-CAM target layer of each network family.
 CAM_LAYERS = {"densenet": "class_layers.relu", "efficientnet": "_swish"}
@@ -31,12 +32,10 @@ def score_cases(
     cases: Sequence[dict[str, Any]], tb_model: Any, seg_model: Any, batch_size: int = 8
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, crops)``: the TB score and the CNN's input of every case."""
-    from pipeline.inference.finish import segment_files
-
     paths = [c["image"] for c in cases]
     inputs = [
-        tb_model.prepare(image, m.right, m.left)
-        for image, m in segment_files(seg_model, paths, batch_size)
+        tb_model.prepare(p.image, p.measures.right, p.measures.left)
+        for p in seg_model.predict_from_files(paths, batch_size, keep_image=True)
     ]
     scores = np.concatenate(
         [tb_model.scores(inputs[i : i + batch_size]) for i in range(0, len(inputs), batch_size)]
@@ -66,9 +65,9 @@ def grad_cam(network: Any, inputs: np.ndarray) -> np.ndarray:
 
 def gradcam_figure(inputs: np.ndarray, maps: np.ndarray, titles: Sequence[str], path: Path) -> Path:
     """Crops with their Grad-CAM heat maps (jet, 40%) and the lung outline, one per panel."""
-    from pipeline.evaluation.plots import _pyplot, _save
+    from pipeline.evaluation.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(3, len(inputs))
     rows = -(-len(inputs) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.4 * rows), squeeze=False)
@@ -80,7 +79,7 @@ def gradcam_figure(inputs: np.ndarray, maps: np.ndarray, titles: Sequence[str], 
         ax.contour(x[1], levels=[0.5], colors="white", linewidths=0.6)
         ax.set_title(title, fontsize=8)
     fig.suptitle("Grad-CAM of the TB ensemble (research only)", fontsize=9)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _cam_cases(labels: np.ndarray, scores: np.ndarray, count: int) -> list[int]:
@@ -112,13 +111,13 @@ def evaluate_model(
     tracking_uri: str | None = None,
 ) -> dict[str, Any]:
     """Score ``data`` with the packaged model; write the report files; return the summary."""
-    from pipeline.inference.model import BundleModel
+    from pipeline.inference.predictor import Predictor
     from pipeline.tb.model import TBModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cases = select_cases(data, max_cases)
-    tb_model, seg_model = TBModel(bundle, device), BundleModel(seg_bundle, device)
+    tb_model, seg_model = TBModel(bundle, device), Predictor(seg_bundle, device)
     scores, inputs = score_cases(cases, tb_model, seg_model)
     names = [str(c["name"]) for c in cases]
     labels = np.asarray([int(c["tuberculosis"]) for c in cases])

@@ -22,6 +22,12 @@ from torch import nn
 
 from pipeline.enums import StrEnum
 
+#: Said on every TB score the project writes.
+NOTICE = (
+    "Research use only: the TB score is not validated for screening, diagnosis or any "
+    "clinical decision."
+)
+
 #: The TB bundle shipped with the package.
 TB_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "tb_cxr_classification"
 
@@ -173,22 +179,28 @@ class TBModel:
         FileNotFoundError: the bundle has no config or no checkpoint.
     """
 
+    #: Said with every score.
+    notice = NOTICE
+
     def __init__(self, bundle: str | os.PathLike | None = None, device: str = "auto"):
-        from pipeline.inference.model import bundle_parser, load_network
+        from pipeline.inference.bundle import bundle_parser, identity_of
+        from pipeline.inference.ensemble import load_weights
 
         self.bundle = Path(bundle or TB_BUNDLE).resolve()
         parser = bundle_parser(self.bundle, device)
-        load_network(self, parser)
+        self.checkpoint = Path(parser.get_parsed_content("ckpt_path"))
+        self.device = parser.get_parsed_content("device")
+        self.network = parser.get_parsed_content("network_def").to(self.device).eval()
+        load_weights(self.network, self.checkpoint, self.device)
+        self._identity = identity_of(self.bundle, [self.checkpoint], parser.get())
         self.crop = parser.get_parsed_content("crop")
         self.threshold = float(parser.get_parsed_content("threshold"))
         self.baseline, self.baseline_weight = _baseline(parser)
         self.inputs = TBInputs(self.crop, None if self.baseline is None else self.baseline.names)
 
     def identity(self) -> dict[str, Any]:
-        """Name, version, checksum and operating threshold, for reports."""
-        from pipeline.inference.model import identity_of
-
-        return {**identity_of(self), "threshold": self.threshold}
+        """Name, version, checksums, config hash and operating threshold, for reports."""
+        return {**self._identity.as_dict(), "threshold": self.threshold}
 
     def prepare(self, image: np.ndarray, right: np.ndarray, left: np.ndarray) -> dict:
         """The model's inputs for one radiograph in [0, 1] and its right and left lungs."""

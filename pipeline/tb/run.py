@@ -22,12 +22,9 @@ from typing import Any
 import numpy as np
 
 from pipeline.io.atomic import write_text_atomic
+from pipeline.tb.model import NOTICE
 from pipeline.tb.train import CVResult, Prepared, Settings
 
-NOTICE = (
-    "Research use only: the TB score is not validated for screening, diagnosis or any "
-    "clinical decision."
-)
 #: The scores of a cross-validation: the CNN, the feature baseline, and their mean (shipped).
 SCORES = ("cnn", "baseline", "hybrid")
 
@@ -61,15 +58,15 @@ def prepared_cases(
     cases: Sequence[dict[str, Any]], seg_bundle: Any, device: str, settings: Settings, cache: Path
 ) -> Prepared:
     """:func:`pipeline.tb.train.prepare`, cached in ``cache`` under the inputs' fingerprint."""
-    from pipeline.inference.model import BundleModel
+    from pipeline.inference.predictor import Predictor
     from pipeline.tb.train import prepare
 
-    seg = BundleModel(seg_bundle, device)
+    seg = Predictor(seg_bundle, device)
     key = hashlib.sha256(
         json.dumps(
             [
                 [c["image"] for c in cases],
-                seg.identity()["checkpoint_sha256"],
+                seg.identity.digest,
                 settings.crop_size,
                 settings.crop_margin,
             ]

@@ -64,12 +64,13 @@ def prepare(
     batch_size: int = 8,
 ) -> Prepared:
     """Segment, crop and describe ``cases`` (datalist items with ``source``/``tuberculosis``)."""
-    from pipeline.inference.finish import segment_files
     from pipeline.tb.features import features_at
     from pipeline.tb.inputs import lung_crop
 
     crops, rows = [], []
-    for image, m in segment_files(seg_model, [c["image"] for c in cases], batch_size):
+    paths = [c["image"] for c in cases]
+    for p in seg_model.predict_from_files(paths, batch_size, keep_image=True):
+        image, m = p.image, p.measures
         crops.append(lung_crop(image, m.right | m.left, size, margin).astype(np.float16))
         rows.append(features_at(image, m.right, m.left))
     names = sorted(rows[0])

@@ -133,7 +133,7 @@ class MLflowExtras:
         return net
 
     def _overlays(self, net: torch.nn.Module, out_dir: Path) -> Path | None:
-        from pipeline.io.writers import save_png
+        from pipeline.io.png import save_png
 
         drawn = 0
         device = next(net.parameters()).device
@@ -174,7 +174,7 @@ def overlay(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarra
     """RGB uint8 image with the true lung border in green and the predicted one in red."""
     from scipy import ndimage
 
-    from pipeline.io.writers import to_uint8
+    from pipeline.io.png import to_uint8
 
     gray = to_uint8(image)
     rgb = np.repeat(gray[..., None], 3, axis=2)

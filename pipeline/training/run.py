@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "lung_cxr_segmentation"
+from pipeline.inference.bundle import BUNDLE
 
 
 def tracking_settings(

@@ -59,6 +59,33 @@ def build_scheduler(name: str, optimizer: torch.optim.Optimizer, max_epochs: int
     return None
 
 
+def initialise(network: torch.nn.Module, weights: str | os.PathLike | None) -> torch.nn.Module:
+    """Load a whole network's weights (fine-tuning), or return it untouched when None.
+
+    Args:
+        network: the network the config built.
+        weights: a checkpoint file: a state dict, or one under ``"model"``/``"state_dict"``
+            (``models/model.pt`` of a bundle, a ``checkpoint_epoch=N.pt``).
+
+    Raises:
+        FileNotFoundError: ``weights`` names no file.
+        ValueError: the checkpoint does not fit the network (the mismatching keys quoted).
+    """
+    if weights is None:
+        return network
+    path = Path(weights)
+    if not path.is_file():
+        raise FileNotFoundError(f"initial weights {str(weights)!r} do not exist")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("model", "state_dict"):
+        state = state.get(key, state) if isinstance(state, dict) else state
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit {type(network).__name__}: {err}") from err
+    return network
+
+
 def is_rank0() -> bool:
     """True outside distributed runs and on rank 0 of a distributed run."""
     dist = torch.distributed

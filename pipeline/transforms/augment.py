@@ -29,6 +29,10 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type, ensure_tuple_rep
 
+from pipeline.transforms.pathology import RandAcquisitiond, RandPathologyd
+
+PRESETS = ("default", "robust", "light", "none")
+
 
 def _base_grid(rows: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
     ys, xs = torch.meshgrid(
@@ -183,24 +187,34 @@ def augmentations(
     """The augmentation transforms of a preset.
 
     Args:
-        preset: ``default`` (the method's), ``light`` (affine only, for quick runs) or
-            ``none``.
+        preset: ``default`` (the method's), ``robust`` (the method's plus simulated
+            opacities, effusions, devices and poor films inside a larger rotation/scale
+            range: :mod:`pipeline.transforms.pathology`), ``light`` (affine only, for quick
+            runs) or ``none``.
         keys: image and label keys (geometric transforms apply to all of them).
         image_key: the key intensity transforms apply to.
         hflip: add random horizontal flips (off by default; see the module docstring).
     """
-    if preset not in ("default", "light", "none"):
-        raise ValueError(f"augmentation preset {preset!r} is not one of: default, light, none")
+    if preset not in PRESETS:
+        raise ValueError(f"augmentation preset {preset!r} is not one of: {', '.join(PRESETS)}")
     if preset == "none":
         return []
     modes = ["bilinear" if k == image_key else "nearest" for k in keys]
-    elastic = 0.3 if preset == "default" else 0.0
-    out: list[Any] = [RandWarpd(keys=list(keys), elastic_prob=elastic, mode=modes)]
-    if preset == "default":
+    label_key = next((k for k in keys if k != image_key), "label")
+    out: list[Any] = []
+    if preset == "robust":
+        out.append(RandPathologyd(keys=image_key, label_key=label_key))
+        warp_kwargs = {"rotate_deg": 15.0, "shift": 0.08, "zoom": 0.15, "elastic_prob": 0.3}
+    else:
+        warp_kwargs = {"elastic_prob": 0.3 if preset == "default" else 0.0}
+    out.append(RandWarpd(keys=list(keys), mode=modes, **warp_kwargs))
+    if preset in ("default", "robust"):
         out += [
             RandScaleIntensityd(keys=image_key, factors=0.2, prob=0.5),
             RandGaussianNoised(keys=image_key, prob=0.2, std=0.02),
         ]
+    if preset == "robust":
+        out.append(RandAcquisitiond(keys=image_key, label_key=label_key))
     if hflip:
         out.append(RandFlipd(keys=list(keys), prob=0.5, spatial_axis=1))
     return out

@@ -89,6 +89,7 @@ class ModelInfo(BaseModel):
     name: str
     version: str
     checkpoint_sha256: str
+    digest: str = Field(description="hash of the checkpoint(s) and the resolved inference config")
 
 
 class SegmentResponse(BaseModel):
@@ -145,7 +146,7 @@ def create_app(
     """Build the viewer app around a model loaded once.
 
     Args:
-        model: a loaded :class:`~pipeline.inference.model.BundleModel` (default: ``bundle``).
+        model: a :class:`~pipeline.inference.predictor.Predictor` (default: ``bundle``).
         bundle: the bundle folder when no model is given (default: the shipped one).
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` when no model is given.
         max_upload_bytes: the largest file accepted.
@@ -154,9 +155,9 @@ def create_app(
         parallel: uploads processed at once (more wait their turn).
     """
     if model is None:
-        from pipeline.inference.model import BundleModel
+        from pipeline.inference.predictor import Predictor
 
-        model = BundleModel(bundle, device)
+        model = Predictor(bundle, device)
     service = UploadService(model, parallel=parallel)
     store = store if store is not None else ResultStore()
     app = FastAPI(
@@ -259,7 +260,7 @@ def _add_routes(app: FastAPI, body_limit: int) -> None:
 
 def _model_info(service: UploadService) -> dict[str, str]:
     ident = service.identity
-    return {k: str(ident[k] or "") for k in ("name", "version", "checkpoint_sha256")}
+    return {k: str(ident[k] or "") for k in ("name", "version", "checkpoint_sha256", "digest")}
 
 
 def _segment(app: FastAPI, file: UploadFile) -> dict[str, Any]:

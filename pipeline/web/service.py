@@ -1,13 +1,13 @@
 """What the web viewer does with one upload: check it, segment it, render what the page shows.
 
 File and array logic only; :mod:`pipeline.web.app` is the HTTP layer around it. The model,
-its preprocessing and post-processing, the measurements, the QA flags and the DICOM SEG are
-the ones ``lungseg segment`` uses (same functions, same bundle config).
+its preprocessing and post-processing, the measurements and the QA flags come from the one
+predictor (:class:`~pipeline.inference.predictor.Predictor`), the mask PNG, the fills' colours
+and the DICOM SEG from :mod:`pipeline.inference.outputs`, as for ``lungseg segment``.
 """
 
 from __future__ import annotations
 
-import io
 import math
 import threading
 import time
@@ -23,8 +23,6 @@ from pipeline.enums import InputFormat, StrEnum
 ALLOWED_FORMATS = (InputFormat.DICOM, InputFormat.PNG, InputFormat.JPEG)
 #: Longest side of the image and overlay the page shows; downloads keep the input's size.
 DISPLAY_MAX_SIZE = 2048
-#: Fill colours (RGB) of the page's overlay: the patient's right lung, left lung.
-RIGHT_FILL, LEFT_FILL = (0, 200, 255), (255, 160, 0)
 
 
 class ResultFile(StrEnum):
@@ -94,19 +92,10 @@ def input_error(err: Exception, name: str) -> UploadError:
     return UploadError(422, f"{name}: cannot be decoded: {type(err).__name__}: {err}")
 
 
-def label_overlay(right: np.ndarray, left: np.ndarray) -> np.ndarray:
-    """RGBA uint8: the right and left lung filled in their colours, transparent elsewhere."""
-    rgba = np.zeros((*right.shape, 4), dtype=np.uint8)
-    rgba[right] = (*RIGHT_FILL, 255)
-    rgba[left] = (*LEFT_FILL, 255)
-    return rgba
-
-
 def render(original: np.ndarray, m: Any, max_size: int = DISPLAY_MAX_SIZE) -> dict:
     """The page's image, its overlay (both at most ``max_size``) and the full-size mask PNG."""
-    from pipeline.inference.outputs import fit_for_display
-    from pipeline.inference.writers import mask_to_uint8
-    from pipeline.io.writers import encode_png
+    from pipeline.inference.outputs import fit_for_display, label_overlay, mask_to_uint8
+    from pipeline.io.png import encode_png
 
     grey, right, left = fit_for_display(original, m.right, m.left, max_size)
     return {
@@ -153,22 +142,18 @@ class UploadService:
     holds ~100 MB while it is), and one forward pass runs at a time; other requests wait.
 
     Args:
-        model: a loaded :class:`~pipeline.inference.model.BundleModel`.
+        model: the :class:`~pipeline.inference.predictor.Predictor`.
         display_max_size: longest side of the image and overlay returned for display.
         parallel: uploads processed at once.
     """
 
     def __init__(self, model: Any, display_max_size: int = DISPLAY_MAX_SIZE, parallel: int = 2):
-        from pipeline.inference.model import split_preprocessing
-
         if parallel < 1 or display_max_size < 1:
             raise ValueError(
                 f"parallel and display_max_size must be >= 1, got {parallel}, {display_max_size}"
             )
         self.model, self.display_max_size = model, display_max_size
-        self.load, self.rest = split_preprocessing(model.preprocessing)
-        self.algorithm = model.algorithm()
-        self.identity = model.identity()
+        self.identity = model.identity.as_dict()
         self._lock, self._slots = threading.Lock(), threading.BoundedSemaphore(parallel)
 
     def process(self, path: Path, name: str) -> Result:
@@ -185,13 +170,13 @@ class UploadService:
         return result
 
     def _process(self, path: Path, name: str) -> Result:
-        from pipeline.inference.finish import LARGE_IMAGE, measure_prediction, release_memory
+        from pipeline.inference.workers import LARGE_IMAGE, release_memory
 
         item, original = self._decode(path, name)
         with self._lock:
-            logits = self.model.predict([item["image"]])[0]
-        m = measure_prediction(item, logits, self.model.postprocess)
-        meta = item["image"].meta
+            logits = self.model.forward([item["image"]])[0]
+        prediction = self.model.postprocess(item, logits)
+        m, meta = prediction.measures, prediction.meta
         files = render(original, m, self.display_max_size)
         if meta.get("format") == InputFormat.DICOM.value:
             files[ResultFile.SEG] = self._seg(path, meta, m)
@@ -201,12 +186,12 @@ class UploadService:
 
     def _decode(self, path: Path, name: str) -> tuple[dict[str, Any], np.ndarray]:
         """The preprocessed item and the decoded image (uint8) of an upload."""
-        from pipeline.io.writers import to_uint8
+        from pipeline.io.png import to_uint8
 
         try:
-            loaded = self.load({"image": str(path)})
+            loaded = self.model.load(path)
             original = to_uint8(loaded["image"].numpy()[0])
-            return self.rest(loaded), original
+            return self.model.preprocess(loaded), original
         except Exception as err:  # every reader failure becomes a 4xx with its reason
             raise input_error(err, name) from err
 
@@ -214,11 +199,7 @@ class UploadService:
         """The DICOM SEG ``lungseg segment`` would write for this image, encoded."""
         import pydicom
 
-        from pipeline.inference.outputs import build_seg, seg_uids
+        from pipeline.inference.outputs import encode_dicom, seg_of
 
         source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-        checksum = self.identity["checkpoint_sha256"]
-        uids = seg_uids(meta["series_instance_uid"], meta["sop_instance_uid"], checksum)
-        buf = io.BytesIO()
-        build_seg(source, m, uids, self.algorithm).save_as(buf, enforce_file_format=True)
-        return buf.getvalue()
+        return encode_dicom(seg_of(source, m, self.model.identity))

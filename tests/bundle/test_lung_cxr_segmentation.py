@@ -214,8 +214,8 @@ def test_network_input_and_output_match_metadata():
 def _inputs(held_out: list[dict]) -> torch.Tensor:
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
-    pre = parser.get_parsed_content("preprocessing")
-    return torch.stack([pre({"image": c["image"]})["image"].as_tensor() for c in held_out])
+    load, pre = parser.get_parsed_content("loader"), parser.get_parsed_content("preprocessing")
+    return torch.stack([pre(load({"image": c["image"]}))["image"].as_tensor() for c in held_out])
 
 
 def _checkpoint_network() -> torch.nn.Module:
@@ -269,27 +269,36 @@ def _model_section(name: str) -> dict:
         args = {k: v for k, v in step.items() if k not in ("keys", "mode", "allow_missing_keys")}
         if "label" not in str(step.get("keys")) or "image" in str(step.get("keys")):
             image_steps.append(args)
-    section["preprocessing"] = [s for s in image_steps if "BinarizeMask" not in s["_target_"]]
+    section["preprocessing"] = [
+        s for s in image_steps if not any(n in s["_target_"] for n in ("BinarizeMask", "LoadCXR"))
+    ]
     return section
 
 
 def test_training_and_inference_define_the_same_model():
     """MONAI runs each config alone, so both carry the model; this keeps them identical."""
     assert _model_section("train.json") == _model_section("inference.json")
+    loader = json.loads((CONFIGS / "inference.json").read_text())["loader"]
+    assert loader["_target_"] == "pipeline.io.LoadCXRd"  # file -> image, outside preprocessing
 
 
 def test_postprocessing_keeps_two_lungs_fills_holes_and_restores_the_grid(held_out):
     parser = ConfigParser()
     parser.read_config(str(CONFIGS / "inference.json"))
-    item = parser.get_parsed_content("preprocessing")({"image": held_out[0]["image"]})
+    loaded = parser.get_parsed_content("loader")({"image": held_out[0]["image"]})
+    item = parser.get_parsed_content("preprocessing")(loaded)
     logits = torch.full_like(item["image"], -10.0)
     logits[:, 40:200, 30:110] = 10.0  # right lung
     logits[:, 40:200, 140:220] = 10.0  # left lung
     logits[:, 100:110, 60:70] = -10.0  # a hole
     logits[:, 230:236, 120:126] = 10.0  # a spurious blob
-    out = parser.get_parsed_content("postprocessing")({**item, "pred": logits})["pred"]
+    post = parser.get_parsed_content("postprocessing")({**item, "pred": logits})
+    out, prob = post["pred"], post["prob"]
     rows, cols = load_png(Path(held_out[0]["image"])).shape
-    assert tuple(out.shape) == (1, rows, cols)
+    assert tuple(out.shape) == (1, rows, cols) and tuple(prob.shape) == (1, rows, cols)
+    # the probability map is the sigmoid on the original grid, copied out before the threshold
+    assert float(prob.min()) < 1e-4 and float(prob.max()) > 1 - 1e-4
+    assert ((prob[0] > 0.5) | (out[0] > 0)).float().mean() > 0
     from scipy import ndimage
 
     _, count = ndimage.label(out[0].numpy() > 0)

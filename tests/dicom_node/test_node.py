@@ -114,7 +114,7 @@ def test_node_segments_a_study_sent_by_storescu_and_delivers_seg_to_storescp(
     # the same UIDs lungseg segment gives the SEG of that source with that model
     from pipeline.inference.outputs import seg_uids
 
-    checksum = model.identity()["checkpoint_sha256"]
+    checksum = model.identity.digest
     mono1 = pydicom.dcmread(study["mono1"], stop_before_pixels=True)
     expected = seg_uids(mono1.SeriesInstanceUID, mono1.SOPInstanceUID, checksum)
     assert expected["sop_instance_uid"] in {s.SOPInstanceUID for s in segs}

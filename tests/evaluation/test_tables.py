@@ -58,7 +58,7 @@ def test_documented_tables_are_generated_from_the_committed_results(source):
 def test_committed_evaluation_of_the_shipped_bundle_covers_both_sources():
     from PIL import Image
 
-    from pipeline.inference.model import BUNDLE, file_sha256
+    from pipeline.inference.bundle import BUNDLE, file_sha256
 
     summary = json.loads((EVALUATION / "summary.json").read_text())
     assert summary["cases"] == {"evaluated": 90, "failed": 0}  # the test part of the split

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pipeline.inference.datalist import image_datalist
-from pipeline.inference.writers import SaveMaskd, mask_to_uint8
+from pipeline.inference.outputs import SaveMaskd, mask_to_uint8
 from pipeline.io.convert import DicomVariant, dicomize
 from tests.conftest import load_png
 

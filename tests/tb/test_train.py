@@ -12,7 +12,7 @@ import pytest
 
 from pipeline.cli import EXIT_OK, EXIT_USAGE, main
 from pipeline.inference.lungs import split_lungs
-from pipeline.tb.run import NOTICE
+from pipeline.tb.model import NOTICE
 from tests.conftest import load_png
 
 

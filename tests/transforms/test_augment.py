@@ -87,5 +87,5 @@ def test_horizontal_flip_is_off_unless_asked():
     assert not any(isinstance(t, RandFlipd) for t in augmentations("default"))
     assert any(isinstance(t, RandFlipd) for t in augmentations("default", hflip=True))
     assert augmentations("none") == []
-    with pytest.raises(ValueError, match="default, light, none"):
+    with pytest.raises(ValueError, match="default, robust, light, none"):
         augmentations("heavy")

@@ -151,7 +151,7 @@ def test_dicom_upload_gives_mm2_and_a_seg_of_the_source(client, dicom_upload, sh
     ref = seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
     assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert seg.PatientName == PATIENT and seg.StudyInstanceUID == source.StudyInstanceUID
-    checksum = shipped_model.identity()["checkpoint_sha256"]
+    checksum = shipped_model.identity.digest
     expected = seg_uids(source.SeriesInstanceUID, source.SOPInstanceUID, checksum)
     assert seg.SOPInstanceUID == expected["sop_instance_uid"]  # the one `lungseg segment` gives
     labels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], combine_segments=True)[0]
@@ -250,7 +250,8 @@ def test_results_expire_and_unknown_files_are_404(shipped_model, cases):
 def test_health_openapi_and_page(client, shipped_model):
     health = client.get("/healthz").json()
     assert health["status"] == "ok" and health["max_upload_bytes"] == 64 * 2**20
-    assert health["model"]["checkpoint_sha256"] == shipped_model.identity()["checkpoint_sha256"]
+    assert health["model"]["checkpoint_sha256"] == shipped_model.identity.checkpoint_sha256
+    assert health["model"]["digest"] == shipped_model.identity.digest
     schema = client.get("/openapi.json").json()
     post_op = schema["paths"]["/api/segment"]["post"]
     assert "multipart/form-data" in post_op["requestBody"]["content"]

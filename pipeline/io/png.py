@@ -1,4 +1,4 @@
-"""Write images for people: PNG previews (masks and overlays join later)."""
+"""PNG encoding of [0, 1] and uint8 arrays, atomic PNG files, side-by-side panels."""
 
 from __future__ import annotations
 

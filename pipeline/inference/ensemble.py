@@ -1,0 +1,116 @@
+"""Networks and inferers the bundle's config builds: checkpoint ensembles, test-time flips.
+
+Both are options of ``inference.json``, so model work changes JSON, not modules:
+
+- ``"ensemble": ["models/fold1.pt", ...]`` adds checkpoints to ``models/model.pt``;
+  :func:`load_networks` returns one network for one checkpoint and an :class:`Ensemble`
+  for several, whose output is the logit of the mean probability.
+- ``"tta": ["hflip"]`` makes :class:`FlipInferer` run the network on the image and on each
+  flipped copy, flip the outputs back and average the probabilities.
+
+Either way the output stays one logit map per image, so the bundle's post-processing is
+unchanged.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pipeline.enums import StrEnum
+
+
+class Flip(StrEnum):
+    """Test-time flips of a ``(B, C, H, W)`` batch."""
+
+    HFLIP = "hflip"
+    VFLIP = "vflip"
+
+    @property
+    def dims(self) -> tuple[int]:
+        """The tensor dimension the flip reverses."""
+        return (3,) if self is Flip.HFLIP else (2,)
+
+
+def _logit(prob: torch.Tensor) -> torch.Tensor:
+    eps = torch.finfo(prob.dtype).eps
+    return torch.logit(prob.clamp(eps, 1 - eps))
+
+
+def _first(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """The full-resolution output of networks that also return deep-supervision heads."""
+    return out[0] if isinstance(out, (list, tuple)) else out
+
+
+class Ensemble(nn.Module):
+    """Several networks of one architecture; output: logit of their mean probability."""
+
+    def __init__(self, members: Sequence[nn.Module]):
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Average the members' sigmoid probabilities, return it as a logit."""
+        probs = torch.stack([torch.sigmoid(_first(m(x)).float()) for m in self.members])
+        return _logit(probs.mean(0))
+
+
+def load_weights(network: nn.Module, checkpoint: str | os.PathLike, device: torch.device) -> None:
+    """Load a checkpoint (a state dict, or one under ``model``) with ``weights_only``.
+
+    Raises:
+        FileNotFoundError: the checkpoint is missing.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the bundle's checkpoint is missing")
+    state = torch.load(path, map_location=device, weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    network.load_state_dict(state)
+
+
+def load_networks(
+    network_def: nn.Module, checkpoints: Sequence[str | os.PathLike], device: torch.device
+) -> nn.Module:
+    """The network with its weights (eval mode), or an :class:`Ensemble` of one per checkpoint.
+
+    Raises:
+        ValueError: no checkpoint given.
+        FileNotFoundError: a checkpoint is missing.
+    """
+    if not checkpoints:
+        raise ValueError("the bundle config lists no checkpoint (ckpt_path / ensemble)")
+    members = []
+    for i, ckpt in enumerate(checkpoints):
+        net = network_def if i == 0 else copy.deepcopy(network_def)
+        load_weights(net, ckpt, torch.device("cpu"))
+        members.append(net.to(device).eval())
+    return members[0] if len(members) == 1 else Ensemble(members).eval()
+
+
+class FlipInferer:
+    """MONAI-style inferer: the network on the image and its flips, probabilities averaged.
+
+    Args:
+        flips: names of :class:`Flip` (empty: a plain forward pass).
+    """
+
+    def __init__(self, flips: Sequence[str] = ()):
+        self.flips = [Flip.parse(f) for f in flips]
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
+        """Logits of ``inputs`` ``(B, C, H, W)``."""
+        out = _first(network(inputs))
+        if not self.flips:
+            return out
+        probs = [torch.sigmoid(out.float())]
+        for flip in self.flips:
+            flipped = _first(network(torch.flip(inputs, flip.dims)))
+            probs.append(torch.sigmoid(torch.flip(flipped, flip.dims).float()))
+        return _logit(torch.stack(probs).mean(0))

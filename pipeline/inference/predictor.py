@@ -1,0 +1,170 @@
+"""The one predictor: a bundle's model path as a callable for files and decoded arrays.
+
+Every front end (``lungseg segment``, ``lungseg evaluate``, the web viewer, the DICOM node,
+the MONAI Deploy operator and the TB inputs) predicts through :class:`Predictor`, after
+nnU-Net v2's ``nnUNetPredictor``. Nothing here repeats the model path: the bundle's
+``configs/inference.json`` defines each step and the predictor only runs them in order:
+
+``loader`` (file → image; skipped for arrays) → ``preprocessing`` → ``network`` under the
+``inferer`` (checkpoint ensembles and test-time flips are config options:
+:mod:`pipeline.inference.ensemble`) → ``postprocessing`` (sigmoid, inverse letterbox, the
+probability copied out as ``prob``, threshold, components, holes) → lung measures
+(:mod:`pipeline.inference.lungs`).
+
+Every result carries the mask and the lung probability **on the original image grid** and
+the model's :class:`~pipeline.inference.bundle.ModelIdentity`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pipeline.inference.bundle import BUNDLE, ModelIdentity, bundle_parser, identity_of
+from pipeline.inference.lungs import LungMeasures, measure
+
+
+@dataclass
+class Prediction:
+    """One image's result.
+
+    Attributes:
+        mask: boolean lung mask, original grid.
+        probability: float32 lung probability, original grid.
+        measures: right/left lungs, areas, confidence and QA flags.
+        meta: the reader's metadata (format, spacing, orientation, DICOM UIDs, file name).
+        image: the decoded radiograph in [0, 1], original grid (when asked to keep it).
+    """
+
+    mask: np.ndarray
+    probability: np.ndarray
+    measures: LungMeasures
+    meta: dict[str, Any]
+    image: np.ndarray | None = None
+
+
+def _spacing(meta: dict[str, Any]) -> tuple[float, float]:
+    return tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
+
+
+class Predictor:
+    """A bundle's inference config, loaded once, for files and arrays.
+
+    Args:
+        bundle: the bundle folder (default: the shipped one).
+        device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+        overrides: ``inference.json`` ids to set first (``ckpt_path`` of a model trained
+            elsewhere and its ``image_size``, ``threshold``, ``tta``, ``ensemble``...).
+        network: load the network (False: pre- and post-processing only, for workers).
+
+    Raises:
+        FileNotFoundError: no ``configs/inference.json`` or a checkpoint is missing.
+        KeyError: an override names no config id.
+    """
+
+    def __init__(
+        self,
+        bundle: str | os.PathLike | None = None,
+        device: str = "auto",
+        overrides: dict[str, Any] | None = None,
+        network: bool = True,
+    ):
+        self.bundle = Path(bundle or BUNDLE).resolve()
+        self.overrides = dict(overrides or {})
+        parser = bundle_parser(self.bundle, device, self.overrides)
+        self.checkpoints = [Path(p) for p in parser.get_parsed_content("checkpoints")]
+        for ckpt in self.checkpoints:
+            if not ckpt.is_file():
+                raise FileNotFoundError(f"{ckpt}: the bundle's checkpoint is missing")
+        self.identity: ModelIdentity = identity_of(self.bundle, self.checkpoints, parser.get())
+        self.loader = parser.get_parsed_content("loader")
+        self.preprocessing = parser.get_parsed_content("preprocessing")
+        self.postprocessing = parser.get_parsed_content("postprocessing")
+        self.device = parser.get_parsed_content("device")
+        self.inferer = parser.get_parsed_content("inferer")
+        self.network = parser.get_parsed_content("network") if network else None
+
+    # --- the steps, for callers that pipeline them (the batch job's workers) ---------------
+
+    def load(self, source: str | os.PathLike | np.ndarray | torch.Tensor) -> dict[str, Any]:
+        """Decode a file (or wrap a decoded array) as ``{"image": MetaTensor (1, H, W)}``.
+
+        Raises:
+            InputError: a subclass naming the file and the reason.
+        """
+        value = str(source) if isinstance(source, (str, os.PathLike)) else source
+        return self.loader({"image": value})
+
+    def preprocess(self, loaded: dict[str, Any]) -> dict[str, Any]:
+        """The bundle's preprocessing of a loaded item (the network's input under ``image``)."""
+        return self.preprocessing(dict(loaded))
+
+    @torch.inference_mode()
+    def forward(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits of preprocessed ``(1, H, W)`` images, as one batch, returned on the CPU.
+
+        Raises:
+            RuntimeError: the predictor was built without its network.
+        """
+        if self.network is None:
+            raise RuntimeError("this Predictor was built with network=False")
+        batch = torch.stack([torch.as_tensor(img) for img in images]).to(self.device)
+        return self.inferer(batch, self.network).float().cpu()
+
+    def postprocess(self, item: dict[str, Any], logits: torch.Tensor) -> Prediction:
+        """The bundle's post-processing and the lung measures of one image's logits."""
+        out = self.postprocessing({**item, "pred": logits})
+        mask = np.asarray(out["pred"])[0] > 0.5
+        prob = np.asarray(out["prob"])[0].astype(np.float32)
+        meta = dict(item["image"].meta)
+        m: LungMeasures = measure(mask, prob, meta.get("patient_orientation"), _spacing(meta))
+        return Prediction(mask, prob, m, meta)
+
+    # --- whole predictions --------------------------------------------------------------
+
+    def predict_items(
+        self, loaded: Sequence[dict[str, Any]], keep_image: bool = False
+    ) -> list[Prediction]:
+        """Predict loaded items as one batch (see :meth:`load`)."""
+        items = [self.preprocess(d) for d in loaded]
+        logits = self.forward([it["image"] for it in items])
+        out = []
+        for d, item, lg in zip(loaded, items, logits, strict=True):
+            pred = self.postprocess(item, lg)
+            pred.image = d["image"].numpy()[0] if keep_image else None
+            out.append(pred)
+        return out
+
+    def predict_from_files(
+        self, paths: Sequence[str | os.PathLike], batch_size: int = 8, keep_image: bool = False
+    ) -> Iterator[Prediction]:
+        """Predict files in batches, in order (for collections expected to be clean).
+
+        Raises:
+            InputError: a file the reader cannot use, naming it.
+        """
+        for first in range(0, len(paths), batch_size):
+            loaded = [self.load(p) for p in paths[first : first + batch_size]]
+            yield from self.predict_items(loaded, keep_image)
+
+    def predict_single_npy_array(
+        self, image: Any, meta: dict[str, Any] | None = None, keep_image: bool = False
+    ) -> Prediction:
+        """Predict one decoded radiograph (``rows x columns``, lungs dark, any range).
+
+        Args:
+            image: the pixels (numpy array, tensor or MetaTensor).
+            meta: reader-style metadata: ``pixel_spacing`` (row, column mm),
+                ``patient_orientation``, DICOM UIDs...
+            keep_image: keep the array on the result.
+        """
+        from pipeline.io.reader import as_cxr_tensor
+
+        return self.predict_items([{"image": as_cxr_tensor(image, meta)}], keep_image)[0]
