@@ -324,9 +324,29 @@ def _cmd_split(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_stress(args: argparse.Namespace) -> int:
+    from pipeline.evaluation.stress import run_stress
+    from pipeline.evaluation.stress_report import markdown
+    from pipeline.io.datasets import default_data_dir
+
+    summary = run_stress(
+        args.data or default_data_dir(),
+        args.output,
+        bundle=args.bundle,
+        device=args.device,
+        max_cases=args.max_eval_cases,
+        overrides=_parse_set(args.set),
+    )
+    print(markdown(summary["table"]), end="")
+    return EXIT_OK
+
+
 def _cmd_protocol(args: argparse.Namespace) -> int:
     from pipeline.evaluation import protocols
     from pipeline.io.datasets import default_data_dir
+
+    if args.protocol == "stress":
+        return _cmd_stress(args)
 
     overrides = {"progress": not args.no_progress, **_parse_set(args.set)}
     for opt, cfg in (
@@ -565,7 +585,8 @@ def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     sp.set_defaults(func=_cmd_split)
 
     pr = sub.add_parser("protocol", help="k-fold or cross-dataset: train, evaluate, log")
-    pr.add_argument("protocol", choices=("kfold", "cross-dataset"))
+    pr.add_argument("protocol", choices=("kfold", "cross-dataset", "stress"))
+    pr.add_argument("--bundle", type=Path, help="stress: bundle to test (default: the shipped one)")
     pr.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     pr.add_argument("--data", type=Path, help="collection (default: $LUNGSEG_DATA)")
     pr.add_argument("--folds", type=int, default=5, help="kfold: number of folds")

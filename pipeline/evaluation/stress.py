@@ -1,0 +1,368 @@
+"""Robustness protocol (``lungseg protocol stress``): held-out radiographs under synthetic disease.
+
+Each test case of the split is segmented clean and under every **stress** at three
+severities, seeded by case name, stress and severity (the same images on every machine and
+every run). The reference is the case's lung-field mask, moved with the image where the
+stress moves it (portable-film geometry). The tuberculosis-positive cases are reported as
+their own group of the clean run.
+
+The generator here is deliberately **not** the training augmentation's
+(:mod:`pipeline.transforms.pathology`, smooth random fields pulled towards the soft-tissue
+level): it measures generalisation, not memory of the augmentation.
+
+- ``consolidation``: one lung, its lower third / lower two thirds / whole lung, a plateau
+  blended linearly to the cardiac-shadow intensity with a blurred edge and air bronchograms.
+- ``bilateral``: diffuse airspace disease: 12 / 30 / 60 Gaussian blobs in both lungs,
+  basal and peripheral predominance.
+- ``effusion``: a flat fluid level at 20 / 35 / 55 % of a lung's height with a linear
+  meniscus up the lateral wall (both sides at severity 3), densest at the bottom.
+- ``devices``: straight polyline catheters and tubes, square ECG pads, sternal wire loops and
+  a burnt-in text label, 1 / 2 / 4 sets.
+- ``portable``: supine AP film: lower contrast, gamma, noise, blur, rotation 4 / 7 / 11
+  degrees and zoom-out 0.95 / 0.9 / 0.85 (reference warped with the image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from pipeline.enums import StrEnum
+
+SEVERITIES = (1, 2, 3)
+
+
+class Stress(StrEnum):
+    """Synthetic conditions of the protocol (``clean`` is the unmodified image)."""
+
+    CLEAN = "clean"
+    CONSOLIDATION = "consolidation"
+    BILATERAL = "bilateral"
+    EFFUSION = "effusion"
+    DEVICES = "devices"
+    PORTABLE = "portable"
+
+
+def case_rng(name: str, stress: Stress, severity: int) -> np.random.Generator:
+    """A generator seeded by the case, the stress and the severity (stable across machines)."""
+    digest = hashlib.sha256(f"{name}|{stress}|{severity}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "big"))
+
+
+def _lungs(mask: np.ndarray) -> list[np.ndarray]:
+    labels, n = ndimage.label(mask)
+    parts = [labels == i for i in range(1, n + 1)]
+    return sorted(parts, key=lambda p: -int(p.sum()))[:2]
+
+
+def cardiac_level(image: np.ndarray, mask: np.ndarray) -> float:
+    """Median intensity between the lungs in their lower half (the cardiac shadow)."""
+    rows = np.nonzero(mask.any(axis=1))[0]
+    cols = np.nonzero(mask.any(axis=0))[0]
+    if rows.size == 0:
+        return float(np.quantile(image, 0.8))
+    mid, bottom = (rows[0] + rows[-1]) // 2, rows[-1]
+    between = ~mask[mid:bottom].copy()
+    between[:, : cols[0]] = False
+    between[:, cols[-1] :] = False
+    values = image[mid:bottom][between]
+    return float(np.median(values)) if values.size else float(np.quantile(image, 0.8))
+
+
+def _blend(image: np.ndarray, weight: np.ndarray, value: float) -> np.ndarray:
+    return image * (1 - weight) + value * weight
+
+
+def consolidation(image: np.ndarray, mask: np.ndarray, severity: int, rng: np.random.Generator):
+    """Lobar consolidation of one lung (see the module docstring)."""
+    lungs = _lungs(mask)
+    if not lungs:
+        return image
+    lung = lungs[int(rng.integers(len(lungs)))]
+    rows = np.nonzero(lung.any(axis=1))[0]
+    cut = rows[-1] - (rows[-1] - rows[0]) * {1: 1 / 3, 2: 2 / 3, 3: 1.01}[severity]
+    region = lung & (np.arange(image.shape[0])[:, None] >= cut)
+    scale = image.shape[0] / 512
+    weight = ndimage.gaussian_filter(region.astype(np.float32), 6 * scale) * (lung | region)
+    weight = np.clip(weight * {1: 0.85, 2: 0.9, 3: 0.95}[severity] * 1.4, 0, 0.95)
+    out = _blend(image, weight, cardiac_level(image, mask))
+    for _ in range(3 * severity):  # air bronchograms: thin dark branches inside
+        start = np.argwhere(region)[int(rng.integers(int(region.sum())))]
+        angle = rng.uniform(0, 2 * np.pi)
+        steps = np.arange(int(40 * scale))[:, None] * np.array([np.sin(angle), np.cos(angle)])
+        pts = np.round(start + steps).astype(int)
+        ok = (pts >= 0).all(1) & (pts[:, 0] < image.shape[0]) & (pts[:, 1] < image.shape[1])
+        line = np.zeros_like(region)
+        line[pts[ok, 0], pts[ok, 1]] = True
+        line = ndimage.binary_dilation(line, iterations=max(1, round(scale))) & region
+        out[line] = out[line] * 0.8
+    return out
+
+
+def bilateral(image: np.ndarray, mask: np.ndarray, severity: int, rng: np.random.Generator):
+    """Diffuse bilateral airspace opacities (see the module docstring)."""
+    coords = np.argwhere(mask)
+    if not len(coords):
+        return image
+    rows = np.nonzero(mask.any(axis=1))[0]
+    centre = image.shape[1] / 2
+    basal = (coords[:, 0] - rows[0]) / max(rows[-1] - rows[0], 1)
+    peripheral = np.abs(coords[:, 1] - centre) / centre
+    p = (0.3 + basal) * (0.3 + peripheral)
+    picks = coords[rng.choice(len(coords), size={1: 12, 2: 30, 3: 60}[severity], p=p / p.sum())]
+    field = np.zeros(image.shape, np.float32)
+    scale = image.shape[0] / 512
+    yy = np.arange(image.shape[0], dtype=np.float32)[:, None]
+    xx = np.arange(image.shape[1], dtype=np.float32)[None, :]
+    for r, c in picks:
+        sigma = rng.uniform(8, 25) * scale
+        field += np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * sigma**2))
+    weight = np.clip(field, 0, 1) * {1: 0.55, 2: 0.75, 3: 0.9}[severity]
+    weight *= ndimage.gaussian_filter(mask.astype(np.float32), 2 * scale)
+    return _blend(image, weight, cardiac_level(image, mask))
+
+
+def effusion(image: np.ndarray, mask: np.ndarray, severity: int, rng: np.random.Generator):
+    """Pleural effusion: flat level, linear meniscus (see the module docstring)."""
+    lungs = _lungs(mask)
+    chosen = lungs if severity == 3 else lungs[int(rng.integers(len(lungs))) :][:1]
+    level_value = min(1.0, cardiac_level(image, mask) * 1.05)
+    out = image
+    yy = np.arange(image.shape[0], dtype=np.float32)[:, None]
+    xx = np.arange(image.shape[1], dtype=np.float32)[None, :]
+    for lung in chosen:
+        rows, cols = np.nonzero(lung.any(axis=1))[0], np.nonzero(lung.any(axis=0))[0]
+        height = rows[-1] - rows[0]
+        left_side = (cols[0] + cols[-1]) / 2 < image.shape[1] / 2
+        lateral = (cols[-1] - xx) if left_side else (xx - cols[0])
+        lateral = np.clip(lateral / max(cols[-1] - cols[0], 1), 0, 1)
+        level = rows[-1] - {1: 0.2, 2: 0.35, 3: 0.55}[severity] * height - 0.08 * height * lateral
+        depth = np.clip((yy - level) / 15.0, 0, None)
+        weight = (1 - np.exp(-depth)) * (yy >= level)
+        weight *= ndimage.gaussian_filter(lung.astype(np.float32), 3)
+        out = _blend(out, np.clip(weight * 0.95, 0, 1), level_value)
+    return out
+
+
+def devices(image: np.ndarray, mask: np.ndarray, severity: int, rng: np.random.Generator):
+    """Catheters, tubes, ECG pads, sternal wires and a text label (see the module docstring)."""
+    from PIL import Image, ImageDraw
+
+    h, w = image.shape
+    canvas = Image.fromarray(np.round(np.clip(image, 0, 1) * 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    scale = h / 512
+    for _ in range({1: 1, 2: 2, 3: 4}[severity]):
+        pts = [(rng.uniform(0.3, 0.7) * w, 0)] + [
+            (rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.9) * h) for _ in range(3)
+        ]
+        draw.line(
+            pts, fill=int(rng.integers(200, 255)), width=max(1, int(rng.integers(2, 6) * scale))
+        )
+        x, y = rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h
+        s = rng.uniform(8, 14) * scale
+        draw.rectangle((x - s, y - s, x + s, y + s), outline=230, width=max(1, int(2 * scale)))
+        draw.ellipse((x - 3 * scale, y - 3 * scale, x + 3 * scale, y + 3 * scale), fill=250)
+        cx, cy = w / 2 + rng.uniform(-10, 10) * scale, rng.uniform(0.3, 0.6) * h
+        draw.ellipse(
+            (cx - 6 * scale, cy - 4 * scale, cx + 6 * scale, cy + 4 * scale), outline=255, width=2
+        )
+    draw.text((0.05 * w, 0.05 * h), "PORTABLE SUPINE", fill=255, font=_font(int(18 * scale)))
+    return np.asarray(canvas, dtype=np.float32) / 255.0
+
+
+def _font(size: int) -> Any:
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def portable_geometry(shape: tuple[int, int], severity: int, rng: np.random.Generator):
+    """``(matrix, offset)`` for ``ndimage.affine_transform``: rotation, zoom-out at the centre."""
+    angle = math.radians({1: 4, 2: 7, 3: 11}[severity] * rng.choice([-1, 1]))
+    zoom = {1: 0.95, 2: 0.9, 3: 0.85}[severity]
+    rot = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    matrix = rot / zoom
+    centre = (np.asarray(shape) - 1) / 2
+    return matrix, centre - matrix @ centre
+
+
+def portable(image: np.ndarray, mask: np.ndarray, severity: int, rng: np.random.Generator):
+    """Supine AP film: returns ``(image, mask)``, both warped (see the module docstring)."""
+    matrix, offset = portable_geometry(image.shape, severity, rng)
+    warped = ndimage.affine_transform(image, matrix, offset, order=1, cval=0.0)
+    moved = ndimage.affine_transform(mask.astype(np.uint8), matrix, offset, order=0) > 0
+    mean = float(warped.mean())
+    out = (warped - mean) * {1: 0.8, 2: 0.65, 3: 0.5}[severity] + mean
+    out = np.clip(out, 0, 1) ** {1: 1.15, 2: 1.3, 3: 1.5}[severity]
+    out = ndimage.gaussian_filter(out, {1: 0.6, 2: 1.0, 3: 1.4}[severity] * image.shape[0] / 512)
+    out = out + rng.normal(0, {1: 0.015, 2: 0.03, 3: 0.05}[severity], size=out.shape)
+    return np.clip(out, 0, 1).astype(np.float32), moved
+
+
+GENERATORS = {
+    Stress.CONSOLIDATION: consolidation,
+    Stress.BILATERAL: bilateral,
+    Stress.EFFUSION: effusion,
+    Stress.DEVICES: devices,
+}
+
+
+def apply_stress(
+    image: np.ndarray, mask: np.ndarray, stress: Stress, severity: int, name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """One case under one stress: ``(image, reference mask)``, seeded by ``name``.
+
+    Args:
+        image: the radiograph, ``rows x columns`` in [0, 1].
+        mask: its boolean lung-field mask.
+        stress: which condition.
+        severity: 1, 2 or 3 (ignored for ``clean``).
+        name: the case's name (seeds the generator).
+
+    Raises:
+        ValueError: an unknown severity (the allowed values quoted).
+    """
+    image = np.asarray(image, dtype=np.float32)
+    if stress is Stress.CLEAN:
+        return image, mask
+    if severity not in SEVERITIES:
+        raise ValueError(f"severity {severity!r} is not one of {SEVERITIES}")
+    rng = case_rng(name, stress, severity)
+    if stress is Stress.PORTABLE:
+        return portable(image, mask, severity, rng)
+    out = GENERATORS[stress](image, mask, severity, rng)
+    return np.clip(out, 0, 1).astype(np.float32), mask
+
+
+def conditions() -> list[tuple[Stress, int]]:
+    """Every ``(stress, severity)`` of the protocol, clean first (severity 0)."""
+    return [(Stress.CLEAN, 0)] + [
+        (s, v) for s in Stress if s is not Stress.CLEAN for v in SEVERITIES
+    ]
+
+
+def run_stress(
+    data: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    bundle: str | os.PathLike | None = None,
+    device: str = "auto",
+    split_file: str | os.PathLike | None = None,
+    part: str = "test",
+    max_cases: int | None = None,
+    batch_size: int = 8,
+    overrides: dict[str, Any] | None = None,
+    worst: int = 12,
+) -> dict[str, Any]:
+    """Run the protocol; write ``per_case.csv``, ``summary.json``, ``summary.md``, the figure.
+
+    Args:
+        data: the collection (``images/``, ``masks/``, ``manifest.csv``).
+        out_dir: where the outputs go.
+        bundle: the bundle (default: the shipped one).
+        device: ``auto``, ``cpu``, ``cuda``...
+        split_file: take the part from this split file (default: the repository's).
+        part: which part of the split.
+        max_cases: evaluate only this many cases (quick runs).
+        batch_size: images per forward pass.
+        overrides: ``inference.json`` ids (another checkpoint, TTA, an ensemble...).
+        worst: cases in the worst-cases figure.
+
+    Returns:
+        The summary.
+    """
+    from pipeline.evaluation.stress_report import write_report
+    from pipeline.inference.predictor import Predictor
+
+    cases = _cases(data, split_file, part, max_cases)
+    predictor = Predictor(bundle, device, overrides)
+    rows, keep = [], []
+    for stress, severity in conditions():
+        rows_here = _score_condition(predictor, cases, stress, severity, batch_size, keep, worst)
+        rows += rows_here
+    about = {"model": predictor.identity.as_dict(), "cases": len(cases), "part": part}
+    return write_report(Path(out_dir), rows, keep, about)
+
+
+def _cases(data: Any, split_file: Any, part: str, max_cases: int | None) -> list[dict[str, Any]]:
+    from pipeline.io.datasets import REPO_ROOT
+    from pipeline.training.data import load_split
+
+    split_file = split_file or REPO_ROOT / "data" / "splits" / "montgomery-shenzhen.json"
+    return load_split(data, part, max_cases, split_file=split_file)
+
+
+def _load_case(case: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    from pipeline.io.reader import read_cxr
+    from pipeline.transforms import binarize_mask
+
+    image, _ = read_cxr(case["image"])
+    truth, _ = read_cxr(case["label"])
+    return image, binarize_mask(truth) > 0
+
+
+def _score_condition(
+    predictor: Any,
+    cases: Sequence[dict[str, Any]],
+    stress: Stress,
+    severity: int,
+    batch_size: int,
+    keep: list,
+    worst: int,
+) -> list[dict[str, Any]]:
+    from pipeline.evaluation.metrics import overlap_metrics
+
+    rows = []
+    for first in range(0, len(cases), batch_size):
+        batch = cases[first : first + batch_size]
+        made = [apply_stress(*_load_case(c), stress, severity, str(c["name"])) for c in batch]
+        preds = predictor.predict_items([{"image": _tensor(img)} for img, _ in made])
+        for case, (img, truth), pred in zip(batch, made, preds, strict=True):
+            m = overlap_metrics(pred.mask, truth)
+            row = {
+                "name": case["name"],
+                "source": case.get("source", ""),
+                "tuberculosis": case.get("tuberculosis", ""),
+                "stress": str(stress),
+                "severity": severity,
+                "dice": m["dice"],
+                "recall": m["recall"],
+                "precision": m["precision"],
+                "flags": ";".join(map(str, pred.measures.flags)),
+            }
+            rows.append(row)
+            _keep_worst(keep, worst, row, img, pred.mask, truth)
+    return rows
+
+
+def _tensor(image: np.ndarray) -> Any:
+    from pipeline.io.reader import as_cxr_tensor
+
+    return as_cxr_tensor(image, {"format": "PNG"})
+
+
+def _keep_worst(keep: list, n: int, row: dict, image: np.ndarray, pred: np.ndarray, truth) -> None:
+    """Keep the ``n`` lowest-Dice stressed cases (downscaled panels) for the figure."""
+    if row["stress"] == Stress.CLEAN.value or not n:
+        return
+    step = max(1, image.shape[0] // 256)
+    panel = {
+        "name": f"{row['name']}\n{row['stress']} {row['severity']}",
+        "dice": row["dice"],
+        "image": image[::step, ::step],
+        "pred": pred[::step, ::step],
+        "truth": truth[::step, ::step],
+    }
+    keep.append(panel)
+    keep.sort(key=lambda c: c["dice"])
+    del keep[n:]

@@ -1,0 +1,114 @@
+"""The robustness protocol's report: per-case CSV, the table by stress and severity, figure.
+
+Targets (issue 17) are checked per stress at its strongest severity: mean Dice drop from the
+same cases clean ≤ :data:`MAX_DROP` and 10th-percentile Dice ≥ :data:`MIN_P10`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.io.atomic import write_text_atomic
+
+MAX_DROP = 0.02
+MIN_P10 = 0.93
+COLUMNS = (
+    "name",
+    "source",
+    "tuberculosis",
+    "stress",
+    "severity",
+    "dice",
+    "recall",
+    "precision",
+    "flags",
+)
+
+
+def _stats(dice: np.ndarray, clean: np.ndarray) -> dict[str, float]:
+    return {
+        "n": int(dice.size),
+        "mean_dice": round(float(dice.mean()), 4),
+        "drop": round(float((clean - dice).mean()), 4),
+        "p10_dice": round(float(np.quantile(dice, 0.1)), 4),
+        "min_dice": round(float(dice.min()), 4),
+    }
+
+
+def table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One line per (stress, severity) with Dice statistics, paired with the clean Dice."""
+    clean = {r["name"]: r["dice"] for r in rows if r["stress"] == "clean"}
+    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["stress"], int(r["severity"])), []).append(r)
+    out = []
+    for (stress, severity), members in groups.items():
+        dice = np.array([m["dice"] for m in members])
+        base = np.array([clean[m["name"]] for m in members])
+        line = {"stress": stress, "severity": severity, **_stats(dice, base)}
+        line["recall"] = round(float(np.mean([m["recall"] for m in members])), 4)
+        out.append(line)
+    tb = [r for r in rows if r["stress"] == "clean" and str(r["tuberculosis"]) == "1"]
+    if tb:
+        dice = np.array([r["dice"] for r in tb])
+        line = {"stress": "clean, tuberculosis", "severity": 0, **_stats(dice, dice)}
+        line["recall"] = round(float(np.mean([r["recall"] for r in tb])), 4)
+        out.append(line)
+    return out
+
+
+def targets(lines: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per stress at severity 3: the drop and p10 and whether each meets its target."""
+    out = {}
+    for line in lines:
+        if line["severity"] == 3:
+            out[line["stress"]] = {
+                "drop": line["drop"],
+                "p10_dice": line["p10_dice"],
+                "drop_ok": line["drop"] <= MAX_DROP,
+                "p10_ok": line["p10_dice"] >= MIN_P10,
+            }
+    return out
+
+
+def markdown(lines: Sequence[Mapping[str, Any]]) -> str:
+    """The table as Markdown."""
+    head = "| stress | severity | n | mean Dice | drop from clean | p10 Dice | min Dice | recall |"
+    out = [head, "|---|---|---|---|---|---|---|---|"]
+    for ln in lines:
+        out.append(
+            f"| {ln['stress']} | {ln['severity']} | {ln['n']} | {ln['mean_dice']:.4f} | "
+            f"{ln['drop']:+.4f} | {ln['p10_dice']:.4f} | {ln['min_dice']:.4f} | "
+            f"{ln['recall']:.4f} |"
+        )
+    return "\n".join(out) + "\n"
+
+
+def write_report(
+    out: Path, rows: Sequence[Mapping[str, Any]], worst: Sequence[Mapping[str, Any]], about: dict
+) -> dict[str, Any]:
+    """Write ``per_case.csv``, ``summary.json``, ``summary.md`` and ``worst_cases.png``."""
+    from pipeline.evaluation.plots import worst_cases_figure
+
+    out.mkdir(parents=True, exist_ok=True)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=COLUMNS)
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (round(r[k], 5) if isinstance(r[k], float) else r[k]) for k in COLUMNS})
+    write_text_atomic(out / "per_case.csv", text.getvalue())
+    lines = table(rows)
+    summary = {**about, "table": lines, "targets": targets(lines)}
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    title = f"# Stress protocol: {about.get('model', {}).get('name', '')}\n\n"
+    write_text_atomic(out / "summary.md", title + markdown(lines))
+    if worst:
+        worst_cases_figure(list(worst), out / "worst_cases.png")
+    return summary
