@@ -293,3 +293,29 @@ def test_inputs_that_would_share_outputs_are_not_overwritten(radiograph_folder, 
     reason = report[str(inputs / "case.png")]["reason"]
     assert report[str(inputs / "case.png")]["status"] == "failed"
     assert reason == f"its outputs would overwrite those of {inputs / 'case.dcm'}"
+
+
+def test_a_rerun_with_a_changed_threshold_is_refused_without_overwrite(tmp_path, data_dir, capsys):
+    import shutil
+
+    from pipeline.inference.bundle import BUNDLE
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(BUNDLE, bundle, ignore=shutil.ignore_patterns("docs", "*.ts"))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("MCUCXR_0001_0.png", "CHNCXR_0001_0.png"):
+        shutil.copy(data_dir / "images" / name, inputs / name)
+    argv = ["segment", str(inputs), "-o", str(tmp_path / "out"), "--no-progress", "--workers", "0"]
+    argv += ["--bundle", str(bundle), "--formats", "mask"]
+    assert main(argv) == EXIT_OK
+    assert main(argv) == EXIT_OK  # same model and config: resumed, nothing redone
+    config = bundle / "configs" / "inference.json"
+    config.write_text(config.read_text().replace('"threshold": 0.5', '"threshold": 0.7'))
+    capsys.readouterr()
+    assert main(argv) == EXIT_USAGE
+    assert "model_digest" in capsys.readouterr().err
+    assert main([*argv, "--overwrite"]) == EXIT_OK
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["model"]["config_sha256"] != summary["model"]["checkpoint_sha256"]
+    assert summary["this_run"]["processed"] == 2

@@ -1,0 +1,113 @@
+"""The one predictor: files and arrays, identity, and the bundle's TTA / ensemble options."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.inference.bundle import BUNDLE, config_sha256
+from pipeline.inference.predictor import Predictor
+from pipeline.training.data import load_split
+from tests.conftest import dice, load_png
+
+
+@pytest.fixture(scope="module")
+def held_out(data_dir) -> list[dict]:
+    return load_split(data_dir, "test", 4)
+
+
+def _truth(case: dict) -> np.ndarray:
+    return load_png(Path(case["label"])) > 127
+
+
+def test_files_and_arrays_give_the_same_result_at_any_intensity_scale(shipped_model, held_out):
+    from_files = list(shipped_model.predict_from_files([c["image"] for c in held_out], 3))
+    for case, pred in zip(held_out, from_files, strict=True):
+        pixels = load_png(Path(case["image"])).astype(np.float32)
+        for scale in (1.0, 1 / 255, 16.0):  # 8-bit, [0, 1], 12-bit-like
+            again = shipped_model.predict_single_npy_array(pixels * scale, keep_image=True)
+            assert np.array_equal(again.mask, pred.mask)
+            assert again.image.shape == pixels.shape
+        assert pred.probability.shape == pred.mask.shape and pred.probability.dtype == np.float32
+        # post-processing only removes blobs and fills holes after the threshold
+        assert dice(pred.probability > 0.5, pred.mask) > 0.99
+        assert dice(pred.mask, _truth(case)) > 0.9
+        m = pred.measures
+        assert m.right_px + m.left_px == int(pred.mask.sum()) and not m.flags
+
+
+def test_array_metadata_gives_spacing_and_sides(shipped_model, held_out):
+    pixels = load_png(Path(held_out[0]["image"]))
+    plain = shipped_model.predict_single_npy_array(pixels)
+    assert np.isnan(plain.measures.mm2(1))
+    flipped = shipped_model.predict_single_npy_array(
+        pixels, {"pixel_spacing": (0.5, 0.5), "patient_orientation": "R\\F"}
+    )
+    assert flipped.measures.mm2(4) == pytest.approx(1.0)
+    # columns towards the patient's right: the right lung is the one on the image's right
+    assert np.array_equal(flipped.measures.right, plain.measures.left)
+
+
+def test_bundle_preprocessing_runs_on_a_tensor_a_host_already_holds(held_out):
+    """MONAI Deploy hands the bundle a tensor, not a path: the loader passes it through."""
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "inference.json"))
+    pixels = torch.from_numpy(load_png(Path(held_out[0]["image"])).astype(np.float32))
+    item = parser.get_parsed_content("loader")({"image": pixels[None]})
+    out = parser.get_parsed_content("preprocessing")(item)["image"]
+    assert tuple(out.shape) == (1, 256, 256) and 0 <= float(out.min()) < float(out.max()) <= 1
+
+
+def test_identity_follows_every_pixel_setting_and_nothing_else(shipped_model):
+    ident = shipped_model.identity
+    assert len(ident.checkpoint_sha256) == 64 and ident.version
+    assert ident.algorithm()["version"].endswith(ident.digest[:12])
+    same = Predictor(device="cpu", overrides={"batch_size": 1, "num_workers": 3}, network=False)
+    assert same.identity == ident
+    for override in ({"threshold": 0.6}, {"tta": ["hflip"]}, {"lung_components": 1}):
+        other = Predictor(device="cpu", overrides=override, network=False).identity
+        assert other.config_sha256 != ident.config_sha256 and other.digest != ident.digest
+    raw = json.loads((BUNDLE / "configs" / "inference.json").read_text())
+    moved = {**raw, "bundle_root": "/elsewhere", "dataset_dir": "/data", "device_name": "cuda"}
+    assert config_sha256(moved) == config_sha256(raw)
+
+
+def test_unknown_override_is_refused_with_the_config_named():
+    with pytest.raises(KeyError, match="thresold"):
+        Predictor(device="cpu", overrides={"thresold": 0.4}, network=False)
+
+
+def test_an_ensemble_of_one_checkpoint_twice_gives_its_masks(shipped_model, held_out):
+    paths = [c["image"] for c in held_out]
+    twice = Predictor(device="cpu", overrides={"ensemble": ["models/model.pt"]})
+    assert twice.identity.checkpoints_sha256 == (shipped_model.identity.checkpoint_sha256,) * 2
+    assert twice.identity.digest != shipped_model.identity.digest
+    for a, b in zip(
+        twice.predict_from_files(paths), shipped_model.predict_from_files(paths), strict=True
+    ):
+        assert np.array_equal(a.mask, b.mask)
+        np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
+
+
+def test_test_time_flips_average_the_flipped_predictions(shipped_model, held_out):
+    paths = [c["image"] for c in held_out]
+    tta = Predictor(device="cpu", overrides={"tta": ["hflip"]})
+    for a, b, case in zip(
+        tta.predict_from_files(paths), shipped_model.predict_from_files(paths), held_out, strict=True
+    ):
+        assert not np.allclose(a.probability, b.probability, atol=1e-3)  # the flip was run
+        assert dice(a.mask, b.mask) > 0.97 and dice(a.mask, _truth(case)) > 0.9
+
+
+def test_a_missing_checkpoint_is_named(tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(BUNDLE / "configs", copy / "configs")
+    with pytest.raises(FileNotFoundError, match="model.pt"):
+        Predictor(copy, device="cpu")
