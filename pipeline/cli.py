@@ -378,7 +378,9 @@ def _cmd_protocol(args: argparse.Namespace) -> int:
         result = protocols.cross_dataset(
             data, args.output, max_eval_cases=args.max_eval_cases, **common
         )
-    print(protocols.protocol_markdown(result), end="")
+    from pipeline.evaluation.tables import protocol_markdown
+
+    print(protocol_markdown(result), end="")
     return EXIT_OK
 
 

@@ -166,7 +166,7 @@ class Evaluation:
 
     def write_plots(self, out: Path) -> list[str]:
         """The figures; returns their file names (relative to ``out``)."""
-        from pipeline.evaluation import plots
+        from pipeline.evaluation.plots import distribution_figure, roc_figure, worst_cases_figure
 
         written, ok = [], self.ok_rows
         if not ok:
@@ -177,15 +177,15 @@ class Evaluation:
                 for (c, v), acc in sorted(self.roc.items())
                 if not math.isnan(acc.auc())
             }
-            written.append(plots.roc_figure(curves, out / "roc.png").name)
+            written.append(roc_figure(curves, out / "roc.png").name)
         panels = {"all": {"all": [r["dice"] for r in ok]}}
         for column in self.group_columns:
             values = sorted({str(r[column]) for r in ok if r[column] != ""})
             panels[column] = {v: [r["dice"] for r in ok if str(r[column]) == v] for v in values}
-        written.append(plots.distribution_figure(panels, "dice", out / "dice_by_group.png").name)
+        written.append(distribution_figure(panels, "dice", out / "dice_by_group.png").name)
         worst = self._worst_cases()
         if worst:
-            written.append(plots.worst_cases_figure(worst, out / "worst_cases.png").name)
+            written.append(worst_cases_figure(worst, out / "worst_cases.png").name)
             written += self._write_worst_overlays(worst, out / "worst")
         return written
 

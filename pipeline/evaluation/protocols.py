@@ -209,6 +209,7 @@ def _finish(
     result = {"protocol": protocol, "params": dict(params), "runs": rows}
     if protocol == "kfold":
         result["across_folds"] = _across(rows.values())
+    from pipeline.evaluation.tables import protocol_markdown
     from pipeline.io.atomic import write_text_atomic
 
     write_text_atomic(out / "protocol.json", json.dumps(result, indent=2) + "\n")
@@ -241,31 +242,6 @@ def _across(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]]:
             "std": float(vals.std(ddof=1)) if vals.size > 1 else 0.0,
         }
     return out
-
-
-def protocol_table(result: Mapping[str, Any]) -> str:
-    """One row per fold/direction: cases, epochs, mean [95% CI] per metric."""
-    cols = ("dice", "iou", "recall", "precision", "hd95_px")
-    lines = [
-        "| run | cases | epochs | " + " | ".join(cols) + " |",
-        "|---|---|---|" + "---|" * len(cols),
-    ]
-    for name, r in result["runs"].items():
-        cells = [f"{r[c]:.4f} [{r[c + '_ci95'][0]:.4f}, {r[c + '_ci95'][1]:.4f}]" for c in cols]
-        lines.append(f"| {name} | {r['cases']} | {r['epochs']} | " + " | ".join(cells) + " |")
-    if "across_folds" in result:
-        a = result["across_folds"]
-        lines.append(
-            "| mean ± std over folds | | | "
-            + " | ".join(f"{a[c]['mean']:.4f} ± {a[c]['std']:.4f}" for c in cols)
-            + " |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def protocol_markdown(result: Mapping[str, Any]) -> str:
-    """``protocol.md``: the heading and :func:`protocol_table`."""
-    return f"# Protocol: {result['protocol']}\n\n" + protocol_table(result)
 
 
 def _log_protocol(result: Mapping[str, Any], out: Path, tracking: Mapping[str, Any]) -> None:

@@ -138,10 +138,33 @@ def table_for(doc: Mapping[str, Any]) -> tuple[str, str]:
     if "statistics" in doc:
         return RESULTS, results_table(doc)
     if "protocol" in doc and "runs" in doc:
-        from pipeline.evaluation.protocols import protocol_table
-
         return f"{PROTOCOL}-{doc['protocol']}", protocol_table(doc)
     raise ValueError("expected an evaluation summary.json or a protocol.json")
+
+
+def protocol_table(result: Mapping[str, Any]) -> str:
+    """One row per fold/direction: cases, epochs, mean [95% CI] per metric."""
+    cols = ("dice", "iou", "recall", "precision", "hd95_px")
+    lines = [
+        "| run | cases | epochs | " + " | ".join(cols) + " |",
+        "|---|---|---|" + "---|" * len(cols),
+    ]
+    for name, r in result["runs"].items():
+        cells = [f"{r[c]:.4f} [{r[c + '_ci95'][0]:.4f}, {r[c + '_ci95'][1]:.4f}]" for c in cols]
+        lines.append(f"| {name} | {r['cases']} | {r['epochs']} | " + " | ".join(cells) + " |")
+    if "across_folds" in result:
+        a = result["across_folds"]
+        lines.append(
+            "| mean ± std over folds | | | "
+            + " | ".join(f"{a[c]['mean']:.4f} ± {a[c]['std']:.4f}" for c in cols)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def protocol_markdown(result: Mapping[str, Any]) -> str:
+    """``protocol.md``: the heading and :func:`protocol_table`."""
+    return f"# Protocol: {result['protocol']}\n\n" + protocol_table(result)
 
 
 def _markers(name: str) -> tuple[str, str]:

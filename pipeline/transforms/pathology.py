@@ -34,6 +34,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, RandomizableTransform
 from monai.utils import convert_to_dst_type
 from scipy import ndimage
+from scipy.special import expit
 
 from pipeline.enums import StrEnum
 
@@ -110,7 +111,7 @@ def add_opacity(
     rows = np.linspace(-1.0, 1.0, shape[0], dtype=np.float32)[:, None]
     field = field + rng.uniform(-1.5, 1.5) * rows
     cut = np.quantile(field[region], 1.0 - min(max(extent, 0.0), 1.0))
-    soft = 1.0 / (1.0 + np.exp(-(field - cut) / rng.uniform(0.05, 0.3)))
+    soft = expit((field - cut) / rng.uniform(0.05, 0.3))
     inside = ndimage.gaussian_filter(region.astype(np.float32), sigma=rng.uniform(0.5, 2.0))
     texture = 1.0 + 0.15 * smooth_field(shape, int(rng.integers(16, 48)), rng)
     weight = np.clip(density * soft * inside * texture, 0.0, 1.0)
@@ -157,7 +158,7 @@ def add_effusion(
         lateral = _lateral_coordinate(part, image.shape[1])[None, :]
         level = bottom - fluid_h - rng.uniform(0.1, 0.6) * fluid_h * lateral**2
         fade = rng.uniform(2.0, 0.04 * image.shape[0] + 2.0)
-        weight = 1.0 / (1.0 + np.exp(-(rows - level) / fade))
+        weight = expit((rows - level) / fade)
         inside = ndimage.gaussian_filter(part.astype(np.float32), sigma=1.0)
         image = _pull(image, np.clip(density * weight * inside, 0.0, 1.0), min(target, 1.0))
     return image

@@ -100,7 +100,10 @@ def test_test_time_flips_average_the_flipped_predictions(shipped_model, held_out
     paths = [c["image"] for c in held_out]
     tta = Predictor(device="cpu", overrides={"tta": ["hflip"]})
     for a, b, case in zip(
-        tta.predict_from_files(paths), shipped_model.predict_from_files(paths), held_out, strict=True
+        tta.predict_from_files(paths),
+        shipped_model.predict_from_files(paths),
+        held_out,
+        strict=True,
     ):
         assert not np.allclose(a.probability, b.probability, atol=1e-3)  # the flip was run
         assert dice(a.mask, b.mask) > 0.97 and dice(a.mask, _truth(case)) > 0.9
@@ -109,5 +112,5 @@ def test_test_time_flips_average_the_flipped_predictions(shipped_model, held_out
 def test_a_missing_checkpoint_is_named(tmp_path):
     copy = tmp_path / "bundle"
     shutil.copytree(BUNDLE / "configs", copy / "configs")
-    with pytest.raises(FileNotFoundError, match="model.pt"):
+    with pytest.raises(FileNotFoundError, match=r"model\.pt"):
         Predictor(copy, device="cpu")
