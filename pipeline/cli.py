@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import __version__
+from pipeline.enums import NetworkName, TBNetworkName
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 VOI_CHOICES = ("auto", "lut", "window", "none")
@@ -68,47 +69,16 @@ def _cmd_dicomize(args: argparse.Namespace) -> int:
 
 
 def _cmd_prepare_data(args: argparse.Namespace) -> int:
-    from pipeline.io.datasets import prepare_collection
+    from pipeline.io.datasets import prepare_public_sets
 
-    sources = {}
-    if args.montgomery:
-        root = args.montgomery
-        masks = [root / "ManualMask" / "leftMask", root / "ManualMask" / "rightMask"]
-        sources["montgomery"] = (root / "CXR_png", masks)
-    if args.shenzhen:
-        masks = [args.shenzhen_masks] if args.shenzhen_masks else []
-        sources["shenzhen"] = (args.shenzhen / "CXR_png", masks)
-    missing = [str(d) for d, _ in sources.values() if not d.is_dir()]
-    if not sources or missing:
-        raise UsageError(f"give --montgomery and/or --shenzhen folders with CXR_png/ {missing}")
-    count = prepare_collection(sources, args.output, args.size)
+    try:
+        count = prepare_public_sets(
+            args.output, args.montgomery, args.shenzhen, args.shenzhen_masks, args.size
+        )
+    except FileNotFoundError as err:
+        raise UsageError(str(err)) from err
     print(f"wrote {count} cases to {args.output} (images/, masks/, manifest.csv)")
     return EXIT_OK if count else EXIT_FAILED
-
-
-NETWORK_CHOICES = ("res_unet", "basic_unet", "unetpp_efficientnet", "resnet50_unet")
-TRAIN_OPTIONS = {  # CLI option -> bundle config id
-    "data": "dataset_dir",
-    "network": "network_name",
-    "pretrained": "pretrained",
-    "epochs": "max_epochs",
-    "batch_size": "batch_size",
-    "lr": "learning_rate",
-    "loss": "loss_name",
-    "optimizer": "optimizer_name",
-    "scheduler": "scheduler_name",
-    "image_size": "image_size",
-    "clahe": "clahe",
-    "tophat": "tophat",
-    "augmentation": "augmentation",
-    "max_cases": "max_cases",
-    "resume": "resume",
-    "init": "init_weights",
-    "device": "device_name",
-    "seed": "seed",
-    "workers": "num_workers",
-    "early_stop": "early_stop_patience",
-}
 
 
 def _parse_set(items: list[str]) -> dict[str, object]:
@@ -127,36 +97,9 @@ def _parse_set(items: list[str]) -> dict[str, object]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.training.run import BUNDLE, train
+    from pipeline.training.run import train_from_options
 
-    overrides = {
-        cfg: getattr(args, opt)
-        for opt, cfg in TRAIN_OPTIONS.items()
-        if getattr(args, opt) is not None
-    }
-    for key in ("dataset_dir", "pretrained", "resume", "init_weights"):
-        if key in overrides and "://" not in str(overrides[key]) and overrides[key] != "imagenet":
-            overrides[key] = str(Path(overrides[key]).resolve())
-    split = {
-        "val_fraction": args.val_fraction,
-        "test_fraction": args.test_fraction,
-        "seed": args.seed or 0,
-    }
-    split.update(folds=args.folds, fold=args.fold)
-    if args.split_file:
-        split = {"split_file": str(args.split_file.resolve())}
-    output = Path(args.output or f"outputs/train/{args.network}").resolve()
-    overrides.update(split=split, bundle_root=str(output), progress=not args.no_progress)
-    overrides.update(_parse_set(args.set))
-    files = ("train.json", "multi_gpu_train.json") if args.distributed else ("train.json",)
-    result = train(
-        overrides,
-        bundle=args.bundle or BUNDLE,
-        config_files=files,
-        mlflow=not args.no_mlflow,
-        tracking_uri=args.tracking_uri,
-        experiment=args.experiment,
-    )
+    result, output = train_from_options(vars(args), _parse_set(args.set))
     print(
         f"trained {result['epochs']} epochs; best validation Dice {result['best_metric']:.4f} "
         f"at epoch {result['best_epoch']}; checkpoints in {output / 'models'}"
@@ -440,13 +383,12 @@ def _cmd_tb(args: argparse.Namespace) -> int:
 
 def _tb_train(args: argparse.Namespace) -> int:
     from pipeline.io.datasets import default_data_dir
-    from pipeline.tb.model import TBNetwork
     from pipeline.tb.run import summary_markdown, train_and_report
     from pipeline.tb.train import Settings
 
     if min(args.folds, args.epochs, args.batch_size) < 1 or args.folds < 2:
         raise UsageError("--folds must be >= 2 and --epochs, --batch-size >= 1")
-    TBNetwork.parse(args.network)  # before any work: a ValueError quoting the allowed names
+    TBNetworkName.parse(args.network)  # before any work: a ValueError quoting the allowed names
     settings = Settings(
         network=args.network,
         epochs=args.epochs,
@@ -512,7 +454,7 @@ def _add_tb_commands(sub: argparse._SubParsersAction) -> None:
     tr = tb_sub.add_parser("train", help="stratified k-fold training, MLflow, optional bundle")
     _tb_common(tr)
     tr.add_argument(
-        "--network", default="densenet_small", help="densenet_small, densenet121, efficientnet_b0"
+        "--network", default="densenet_small", help=", ".join(n.value for n in TBNetworkName)
     )
     tr.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     tr.add_argument("--max-folds", type=int, help="stop after this many folds (quick runs)")
@@ -642,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--data", type=Path, help="collection folder or CSV/JSON datalist ($LUNGSEG_DATA)"
     )
-    tr.add_argument("--network", choices=NETWORK_CHOICES, default="res_unet")
+    tr.add_argument("--network", choices=[n.value for n in NetworkName], default="res_unet")
     tr.add_argument("--pretrained", help="encoder weights: a file, a URL or 'imagenet'")
     tr.add_argument("--epochs", type=int, help="maximum epochs (bundle default 30)")
     tr.add_argument("--batch-size", type=int)

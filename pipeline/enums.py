@@ -107,3 +107,20 @@ class Status(StrEnum):
     OK = "ok"
     SKIPPED = "skipped"
     FAILED = "failed"
+
+
+class NetworkName(StrEnum):
+    """Segmentation networks of :data:`pipeline.networks.NETWORKS`."""
+
+    RES_UNET = "res_unet"
+    BASIC_UNET = "basic_unet"
+    UNETPP_EFFICIENTNET = "unetpp_efficientnet"
+    RESNET50_UNET = "resnet50_unet"
+
+
+class TBNetworkName(StrEnum):
+    """TB classifier networks (all from MONAI, trained from scratch)."""
+
+    DENSENET121 = "densenet121"
+    DENSENET_SMALL = "densenet_small"
+    EFFICIENTNET_B0 = "efficientnet_b0"

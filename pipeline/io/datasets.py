@@ -146,3 +146,38 @@ def _write_manifest(rows: list[dict[str, str]], path: Path) -> None:
         writer = csv.DictWriter(fh, fieldnames=["file", "source", "tuberculosis"])
         writer.writeheader()
         writer.writerows(rows)
+
+
+def prepare_public_sets(
+    out_dir: str | os.PathLike,
+    montgomery: str | os.PathLike | None = None,
+    shenzhen: str | os.PathLike | None = None,
+    shenzhen_masks: str | os.PathLike | None = None,
+    size: int | None = None,
+) -> int:
+    """A collection from the unzipped NLM downloads (``lungseg prepare-data``).
+
+    Args:
+        out_dir: the collection to write.
+        montgomery: the ``MontgomerySet`` folder (``CXR_png/``, ``ManualMask/left|rightMask``).
+        shenzhen: the ``ChinaSet_AllFiles`` folder (``CXR_png/``).
+        shenzhen_masks: the folder of Shenzhen lung masks (distributed separately).
+        size: resize so the longer side is ``size``.
+
+    Raises:
+        FileNotFoundError: neither set given, or a ``CXR_png`` folder is missing (named).
+    """
+    sources: dict[str, tuple[Path, list[Path]]] = {}
+    if montgomery:
+        root = Path(montgomery)
+        masks = [root / "ManualMask" / "leftMask", root / "ManualMask" / "rightMask"]
+        sources["montgomery"] = (root / "CXR_png", masks)
+    if shenzhen:
+        masks = [Path(shenzhen_masks)] if shenzhen_masks else []
+        sources["shenzhen"] = (Path(shenzhen) / "CXR_png", masks)
+    missing = [str(d) for d, _ in sources.values() if not d.is_dir()]
+    if not sources or missing:
+        raise FileNotFoundError(
+            f"give --montgomery and/or --shenzhen folders with CXR_png/ (missing: {missing})"
+        )
+    return prepare_collection(sources, out_dir, size)

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from pipeline.enums import NetworkName
 from pipeline.networks.unetpp import UNetPlusPlusEfficientNet
 
 
@@ -61,10 +62,10 @@ def _resnet50_unet(**kw: Any) -> nn.Module:
 
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
-    "basic_unet": _basic_unet,
-    "res_unet": _res_unet,
-    "unetpp_efficientnet": _unetpp,
-    "resnet50_unet": _resnet50_unet,
+    NetworkName.BASIC_UNET.value: _basic_unet,
+    NetworkName.RES_UNET.value: _res_unet,
+    NetworkName.UNETPP_EFFICIENTNET.value: _unetpp,
+    NetworkName.RESNET50_UNET.value: _resnet50_unet,
 }
 
 

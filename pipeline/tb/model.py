@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.enums import StrEnum
+from pipeline.enums import TBNetworkName
 
 #: Said on every TB score the project writes.
 NOTICE = (
@@ -32,12 +32,8 @@ NOTICE = (
 TB_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "tb_cxr_classification"
 
 
-class TBNetwork(StrEnum):
-    """Classifier networks, all from MONAI, trained from scratch."""
-
-    DENSENET121 = "densenet121"
-    DENSENET_SMALL = "densenet_small"
-    EFFICIENTNET_B0 = "efficientnet_b0"
+#: The classifier names (kept here under their historical name).
+TBNetwork = TBNetworkName
 
 
 def build_classifier(name: str | TBNetwork, in_channels: int = 2) -> nn.Module:

@@ -70,3 +70,78 @@ def train(
         }
     finally:
         workflow.finalize()
+
+
+#: ``lungseg train`` options and the bundle config ids they set.
+TRAIN_OPTIONS = {
+    "data": "dataset_dir",
+    "network": "network_name",
+    "pretrained": "pretrained",
+    "epochs": "max_epochs",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "loss": "loss_name",
+    "optimizer": "optimizer_name",
+    "scheduler": "scheduler_name",
+    "image_size": "image_size",
+    "clahe": "clahe",
+    "tophat": "tophat",
+    "augmentation": "augmentation",
+    "max_cases": "max_cases",
+    "resume": "resume",
+    "init": "init_weights",
+    "device": "device_name",
+    "seed": "seed",
+    "workers": "num_workers",
+    "early_stop": "early_stop_patience",
+}
+#: Options holding paths, made absolute (training runs from the bundle's folder).
+_PATH_IDS = ("dataset_dir", "pretrained", "resume", "init_weights")
+
+
+def split_settings(options: dict[str, Any]) -> dict[str, Any]:
+    """The ``split`` config entry from ``lungseg train`` options (a split file wins)."""
+    if options.get("split_file"):
+        return {"split_file": str(Path(options["split_file"]).resolve())}
+    return {
+        "val_fraction": options["val_fraction"],
+        "test_fraction": options["test_fraction"],
+        "seed": options.get("seed") or 0,
+        "folds": options["folds"],
+        "fold": options["fold"],
+    }
+
+
+def overrides_from_options(options: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """Bundle config overrides from ``lungseg train`` options and ``--set`` items."""
+    out = {cfg: options[opt] for opt, cfg in TRAIN_OPTIONS.items() if options.get(opt) is not None}
+    for key in _PATH_IDS:
+        value = out.get(key)
+        if value is not None and "://" not in str(value) and value != "imagenet":
+            out[key] = str(Path(value).resolve())
+    return out | {"split": split_settings(options)} | extra
+
+
+def train_from_options(options: dict[str, Any], extra: dict[str, Any]) -> tuple[Any, Path]:
+    """``lungseg train``: options to overrides, then :func:`train`; returns result and folder.
+
+    Args:
+        options: the parsed command line (``vars(args)``).
+        extra: ``--set`` items (config id -> value).
+    """
+    output = Path(options.get("output") or f"outputs/train/{options['network']}").resolve()
+    overrides = overrides_from_options(options, {})
+    overrides.update(bundle_root=str(output), progress=not options.get("no_progress"))
+    overrides.update(extra)
+    files = (
+        ("train.json", "multi_gpu_train.json") if options.get("distributed") else ("train.json",)
+    )
+    result = train(
+        overrides,
+        bundle=options.get("bundle") or BUNDLE,
+        config_files=files,
+        mlflow=not options.get("no_mlflow"),
+        tracking_uri=options.get("tracking_uri"),
+        experiment=options.get("experiment", "lungseg"),
+    )
+    return result, output
