@@ -45,29 +45,20 @@ def safe_uid(uid: str, what: str) -> str:
 
 
 def _fsync_write(path: Path, data: bytes, attempts: int = 3) -> None:
-    """Write ``data`` to ``path`` durably: temporary file, fsync, rename, fsync the folder.
+    """Write ``data`` to ``path`` durably (:func:`pipeline.io.atomic.write_bytes_atomic`).
 
-    The folder is created when missing, and again if it vanishes before the file is in it
-    (the processor removes empty series folders while instances arrive).
+    The folder is created again if it vanishes before the file is in it (the processor
+    removes empty series folders while instances arrive).
     """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    from pipeline.io.atomic import write_bytes_atomic
+
     for attempt in range(attempts):
-        path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            break
+            write_bytes_atomic(path, data)
+            return
         except FileNotFoundError:
             if attempt == attempts - 1:
                 raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:

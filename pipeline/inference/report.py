@@ -80,6 +80,7 @@ class Journal:
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for appends)
 
     def _load(self, header: dict[str, Any]) -> None:
+        self._drop_cut_line()
         lines = self.path.read_text(encoding="utf-8").splitlines()
         previous = json.loads(lines[0])["run"] if lines else {}
         for key in ("checkpoint_sha256", "model_digest", "formats", "tb"):
@@ -95,6 +96,14 @@ class Journal:
             except json.JSONDecodeError:
                 continue  # a line cut by a crash: that input is simply redone
             self.rows[row["key"]] = row["row"]
+
+    def _drop_cut_line(self) -> None:
+        """Truncate a last line a kill cut short, so the next record starts a line of its own."""
+        data = self.path.read_bytes()
+        if data and not data.endswith(b"\n"):
+            with open(self.path, "r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
+                os.fsync(fh.fileno())
 
     def done(self, key: str) -> bool:
         """Whether ``key`` finished in this or an earlier run."""

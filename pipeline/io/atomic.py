@@ -1,4 +1,13 @@
-"""Atomic file output: write to a temporary name in the same folder, then rename."""
+"""Atomic and durable file output: temporary name in the same folder, fsync, rename, fsync.
+
+:func:`atomic_path` is the one implementation every writer uses (batch outputs, reports,
+journals' headers, the DICOM node's spool): readers never see a half-written file, and once
+it returns the file and its name survive a power loss (the file is fsync'ed before the
+rename, its folder after), so a journal line written next can never claim an output that is
+empty on disk. Files get the mode the process's umask gives (``0666 & ~umask``), not
+``mkstemp``'s private 0600, so shards of one batch and other users of a shared folder can read
+each other's outputs.
+"""
 
 from __future__ import annotations
 
@@ -9,15 +18,50 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    """The process's umask, without changing it where the system can tell (Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The mode a new file gets: ``0666`` less the umask (read at each call)."""
+    return 0o666 & ~_read_umask()
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
+def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success make it ``path``, durably.
 
     A crash or an exception leaves ``path`` as it was (absent or the previous version) and
-    removes the temporary file, so readers never see a half-written output.
+    removes the temporary file.
 
     Args:
         path: the final file; its folder is created when missing.
+        durable: fsync the file before the rename and the folder after it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +69,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, file_mode())
+        if durable:
+            fsync_file(tmp)
         os.replace(tmp, path)
+        if durable:
+            fsync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -36,4 +85,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` through :func:`atomic_path`; return the path."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+    return Path(path)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_path`; return the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
     return Path(path)

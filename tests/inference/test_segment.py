@@ -319,3 +319,20 @@ def test_a_rerun_with_a_changed_threshold_is_refused_without_overwrite(tmp_path,
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["model"]["config_sha256"] != summary["model"]["checkpoint_sha256"]
     assert summary["this_run"]["processed"] == 2
+
+
+def test_a_journal_line_cut_by_a_kill_is_dropped_before_appending(tmp_path):
+    from pipeline.inference.report import Journal
+
+    header = {"started": "20261201000000", "checkpoint_sha256": "c", "formats": ["mask"]}
+    journal = Journal(tmp_path, header)
+    journal.record("/in/a.png", {"path": "/in/a.png", "status": "ok"})
+    journal.close()
+    with open(journal.path, "a") as fh:
+        fh.write('{"key": "/in/b.png", "row": {"pa')  # the kill came mid-line
+    again = Journal(tmp_path, header)
+    assert again.done("/in/a.png") and not again.done("/in/b.png")
+    again.record("/in/b.png", {"path": "/in/b.png", "status": "ok"})
+    again.close()
+    lines = journal.path.read_text().splitlines()
+    assert [json.loads(line).get("key") for line in lines[1:]] == ["/in/a.png", "/in/b.png"]

@@ -1,0 +1,48 @@
+"""Atomic writes are durable (file, then folder, fsync'ed) and get the umask's mode."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+from pipeline.io import atomic
+
+
+@pytest.fixture
+def umask():
+    old = os.umask(0o022)
+    yield lambda mask: os.umask(mask)
+    os.umask(old)
+
+
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o002, 0o664), (0o077, 0o600)])
+def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask, mask, mode):
+    umask(mask)
+    path = atomic.write_text_atomic(tmp_path / "out" / "report.csv", "a,b\n")
+    assert stat.S_IMODE(path.stat().st_mode) == mode
+
+
+def test_the_file_is_synced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_replace = os.replace
+    monkeypatch.setattr(
+        atomic.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+    )
+    monkeypatch.setattr(
+        atomic.os, "replace", lambda a, b: (events.append(("rename", b)), real_replace(a, b))
+    )
+    target = tmp_path / "mask.png"
+    atomic.write_bytes_atomic(target, b"png")
+    assert [e[0] for e in events] == ["fsync", "rename", "fsync"]
+    assert events[0][1].endswith(".tmp") and events[2][1] == str(tmp_path)
+    assert target.read_bytes() == b"png" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
+    target = atomic.write_text_atomic(tmp_path / "summary.json", "old")
+    with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("disk went away")
+    assert target.read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
