@@ -668,8 +668,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``lungseg``; return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    from pipeline.io.errors import OutputError
+
     try:
         return args.func(args)
+    except OutputError as err:  # not a usage error: the environment failed
+        print(f"lungseg {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     except (UsageError, FileNotFoundError) as err:
         print(f"lungseg {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE

@@ -146,6 +146,7 @@ class Segmenter:
         self.journal, self.batch_size, self.workers = journal, batch_size, workers
         self.progress = progress
         self.summary = Summary()
+        self.retry_rows: dict[str, dict[str, Any]] = {}
         self.context = Context(
             out_dir=out_dir,
             formats=self.formats,
@@ -291,7 +292,10 @@ class Segmenter:
         self._tb_pending = []
 
     def _commit(self, job: Job, result: dict[str, Any]) -> None:
-        self.journal.record(job.key, result)
+        if result.pop("retry", False):  # reported, not journalled: the next run tries again
+            self.retry_rows[job.key] = result
+        else:
+            self.journal.record(job.key, result)
         self.summary.counts[result["status"]] += 1
         self.summary.processed += 1
 
@@ -350,6 +354,8 @@ def segment(
     Raises:
         FileNotFoundError: an input or the bundle does not exist.
         JournalMismatchError: ``out_dir`` holds a run with another model, config or formats.
+        OutputError: outputs cannot be written (disk full...): the run stops; what finished
+            is journalled, the rest is redone by a rerun.
     """
     out = Path(out_dir)
     jobs = plan(inputs, shard)
@@ -365,15 +371,15 @@ def segment(
     tag = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
     journal = Journal(out, header, overwrite, tag)
     threads = _share_cores(workers)
+    segmenter = Segmenter(model, out, formats, journal, batch_size, workers, progress, tb_model)
     try:
-        run = Segmenter(model, out, formats, journal, batch_size, workers, progress, tb_model).run(
-            jobs
-        )
+        run = segmenter.run(jobs)
     finally:
         journal.close()
         _share_cores(0, threads)
     keys = {j.key for j in jobs}
-    rows = [row for key, row in journal.rows.items() if key in keys]
+    finished = {**journal.rows, **segmenter.retry_rows}
+    rows = [row for key, row in finished.items() if key in keys]
     write_reports(out, rows, tag)
     counts = {s.value: sum(r["status"] == s.value for r in rows) for s in Status}
     summary = {

@@ -9,6 +9,7 @@ main process feeds the network; with no workers they run in the main process and
 
 from __future__ import annotations
 
+import errno
 import math
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 from pipeline.enums import Status
 from pipeline.inference.outputs import Context, row, write_outputs
+from pipeline.io.errors import OutputError
 
 
 def finish(
@@ -40,14 +42,39 @@ def finish(
     return out, {"postprocess": post, **stages}
 
 
+#: ``errno`` values that say the environment failed, not the input: the batch stops.
+ENVIRONMENT_ERRNOS = frozenset(
+    {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+)
+
+
 def safe_finish(
     path: Path, relative: Path, decoded: dict[str, Any], ctx: Context, predictor: Any
 ) -> tuple[dict, dict]:
-    """:func:`finish`, turning any error into a ``failed`` row (a batch never stops)."""
+    """:func:`finish`; errors of one image become a ``failed`` row to retry, never a stop.
+
+    The row carries ``retry``: the batch reports it but does not journal it, so a rerun tries
+    the image again (a bug fixed or memory freed meanwhile must not leave it failed for good).
+
+    Raises:
+        OutputError: the disk is full, read-only or failing, or memory ran out: the batch
+            must stop, since every following image would fail the same way.
+    """
     try:
         return finish(path, relative, decoded, ctx, predictor)
+    except MemoryError as err:
+        raise OutputError(str(ctx.out_dir), f"out of memory while finishing {path}") from err
+    except OSError as err:
+        if err.errno in ENVIRONMENT_ERRNOS:
+            raise OutputError(str(ctx.out_dir), f"{err.strerror} ({err.filename or path})") from err
+        return _retry_row(path, err), {}
     except Exception as err:  # one bad output must not stop the batch; the reason is reported
-        return row(path, Status.FAILED.value, f"writing outputs: {type(err).__name__}: {err}"), {}
+        return _retry_row(path, err), {}
+
+
+def _retry_row(path: Path, err: Exception) -> dict[str, Any]:
+    reason = f"writing outputs: {type(err).__name__}: {err} (tried again on the next run)"
+    return {**row(path, Status.FAILED.value, reason), "retry": True}
 
 
 def decode(path: Path, sidecar: bool, keep_image: bool, predictor: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Typed errors for bad input.
+"""Typed errors for bad input, and the one error of output that stops a batch.
 
 Every error names the file and states the reason, so a batch can report it per file and go
 on. ``status`` tells a batch whether the input was deliberately *skipped* (a valid DICOM
@@ -63,3 +63,19 @@ class LateralViewError(InputError):
     """A lateral projection (ViewPosition LL/RL/LATERAL): the model segments frontal views."""
 
     status = "skipped"
+
+
+class OutputError(RuntimeError):
+    """Outputs cannot be written for a reason outside the input (disk full, read-only...).
+
+    Attributes:
+        folder: the output folder.
+        reason: what the system said, with the file.
+    """
+
+    def __init__(self, folder: str, reason: str):
+        super().__init__(folder, reason)
+        self.folder, self.reason = folder, reason
+
+    def __str__(self) -> str:
+        return f"{self.folder}: cannot write outputs: {self.reason}"

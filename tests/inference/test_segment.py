@@ -336,3 +336,71 @@ def test_a_journal_line_cut_by_a_kill_is_dropped_before_appending(tmp_path):
     again.close()
     lines = journal.path.read_text().splitlines()
     assert [json.loads(line).get("key") for line in lines[1:]] == ["/in/a.png", "/in/b.png"]
+
+
+def _png_folder(tmp_path, data_dir, count=4) -> Path:
+    import shutil
+
+    from pipeline.training.data import load_split
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in load_split(data_dir, "test", count):
+        shutil.copy(case["image"], inputs / Path(case["image"]).name)
+    return inputs
+
+
+def test_disk_full_stops_the_batch_journals_nothing_unfinished_and_a_rerun_completes(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    import errno
+
+    from pipeline.inference import outputs
+
+    inputs, out = _png_folder(tmp_path, data_dir), tmp_path / "out"
+    real, calls = outputs.save_png, []
+
+    def full_after_two(image, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(image, path, *args, **kwargs)
+
+    monkeypatch.setattr(outputs, "save_png", full_after_two)
+    argv = ["segment", str(inputs), "-o", str(out), "--no-progress", "--workers", "0"]
+    argv += ["--formats", "mask", "--batch-size", "1"]
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert str(out) in err and "No space left on device" in err
+    journal = (out / "journal.jsonl").read_text().splitlines()[1:]
+    assert len(journal) == 2  # only the two images whose mask was written
+    monkeypatch.setattr(outputs, "save_png", real)
+    assert main(argv) == EXIT_OK
+    report = _report(out)
+    assert len(report) == 4 and {r["status"] for r in report.values()} == {"ok"}
+    assert len(list((out / "masks").glob("*.png"))) == 4 and not list(out.rglob("*.tmp"))
+
+
+def test_a_failure_while_writing_is_reported_but_retried_by_the_next_run(
+    tmp_path, data_dir, monkeypatch
+):
+    from pipeline.inference import outputs
+
+    inputs, out = _png_folder(tmp_path, data_dir, 2), tmp_path / "out"
+    victim = sorted(inputs.iterdir())[0].stem
+    real = outputs.write_overlay
+
+    def broken(image, m, path):
+        if Path(path).stem == victim:
+            raise ValueError("a bug in the overlay")
+        return real(image, m, path)
+
+    monkeypatch.setattr(outputs, "write_overlay", broken)
+    argv = ["segment", str(inputs), "-o", str(out), "--no-progress", "--workers", "0"]
+    argv += ["--formats", "mask,overlay"]
+    assert main(argv) == EXIT_FAILED
+    failed = [r for r in _report(out).values() if r["status"] == "failed"]
+    assert len(failed) == 1 and "a bug in the overlay" in failed[0]["reason"]
+    monkeypatch.setattr(outputs, "write_overlay", real)
+    assert main(argv) == EXIT_OK  # not journalled as done: tried again, now ok
+    assert {r["status"] for r in _report(out).values()} == {"ok"}
