@@ -369,15 +369,41 @@ def build_seg(source: Any, m: LungMeasures, uids: dict[str, str], algorithm: dic
     # General Image module, Type 2C for images without Image Orientation/Position (Patient):
     # the same orientation as the source, whose pixel grid the segmentation shares.
     seg.PatientOrientation = source.get("PatientOrientation", "")
+    _derive_dimension_uid(seg, uids["sop_instance_uid"])
     return seg
+
+
+def _derive_dimension_uid(seg: Any, sop_uid: str) -> None:
+    """Replace highdicom's random Dimension Organization UID by one derived from the SEG's UID."""
+    from pipeline.io.convert import make_uid
+
+    uid = make_uid("lungseg-seg-dimensions", sop_uid)
+    for item in seg.get("DimensionOrganizationSequence", []):
+        item.DimensionOrganizationUID = uid
+    for item in seg.get("DimensionIndexSequence", []):
+        if "DimensionOrganizationUID" in item:
+            item.DimensionOrganizationUID = uid
+
+
+def pin_dates(ds: Any, datetime14: str) -> None:
+    """Give an object the run's date and time (``YYYYMMDDHHMMSS``) instead of "now".
+
+    Content, Series and Instance Creation dates/times and every Contribution DateTime, so two
+    runs over the same sources with the same model write identical SEG files.
+    """
+    date, time_ = datetime14[:8], datetime14[8:14]
+    for prefix in ("Content", "Series", "InstanceCreation"):
+        setattr(ds, f"{prefix}Date", date)
+        setattr(ds, f"{prefix}Time", time_)
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = datetime14
 
 
 def write_seg(seg: Any, path: str | os.PathLike, content_datetime: str | None = None) -> Path:
     """Save a Segmentation atomically; ``content_datetime`` (YYYYMMDDHHMMSS) pins its dates."""
     if content_datetime:
-        for prefix in ("Content", "Series"):
-            setattr(seg, f"{prefix}Date", content_datetime[:8])
-            setattr(seg, f"{prefix}Time", content_datetime[8:14])
+        pin_dates(seg, content_datetime)
     path = Path(path)
     with atomic_path(path) as tmp:
         seg.save_as(tmp)

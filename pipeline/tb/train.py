@@ -296,7 +296,7 @@ def _fold(prepared, train_idx, settings, log, checkpoints, fold):
     key = {"settings": asdict(settings), "names": [prepared.names[i] for i in train_idx]}
     path = None if checkpoints is None else checkpoints / f"fold{fold}.pt"
     if path is not None and path.is_file():
-        saved = torch.load(path, weights_only=False)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
         if saved["key"] == key:
             for entry in saved["history"] if log else []:  # this run's record has the curves too
                 log(entry["epoch"], entry)

@@ -404,3 +404,22 @@ def test_a_failure_while_writing_is_reported_but_retried_by_the_next_run(
     monkeypatch.setattr(outputs, "write_overlay", real)
     assert main(argv) == EXIT_OK  # not journalled as done: tried again, now ok
     assert {r["status"] for r in _report(out).values()} == {"ok"}
+
+
+def test_two_runs_over_the_same_files_write_identical_seg_files(
+    tmp_path, radiograph_folder, monkeypatch
+):
+    """Every UID derives from the source and the model, every date is the run's."""
+    import pipeline.inference.segment as segment_module
+
+    monkeypatch.setattr(segment_module.time, "strftime", lambda fmt: "20261201120000")
+    root, digests = radiograph_folder["root"] / "dicom", []
+    for run in ("a", "b"):
+        out = tmp_path / run
+        argv = ["segment", str(root), "-o", str(out), "--no-progress", "--formats", "seg"]
+        assert main([*argv, "--workers", "1"]) == EXIT_OK
+        digests.append(_digest(out / "seg"))
+    assert digests[0] == digests[1] and len(digests[0]) == 5
+    seg = pydicom.dcmread(next((tmp_path / "a" / "seg").rglob("*.dcm")))
+    assert seg.InstanceCreationDate == seg.ContentDate == "20261201"
+    assert seg.InstanceCreationTime == seg.ContentTime == "120000"
