@@ -199,7 +199,7 @@ class Segmenter:
             self.workers,
             mp_context=multiprocessing.get_context(method),
             initializer=init_worker,
-            initargs=(str(self.model.bundle), self.model.overrides),
+            initargs=(str(self.model.bundle), self.model.overrides, os.getpid()),
         )
 
     def _decode(self, pool: Executor, job: Job) -> Future:

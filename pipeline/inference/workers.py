@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -139,12 +140,46 @@ def _find_malloc_trim() -> Any:
         return None
 
 
-def init_worker(bundle: str, overrides: dict[str, Any]) -> None:
-    """Pool initializer: one thread per process; the predictor without its network."""
+def die_with_parent(parent: int, poll_seconds: float = 1.0) -> None:
+    """End this process when ``parent`` dies, however it dies (``kill -9``, the OOM killer).
+
+    Linux delivers SIGKILL at the parent's death (``PR_SET_PDEATHSIG``); elsewhere, and as a
+    second guard, a daemon thread checks every ``poll_seconds`` that the parent is still ours.
+    """
+    import signal
+    import threading
+
+    _set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_seconds)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="lungseg-parent-watch", daemon=True).start()
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signum)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the watcher thread alone
+        pass
+
+
+def init_worker(bundle: str, overrides: dict[str, Any], parent: int | None = None) -> None:
+    """Pool initializer: die with the parent, one thread, the predictor without its network."""
     import torch
 
     from pipeline.inference.predictor import Predictor
 
+    if parent is not None:
+        die_with_parent(parent)
     torch.set_num_threads(1)
     _WORKER["predictor"] = Predictor(bundle, "cpu", overrides, network=False)
 
