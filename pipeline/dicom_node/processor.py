@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +144,14 @@ BATCH = 64
 class Sender:
     """Delivers outbox entries to every destination, DICOMweb and the output folder.
 
-    Each round sends every due entry to a destination in one association. A target that fails
-    for an entry is retried after ``retry_seconds · 2^attempt`` (at most 5 minutes); after
-    ``retries`` failed attempts the entry stays in the outbox, the failure audited, and it is
-    tried again at the next start (nothing is dropped).
+    Each round sends every due entry to a destination in one association, file by file: a file
+    the destination acknowledged is never sent to it again. A file it refuses for good (no
+    presentation context for the object's SOP class, a status no retry changes) is audited once
+    as ``refused`` with the reason and not tried again. Other failures (association refused or
+    aborted, out of resources) are retried after ``retry_seconds · 2^attempt`` (at most 5
+    minutes): one attempt and ``retries`` retries per node run; after that the entry stays in
+    the outbox, the last failure audited with ``last_attempt``, and it is tried again at the
+    next start (nothing is dropped).
     """
 
     def __init__(self, config: NodeConfig, spool: Spool):
@@ -184,29 +189,56 @@ class Sender:
         ]
         if self.config.dicomweb_url:
             url = self.config.dicomweb_url
-            out.append(
-                ("dicomweb", lambda batch: {e: stow_files(f, url) for e, f in batch.items()})
-            )
+            out.append(("dicomweb", lambda batch: _stow_batch(batch, url)))
         return out
 
     def _due(self, entry: Path, key: str) -> bool:
+        """Whether ``entry`` may be tried now: ``1 + retries`` attempts, back-off between."""
         attempts, not_before = self._attempts.get((entry.name, key), (0, 0.0))
         return attempts <= self.config.retries and time.time() >= not_before
 
     def _send(self, key: str, send: Any, entries: list[Path]) -> None:
+        """Send the files of ``entries`` not yet taken by ``key``; record each file's outcome."""
+        batch = {
+            e: [f for f in sorted(e.glob("*.dcm")) if not self.spool.file_done(e, key, f.name)]
+            for e in entries
+        }
         start = time.perf_counter()
-        errors = send({e: sorted(e.glob("*.dcm")) for e in entries})
+        try:
+            outcomes = send(batch)
+        except Exception as err:  # never let one round spin: every file gets a retry reason
+            reason = f"{type(err).__name__}: {err}"
+            outcomes = {e: {f.name: reason for f in files} for e, files in batch.items()}
         seconds = round((time.perf_counter() - start) / len(entries), 3)
-        for entry, error in errors.items():
-            if error is None:
-                self.spool.mark_sent(entry, key)
-                self.spool.audit("sent", sop=entry.name, destination=key, seconds=seconds)
-                continue
+        for entry, per_file in outcomes.items():
+            self._record(entry, key, per_file, seconds)
+
+    def _record(self, entry: Path, key: str, per_file: dict[str, Any], seconds: float) -> None:
+        failed = []
+        for name, outcome in per_file.items():
+            if outcome is None:
+                self.spool.mark_sent(entry, key, name)
+                self.spool.audit(
+                    "sent", sop=entry.name, destination=key, file=name, seconds=seconds
+                )
+            elif isinstance(outcome, Refused):
+                self.spool.mark_refused(entry, key, name, outcome.reason)
+                self.spool.audit(
+                    "refused", sop=entry.name, destination=key, file=name, reason=outcome.reason
+                )
+            else:
+                failed.append(f"{name}: {outcome}")
+        if failed:
             attempts = self._attempts.get((entry.name, key), (0, 0.0))[0]
             delay = min(300.0, self.config.retry_seconds * 2**attempts)
             self._attempts[(entry.name, key)] = (attempts + 1, time.time() + delay)
             self.spool.audit(
-                "send_failed", sop=entry.name, destination=key, reason=error, attempt=attempts + 1
+                "send_failed",
+                sop=entry.name,
+                destination=key,
+                reason="; ".join(failed),
+                attempt=attempts + 1,
+                last_attempt=attempts + 1 > self.config.retries,
             )
 
     def _copy(self, entry: Path, files: list[Path]) -> None:
@@ -223,37 +255,85 @@ class Sender:
 STORED = (0x0000, 0xB000, 0xB006, 0xB007)
 
 
+@dataclass(frozen=True)
+class Refused:
+    """A destination's final refusal of one object (not retried): the reason it gave."""
+
+    reason: str
+
+
+#: C-STORE failure statuses that no retry changes: SOP class not supported, not authorised,
+#: data set does not match the SOP class (A9xx), cannot understand (Cxxx).
+def _permanent(status: int) -> bool:
+    return status in (0x0122, 0x0124) or status >> 8 in (0xA9,) or status >> 12 == 0xC
+
+
 def send_entries(batch: dict[Path, list[Path]], dest: Any, calling_aet: str) -> dict:
     """C-STORE the files of every entry to ``dest`` in one association.
 
     Returns:
-        ``{entry: None}`` for entries whose files were all stored, else the reason.
+        ``{entry: {file name: None (stored) | Refused | reason to retry}}``.
     """
     import pydicom
     from pynetdicom import AE
 
-    datasets = {e: [pydicom.dcmread(f) for f in files] for e, files in batch.items()}
+    datasets = {e: {f.name: pydicom.dcmread(f) for f in files} for e, files in batch.items()}
     ae = AE(ae_title=calling_aet)
     for context in sorted(
-        {(d.SOPClassUID, d.file_meta.TransferSyntaxUID) for ds in datasets.values() for d in ds}
+        {
+            (d.SOPClassUID, d.file_meta.TransferSyntaxUID)
+            for named in datasets.values()
+            for d in named.values()
+        }
     ):
         ae.add_requested_context(*context)
     assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
     if not assoc.is_established:
         reason = f"association with {dest.ae_title}@{dest.host}:{dest.port} not established"
-        return dict.fromkeys(batch, reason)
+        return {e: dict.fromkeys(named, reason) for e, named in datasets.items()}
     try:
-        return {e: _store_all(assoc, ds) for e, ds in datasets.items()}
+        return {
+            e: {n: _store(assoc, ds, dest) for n, ds in named.items()}
+            for e, named in datasets.items()
+        }
     finally:
-        assoc.release()
+        if assoc.is_established:
+            assoc.release()
 
 
-def _store_all(assoc: Any, datasets: list[Any]) -> str | None:
-    for ds in datasets:
-        code = getattr(assoc.send_c_store(ds), "Status", None)
-        if code not in STORED:
-            return f"C-STORE of {ds.SOPInstanceUID} answered status {code!r}"
-    return None
+def _store(assoc: Any, ds: Any, dest: Any) -> str | Refused | None:
+    """One C-STORE: None when stored, :class:`Refused` for good, else a reason to retry."""
+    if not assoc.is_established:
+        return "the association was aborted before this object was sent"
+    try:
+        rsp = assoc.send_c_store(ds)
+    except ValueError as err:  # no accepted presentation context for this SOP class
+        name = getattr(ds.SOPClassUID, "name", str(ds.SOPClassUID))
+        return Refused(
+            f"{dest.ae_title} accepted no presentation context for {name} "
+            f"({ds.SOPClassUID}): it does not store this kind of object ({err})"
+        )
+    except RuntimeError as err:  # the association ended under us
+        return f"association ended: {err}"
+    code = getattr(rsp, "Status", None)
+    if code in STORED:
+        return None
+    if code is None:
+        return "no C-STORE response (association aborted or timed out)"
+    if _permanent(code):
+        return Refused(
+            f"{dest.ae_title} answered C-STORE status 0x{code:04X} for {ds.SOPInstanceUID}"
+        )
+    return f"C-STORE of {ds.SOPInstanceUID} answered status 0x{code:04X}"
+
+
+def _stow_batch(batch: dict[Path, list[Path]], url: str) -> dict:
+    """``{entry: {file name: None | reason}}`` of storing each entry's files by STOW-RS."""
+    out = {}
+    for entry, files in batch.items():
+        error = stow_files(files, url) if files else None
+        out[entry] = {f.name: error for f in files}
+    return out
 
 
 def stow_files(files: list[Path], url: str) -> str | None:

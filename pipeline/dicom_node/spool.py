@@ -6,6 +6,8 @@ spool/
   incoming/<study>/<series>/.released    an association that sent to this series ended
   outbox/<sop>/<file>.dcm                results of one source instance, waiting to be sent
   outbox/<sop>/.sent-<destination>       a destination that acknowledged every file
+  outbox/<sop>/.sent-<dest>--<file>.ok    ... that acknowledged one file
+  outbox/<sop>/.refused-<dest>--<file>.why  ... that refused one file for good (the reason)
   failed/<sop>.dcm + failed/<sop>.json   inputs that could not be processed, with the reason
   audit.jsonl                            one line per event: UIDs, AE titles, timings, status
 ```
@@ -145,13 +147,30 @@ class Spool:
 
     @staticmethod
     def sent_to(entry: Path, destination: str) -> bool:
-        """Whether ``destination`` acknowledged every file of ``entry``."""
-        return (entry / f".sent-{destination}").exists()
+        """Whether ``destination`` took (or for good refused) every file of ``entry``."""
+        if (entry / f".sent-{destination}").exists():
+            return True
+        files = [p.name for p in entry.glob("*.dcm")]
+        return bool(files) and all(Spool.file_done(entry, destination, f) for f in files)
 
     @staticmethod
-    def mark_sent(entry: Path, destination: str) -> None:
-        """Record that ``destination`` acknowledged every file of ``entry``."""
-        _fsync_write(entry / f".sent-{destination}", b"")
+    def file_done(entry: Path, destination: str, name: str) -> bool:
+        """Whether ``destination`` acknowledged or refused for good the file ``name``."""
+        return any(
+            (entry / f".{what}-{destination}--{name}.{tag}").exists()
+            for what, tag in (("sent", "ok"), ("refused", "why"))
+        )
+
+    @staticmethod
+    def mark_sent(entry: Path, destination: str, name: str | None = None) -> None:
+        """Record that ``destination`` acknowledged ``name`` (None: every file of ``entry``)."""
+        marker = f".sent-{destination}" if name is None else f".sent-{destination}--{name}.ok"
+        _fsync_write(entry / marker, b"")
+
+    @staticmethod
+    def mark_refused(entry: Path, destination: str, name: str, reason: str) -> None:
+        """Record that ``destination`` refused ``name`` for good (not tried again)."""
+        _fsync_write(entry / f".refused-{destination}--{name}.why", reason.encode())
 
     # --- failures and audit ----------------------------------------------------------------
 
