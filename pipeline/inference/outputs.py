@@ -583,7 +583,7 @@ def write_outputs(
         path: the input file.
         relative: its path under its input folder (names the outputs).
         pred: the prediction.
-        original: the decoded image (uint8 is enough) for the overlay and TB inputs.
+        original: the decoded image: uint8 for the overlay, float32 in [0, 1] for TB inputs.
         ctx: output settings.
     """
     stages: dict[str, float] = {}
@@ -600,8 +600,7 @@ def write_outputs(
     out = measured_row(path, pred.meta, m)
     if ctx.tb_inputs is not None:  # scored in batches by the main process, then dropped
         start = time.perf_counter()
-        image = np.asarray(original, dtype=np.float32) / (255 if original.dtype == np.uint8 else 1)
-        out["tb_input"] = ctx.tb_inputs(image, m.right, m.left)
+        out["tb_input"] = ctx.tb_inputs(np.asarray(original, dtype=np.float32), m.right, m.left)
         stages["tb_inputs"] = time.perf_counter() - start
     return out, stages
 

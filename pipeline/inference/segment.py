@@ -203,7 +203,8 @@ class Segmenter:
         )
 
     def _decode(self, pool: Executor, job: Job) -> Future:
-        keep = OutputFormat.OVERLAY in self.formats or self.tb_model is not None
+        # the TB inputs are computed from the float image, exactly as TB training does
+        keep = "float" if self.tb_model is not None else OutputFormat.OVERLAY in self.formats
         args = (job.file.path, job.file.is_sidecar, keep)
         if job.collides_with:  # reported as failed without decoding
             args = (job.file.path, True, False)

@@ -78,12 +78,16 @@ def _retry_row(path: Path, err: Exception) -> dict[str, Any]:
     return {**row(path, Status.FAILED.value, reason), "retry": True}
 
 
-def decode(path: Path, sidecar: bool, keep_image: bool, predictor: Any) -> dict[str, Any]:
+def decode(
+    path: Path, sidecar: bool, keep_image: bool | str, predictor: Any
+) -> dict[str, Any]:
     """Decode and preprocess one file; errors become an ``error`` entry, never a raise.
 
     Returns:
-        ``item`` (the preprocessed dictionary), ``original`` (the decoded image, when
-        ``keep_image``), ``decode``/``preprocess`` seconds, ``start``; or ``error``
+        ``item`` (the preprocessed dictionary), ``original`` (the decoded image: uint8 when
+        ``keep_image`` is true, enough for the overlay at a quarter of float32's memory; the
+        float32 image itself when it is ``"float"``, as the TB inputs need for 12-16-bit
+        data), ``decode``/``preprocess`` seconds, ``start``; or ``error``
         (status, reason).
     """
     from pipeline.io.errors import InputError
@@ -96,7 +100,9 @@ def decode(path: Path, sidecar: bool, keep_image: bool, predictor: Any) -> dict[
         return out
     try:
         loaded = predictor.load(path)
-        if keep_image:  # 8-bit: what the overlay draws, a quarter of float32's memory
+        if keep_image == "float":
+            out["original"] = loaded["image"].numpy()[0].astype("float32", copy=False)
+        elif keep_image:
             out["original"] = to_uint8(loaded["image"].numpy()[0])
         out["decode"] = time.perf_counter() - start
         out["item"] = predictor.preprocess(loaded)
@@ -184,7 +190,7 @@ def init_worker(bundle: str, overrides: dict[str, Any], parent: int | None = Non
     _WORKER["predictor"] = Predictor(bundle, "cpu", overrides, network=False)
 
 
-def decode_in_worker(path: Path, sidecar: bool, keep_image: bool) -> dict[str, Any]:
+def decode_in_worker(path: Path, sidecar: bool, keep_image: bool | str) -> dict[str, Any]:
     """:func:`decode` with the preprocessing loaded by :func:`init_worker`."""
     decoded = decode(path, sidecar, keep_image, _WORKER["predictor"])
     if _is_large(decoded):

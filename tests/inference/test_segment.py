@@ -470,3 +470,50 @@ def test_workers_of_a_killed_run_end_with_it(radiograph_folder, tmp_path):
     for w in alive:  # do not leave them behind if the assertion fails
         os.kill(w, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived the killed run"
+
+
+class _RecordingScorer:
+    """A TB scorer stand-in that keeps the images it was given (what ``--tb`` passes)."""
+
+    notice, threshold = "research only (test)", 0.5
+
+    def __init__(self):
+        self.images = []
+
+    def inputs(self, image, right, left):
+        self.images.append(image)
+        return {"crop": np.zeros(1), "features": np.zeros(1)}
+
+    def scores(self, inputs):
+        return np.full(len(inputs), 0.25, np.float32)
+
+    def identity(self):
+        return {"checkpoint_sha256": "test", "name": "recorder"}
+
+
+def test_tb_inputs_are_made_from_the_float_image_not_the_8_bit_overlay(radiograph_folder, tmp_path):
+    from scipy import ndimage
+
+    from pipeline.inference.segment import segment
+    from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
+    from pipeline.io.reader import read_cxr
+
+    name = radiograph_folder["cases"][
+        "png/" + next(p.name for p in (radiograph_folder["root"] / "png").iterdir())
+    ]
+    pixels = load_png(radiograph_folder["root"] / "png" / name)
+    twelve_bit = np.round(ndimage.gaussian_filter(pixels.astype(np.float32), 1.5) * 16)
+    ds = build_dicom(pixels, DicomVariant.MONO2_16BIT, name="twelve", spacing_mm=0.35)
+    ds.set_pixel_data(twelve_bit.astype(np.uint16), "MONOCHROME2", 12)
+    for keyword in ("WindowCenter", "WindowWidth", "VOILUTSequence"):
+        if keyword in ds:
+            delattr(ds, keyword)
+    source = tmp_path / "in" / "twelve.dcm"
+    write_dicom(ds, source)
+    scorer = _RecordingScorer()
+    summary = segment([source], tmp_path / "out", formats=["mask"], workers=0, tb_model=scorer)
+    assert summary["counts"]["ok"] == 1 and len(scorer.images) == 1
+    image, _ = read_cxr(source)
+    assert scorer.images[0].dtype == np.float32
+    np.testing.assert_array_equal(scorer.images[0], image)  # no 8-bit rounding on the way
+    assert len(np.unique(image)) > 256  # the case where rounding would change features
