@@ -664,8 +664,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _raised_by_lungseg(err: BaseException) -> bool:
+    """Whether the innermost frame of ``err`` is lungseg's own code (not MONAI, torch...)."""
+    import traceback
+
+    frames = traceback.extract_tb(err.__traceback__)
+    package = str(Path(__file__).resolve().parent)
+    return bool(frames) and str(Path(frames[-1].filename).resolve()).startswith(package)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``lungseg``; return the exit code."""
+    """Run ``lungseg``; return the exit code.
+
+    Exit 2 means a usage error: a bad option or value that lungseg itself checked and named
+    (``UsageError``, or a ``ValueError``/``FileNotFoundError`` raised by lungseg's own code,
+    which quote the bad value and what is allowed). Anything else raised while working, e.g.
+    deep inside MONAI or torch, is a failure: exit 1 with the traceback.
+    """
+    import traceback
+
     parser = build_parser()
     args = parser.parse_args(argv)
     from pipeline.io.errors import OutputError
@@ -675,10 +692,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OutputError as err:  # not a usage error: the environment failed
         print(f"lungseg {args.command}: error: {err}", file=sys.stderr)
         return EXIT_FAILED
-    except (UsageError, FileNotFoundError) as err:
+    except UsageError as err:
         print(f"lungseg {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except ValueError as err:  # bad option values raised by the library, quoting the allowed set
+    except (ValueError, FileNotFoundError) as err:
+        if not _raised_by_lungseg(err):
+            traceback.print_exc()
+            print(f"lungseg {args.command}: failed: {type(err).__name__}: {err}", file=sys.stderr)
+            return EXIT_FAILED
         print(f"lungseg {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USAGE
 

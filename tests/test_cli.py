@@ -197,3 +197,25 @@ def test_train_maps_options_to_bundle_config_ids(monkeypatch, tmp_path):
     assert main(argv) == EXIT_OK
     assert seen["clahe"] is True and seen["image_size"] == 128 and "tophat" not in seen
     assert seen["bundle_root"] == str(tmp_path.resolve())
+
+
+def test_an_error_deep_in_a_library_is_a_failure_with_traceback_not_a_usage_error(
+    tmp_path, data_dir, monkeypatch, capsys
+):
+    import shutil
+
+    import monai.transforms
+
+    def broken(self, data, *args, **kwargs):
+        raise ValueError("something inside MONAI went wrong")
+
+    monkeypatch.setattr(monai.transforms.Compose, "__call__", broken)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(data_dir / "images" / "MCUCXR_0001_0.png", inputs)
+    argv = ["protocol", "stress", "-o", str(tmp_path / "out"), "--max-eval-cases", "1"]
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert "Traceback" in err and "something inside MONAI went wrong" in err
+    # lungseg's own check of a value stays a usage error
+    assert main(["segment", str(inputs), "-o", str(tmp_path / "o"), "--shard", "3/2"]) == EXIT_USAGE

@@ -78,9 +78,7 @@ def _retry_row(path: Path, err: Exception) -> dict[str, Any]:
     return {**row(path, Status.FAILED.value, reason), "retry": True}
 
 
-def decode(
-    path: Path, sidecar: bool, keep_image: bool | str, predictor: Any
-) -> dict[str, Any]:
+def decode(path: Path, sidecar: bool, keep_image: bool | str, predictor: Any) -> dict[str, Any]:
     """Decode and preprocess one file; errors become an ``error`` entry, never a raise.
 
     Returns:
