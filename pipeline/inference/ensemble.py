@@ -38,8 +38,7 @@ class Flip(StrEnum):
 
 
 def _logit(prob: torch.Tensor) -> torch.Tensor:
-    eps = torch.finfo(prob.dtype).eps
-    return torch.logit(prob.clamp(eps, 1 - eps))
+    return torch.logit(prob.clamp(1e-7, 1 - 1e-7))
 
 
 def _first(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
@@ -48,7 +47,11 @@ def _first(out: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 class Ensemble(nn.Module):
-    """Several networks of one architecture; output: logit of their mean probability."""
+    """Several networks of one architecture; output: logit of their mean probability.
+
+    Members must return one logit tensor in eval mode (every network of the factory does);
+    the module is TorchScript-able (``models/model.ts`` of an ensemble bundle).
+    """
 
     def __init__(self, members: Sequence[nn.Module]):
         super().__init__()
@@ -56,7 +59,7 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Average the members' sigmoid probabilities, return it as a logit."""
-        probs = torch.stack([torch.sigmoid(_first(m(x)).float()) for m in self.members])
+        probs = torch.stack([torch.sigmoid(m(x).float()) for m in self.members])
         return _logit(probs.mean(0))
 
 
