@@ -112,44 +112,34 @@ def run_segment(folder: Path, out: Path, args: argparse.Namespace) -> dict:
 
 def forward_only(folder: Path, args: argparse.Namespace) -> float:
     """The network alone: images/s on one preprocessed batch, repeated."""
-    from pipeline.inference.model import BundleModel
+    from pipeline.inference.predictor import Predictor
 
-    model = BundleModel(device=args.device)
-    image = model.preprocess(next(folder.rglob("*.dcm")))["image"]
+    model = Predictor(device=args.device)
+    image = model.preprocess(model.load(next(folder.rglob("*.dcm"))))["image"]
     batch = [image] * args.batch_size
     for _ in range(3):
-        model.predict(batch)
+        model.forward(batch)
     reps, start = 20, time.perf_counter()
     for _ in range(reps):
-        model.predict(batch)
+        model.forward(batch)
     return reps * args.batch_size / (time.perf_counter() - start)
 
 
 def naive_loop(folder: Path, out: Path, args: argparse.Namespace, limit: int = 100) -> float:
     """The baseline: one file at a time, one process, same model and outputs; images/s."""
-    from pipeline.inference.finish import Context, safe_finish
-    from pipeline.inference.model import BundleModel
-
     from pipeline.enums import OutputFormat
+    from pipeline.inference.outputs import Context, write_outputs
+    from pipeline.inference.predictor import Predictor
 
-    model = BundleModel(device=args.device)
-    ctx = Context(out, tuple(OutputFormat.parse(f) for f in ("seg", "mask", "overlay")),
-                  {"name": "naive", "version": "0"}, "0" * 64, "20260101000000")  # fmt: skip
+    model = Predictor(device=args.device)
+    formats = tuple(OutputFormat.parse(f) for f in ("seg", "mask", "overlay"))
+    ctx = Context(out, formats, model.identity, "20260101000000")
     files = sorted(folder.rglob("*.dcm"))[:limit]
     start = time.perf_counter()
     for path in files:
-        loaded = model.preprocessing.transforms[0]({"image": str(path)})
-        original = np.asarray(loaded["image"])[0]
-        item = _rest(model)(loaded)
-        decoded = {"item": item, "original": original, "logits": model.predict([item["image"]])[0]}
-        safe_finish(path, path.relative_to(folder), decoded, ctx, model.postprocess)
+        pred = next(model.predict_from_files([path], 1, keep_image=True))
+        write_outputs(path, path.relative_to(folder), pred, pred.image, ctx)
     return len(files) / (time.perf_counter() - start)
-
-
-def _rest(model):
-    from monai.transforms import Compose
-
-    return Compose(list(model.preprocessing.transforms)[1:])
 
 
 def main() -> None:
