@@ -165,6 +165,30 @@ def test_train_config_runs_one_epoch_through_monai_runner_with_mlflow(tmp_path, 
 
 
 @pytest.mark.slow
+def test_monai_default_tracking_flag_works_on_the_train_config(tmp_path, data_dir):
+    """``--tracking mlflow`` (MONAI's own settings) appends to ``train#handlers``: a list."""
+    import mlflow
+
+    tiny = {"max_epochs": 1, "max_cases": 8, "image_size": 64, "cache_workers": 0}
+    uri = f"sqlite:///{tmp_path / 'default.db'}"
+    run_bundle(
+        "run",
+        config_file="configs/train.json",
+        tracking="mlflow",
+        tracking_uri=uri,
+        experiment_name="monai-default",
+        bundle_root=tmp_path,
+        dataset_dir=data_dir,
+        progress=False,
+        device_name="cpu",
+        **tiny,
+    )
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("monai-default").experiment_id])
+    assert "val_mean_dice" in run.data.metrics and "train_loss" in run.data.metrics
+
+
+@pytest.mark.slow
 def test_evaluate_is_tracked_in_mlflow(tmp_path, data_dir):
     configs = "['configs/inference.json','configs/evaluate.json']"
     run = tracked_run(
