@@ -273,13 +273,22 @@ def test_torchscript_export_gives_the_checkpoint_masks(tmp_path, held_out):
     _assert_same_masks(tmp_path / "model.ts", held_out)
 
 
-def test_shipped_torchscript_is_the_shipped_checkpoint(held_out):
-    _assert_same_masks(BUNDLE / "models" / "model.ts", held_out)
+def test_shipped_torchscript_is_the_network_the_predictor_runs(held_out):
+    """``models/model.ts`` is the whole model of ``inference.json`` (the checkpoint ensemble)."""
+    from pipeline.inference.predictor import Predictor
+
+    network = Predictor(BUNDLE, device="cpu").network
+    x = _inputs(held_out)
+    with torch.no_grad():
+        expected = network(x)
+        got = torch.jit.load(str(BUNDLE / "models" / "model.ts"), map_location="cpu")(x)
+    assert torch.equal(expected > 0, got > 0)
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_weights_stay_under_the_model_zoo_size():
-    for name in ("model.pt", "model.ts"):
-        assert (BUNDLE / "models" / name).stat().st_size < 25 * 2**20
+    for path in (BUNDLE / "models").iterdir():
+        assert path.stat().st_size < 25 * 2**20, path
 
 
 def _model_section(name: str) -> dict:

@@ -1,16 +1,17 @@
-"""Draw the model card's overlay figure from an evaluation run with saved masks.
+"""Draw the model card's overlay figure from ``lungseg evaluate``'s per-case results.
 
-usage (from the bundle folder, after the evaluate command of docs/README.md with
-``--save_masks True``)::
+usage (from the bundle folder)::
 
-    python scripts/overlay_figure.py EVAL_DIR DATASET_DIR docs/overlay.png
+    python scripts/overlay_figure.py docs/evaluation/per_case.csv DATASET_DIR docs/overlay.png
 
-Panels: the two median cases and the two worst cases of ``eval_mean_dice_raw.csv``;
-the reference mask is outlined in green, the prediction in magenta.
+Panels: the two median cases and the two worst cases of ``per_case.csv``, segmented again by
+this bundle (the predictor); the reference mask is outlined in green, the prediction in
+magenta.
 """
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -18,7 +19,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-from pipeline.evaluation import read_metric_details
+from pipeline.inference.predictor import Predictor
+
+BUNDLE = Path(__file__).resolve().parents[1]
 
 SIZE = 384
 
@@ -29,29 +32,32 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_dilation(edge)
 
 
-def panel(image: Path, truth: Path, pred: Path, dice: float) -> Image.Image:
+def panel(image: Path, truth: Path, pred: np.ndarray, dice: float) -> Image.Image:
     """The radiograph with both outlines and the Dice written on it, ``SIZE`` pixels square."""
     gray = np.asarray(Image.open(image).convert("L"))
     rgb = np.repeat(gray[..., None], 3, axis=2).copy()
     rgb[outline(np.asarray(Image.open(truth)) > 127)] = (0, 220, 0)
-    rgb[outline(np.asarray(Image.open(pred)) > 127)] = (255, 0, 255)
+    rgb[outline(pred)] = (255, 0, 255)
     out = Image.fromarray(rgb).resize((SIZE, SIZE), Image.Resampling.BILINEAR)
     ImageDraw.Draw(out).text((6, 6), f"{image.name}  Dice {dice:.3f}", fill=(255, 255, 0))
     return out
 
 
-def main(eval_dir: str, dataset_dir: str, output: str) -> None:
+def main(per_case: str, dataset_dir: str, output: str) -> None:
     """Pick the cases, draw the panels side by side, save ``output``."""
-    scores = sorted(
-        read_metric_details(Path(eval_dir) / "eval_mean_dice_raw.csv").items(), key=lambda kv: kv[1]
-    )
+    with open(per_case, newline="") as fh:
+        scores = sorted(
+            ((r["case"], float(r["dice"])) for r in csv.DictReader(fh) if r["status"] == "ok"),
+            key=lambda kv: kv[1],
+        )
     middle = len(scores) // 2
     chosen = scores[middle : middle + 2] + scores[:2]
+    predictor = Predictor(BUNDLE, device="cpu")
     panels = []
-    for path, dice in chosen:
-        name = Path(path).name
-        truth = Path(dataset_dir) / "masks" / name
-        panels.append(panel(Path(path), truth, Path(eval_dir) / name, dice))
+    for name, dice in chosen:
+        image = Path(dataset_dir) / "images" / name
+        mask = next(predictor.predict_from_files([image])).mask
+        panels.append(panel(image, Path(dataset_dir) / "masks" / name, mask, dice))
     figure = Image.new("RGB", (SIZE * len(panels), SIZE))
     for i, p in enumerate(panels):
         figure.paste(p, (i * SIZE, 0))
