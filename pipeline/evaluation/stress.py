@@ -295,10 +295,10 @@ def run_stress(
 
 
 def _cases(data: Any, split_file: Any, part: str, max_cases: int | None) -> list[dict[str, Any]]:
-    from pipeline.io.datasets import REPO_ROOT
+    from pipeline.io.datasets import project_file
     from pipeline.training.data import load_split
 
-    split_file = split_file or REPO_ROOT / "data" / "splits" / "montgomery-shenzhen.json"
+    split_file = split_file or project_file("data/splits/montgomery-shenzhen.json")
     return load_split(data, part, max_cases, split_file=split_file)
 
 

@@ -19,8 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-#: The shipped lung segmentation bundle.
-BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "lung_cxr_segmentation"
+from pipeline.io.datasets import project_file
+
+#: The shipped lung segmentation bundle (source tree, or where a wheel installed it).
+BUNDLE = project_file("bundles/lung_cxr_segmentation")
 
 #: Config ids of ``inference.json`` that cannot change a prediction: locations, devices,
 #: loaders of datasets, speed settings and the engine that ``monai.bundle run`` builds.

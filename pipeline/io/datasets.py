@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import itertools
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,21 @@ import numpy as np
 
 ENV_VAR = "LUNGSEG_DATA"
 REPO_ROOT = Path(__file__).resolve().parents[2]
+#: Where a wheel installs the bundles and split files (``setup.cfg`` ``data_files``).
+INSTALLED_DATA = Path(sys.prefix) / "share" / "lungseg"
+
+
+def project_file(relative: str) -> Path:
+    """A file or folder the project ships (``bundles/...``, ``data/splits/...``).
+
+    From the source tree when lungseg runs from a checkout (``pip install -e``), else from
+    ``<prefix>/share/lungseg`` where a wheel installs them; the checkout's path when neither
+    exists, so errors name the expected place.
+    """
+    for root in (REPO_ROOT, INSTALLED_DATA):
+        if (root / relative).exists():
+            return root / relative
+    return REPO_ROOT / relative
 
 
 def default_data_dir() -> Path:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from pipeline.enums import TBNetworkName
+from pipeline.io.datasets import project_file
 
 #: Said on every TB score the project writes.
 NOTICE = (
@@ -29,7 +30,7 @@ NOTICE = (
 )
 
 #: The TB bundle shipped with the package.
-TB_BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "tb_cxr_classification"
+TB_BUNDLE = project_file("bundles/tb_cxr_classification")
 
 
 #: The classifier names (kept here under their historical name).

@@ -93,10 +93,11 @@ def is_rank0() -> bool:
 
 
 def mlruns_dir() -> Path:
-    """``<repo>/mlruns``, the default local MLflow store (created when missing)."""
+    """``<repo>/mlruns`` (``./mlruns`` for a wheel install), the default MLflow store."""
     from pipeline.io.datasets import REPO_ROOT
 
-    path = REPO_ROOT / "mlruns"
+    checkout = (REPO_ROOT / "setup.cfg").is_file()  # else installed from a wheel: the cwd
+    path = (REPO_ROOT if checkout else Path.cwd()) / "mlruns"
     path.mkdir(parents=True, exist_ok=True)
     return path
 
