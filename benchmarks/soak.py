@@ -7,11 +7,19 @@ overlays and SEG objects equal the reference (SEG dates aside: each OUT carries 
 date), every input is in the report exactly once, no temporary file is left, every journal
 line is whole after each rerun, and no process of a killed run is still alive.
 
+``node``: ``lungseg node`` receives I instances from 4 concurrent ``storescu`` and sends SEG
+and SR to a loopback PACS (pynetdicom, its own process) that takes SEG but refuses the SR
+class and aborts every 25th association's C-STORE before storing; meanwhile the node is
+SIGKILLed 3 times (and restarted) and the PACS is down for 30 s. Checked, counted at the PACS:
+every SEG stored (duplicates counted: a kill between a store and its bookkeeping may resend
+one file), every SR refused and audited once, the outbox empty, no instance lost.
+
 ``serve``: ``lungseg serve`` in a child process gets U uploads from C concurrent clients, 10%
 junk (text, truncated DICOM) and 3 oversized; checked: no 5xx, the expected 4xx for the bad
 ones, peak memory (PSS), and that its private temporary folder is empty afterwards.
 
-    .venv/bin/python benchmarks/soak.py [--files 300] [--kills 20] [--uploads 100] [--clients 8]
+    .venv/bin/python benchmarks/soak.py [--files 300] [--kills 20] [--instances 200]
+                                        [--uploads 100] [--clients 8] [--only segment|node|serve]
 """
 
 from __future__ import annotations
@@ -236,15 +244,125 @@ def soak_serve(folder: Path, work: Path, uploads: int, clients: int, seed: int) 
     }
 
 
+PACS_SCRIPT = """
+import sys
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+port, log = int(sys.argv[1]), sys.argv[2]
+calls = [0]
+def store(event):
+    calls[0] += 1
+    if calls[0] % 25 == 0:
+        event.assoc.abort()
+        return 0xA700
+    with open(log, "a") as fh:
+        fh.write(str(event.dataset.SOPInstanceUID) + "\\n")
+    return 0x0000
+ae = AE(ae_title="PACS")
+ae.add_supported_context("1.2.840.10008.5.1.4.1.1.66.4", ALL_TRANSFER_SYNTAXES)
+ae.start_server(("127.0.0.1", port), block=True, evt_handlers=[(evt.EVT_C_STORE, store)])
+"""
+
+
+def _audit(spool: Path) -> list[dict]:
+    path = spool / "audit.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def soak_node(work: Path, instances: int, seed: int) -> dict:
+    """The node under load with a refusing, aborting, absent PACS and three kills."""
+    from collections import Counter
+
+    from benchmarks.node_load import build
+
+    rng = random.Random(seed)
+    files = build(instances, work / "node-in")
+    node_port, pacs_port = free_port(), free_port()
+    spool, stored = work / "node-spool", work / "pacs-stored.txt"
+    (work / "pacs.py").write_text(PACS_SCRIPT)
+    config = work / "node.yaml"
+    config.write_text(
+        f"ae_title: LUNGSEG\nport: {node_port}\nspool_dir: {spool}\nidle_seconds: 1\n"
+        f"sr: true\nretries: 30\nretry_seconds: 1\n"
+        f"destinations:\n  - {{ae_title: PACS, host: 127.0.0.1, port: {pacs_port}}}\n"
+    )
+
+    def start_pacs() -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, str(work / "pacs.py"), str(pacs_port), str(stored)]
+        )
+
+    def start_node() -> subprocess.Popen:
+        cmd = [*LUNGSEG, "node", "--config", str(config)]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    pacs, node = start_pacs(), start_node()
+    while subprocess.run(
+        ["echoscu", "-aec", "LUNGSEG", "127.0.0.1", str(node_port)], capture_output=True
+    ).returncode:
+        time.sleep(0.5)
+    start = time.perf_counter()
+    senders = [
+        subprocess.Popen(
+            ["storescu", "-aec", "LUNGSEG", "127.0.0.1", str(node_port), *map(str, files[i::4])],
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(4)
+    ]
+    send_codes = [s.wait() for s in senders]
+    for kill in range(3):
+        time.sleep(rng.uniform(3, 10))
+        node.send_signal(signal.SIGKILL)
+        node.wait()
+        if kill == 1:  # the PACS goes down for 30 s while the node restarts
+            pacs.terminate()
+            pacs.wait()
+            node = start_node()
+            time.sleep(30)
+            pacs = start_pacs()
+        else:
+            node = start_node()
+    deadline = time.time() + 900
+    while time.time() < deadline:
+        pending = [p for p in (spool / "outbox").iterdir() if not p.name.startswith(".")]
+        if (
+            not pending
+            and len({e["sop"] for e in _audit(spool) if e["event"] == "delivered"}) >= instances
+        ):
+            break
+        time.sleep(1)
+    seconds = time.perf_counter() - start
+    node.terminate()
+    node.wait(30)
+    pacs.terminate()
+    pacs.wait()
+    audit = _audit(spool)
+    at_pacs = Counter(stored.read_text().split()) if stored.exists() else Counter()
+    refused = Counter(e["sop"] for e in audit if e["event"] == "refused")
+    return {
+        "instances": instances,
+        "storescu_exit_codes": send_codes,
+        "seconds": round(seconds, 1),
+        "seg_stored_at_pacs": len(at_pacs),
+        "seg_duplicates_at_pacs": sum(n - 1 for n in at_pacs.values()),
+        "sr_refused_audited": len(refused),
+        "sr_refused_more_than_once": sum(1 for n in refused.values() if n > 1),
+        "delivered_audited": len({e["sop"] for e in audit if e["event"] == "delivered"}),
+        "send_failed_events": sum(e["event"] == "send_failed" for e in audit),
+        "outbox_left": len([p for p in (spool / "outbox").iterdir() if not p.name.startswith(".")]),
+        "failed_inputs": len(list((spool / "failed").glob("*.json"))),
+    }
+
+
 def main() -> None:
     """Run both soaks; print and save the figures as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--files", type=int, default=300)
     parser.add_argument("--kills", type=int, default=20)
+    parser.add_argument("--instances", type=int, default=200)
     parser.add_argument("--uploads", type=int, default=100)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", choices=("segment", "serve"))
+    parser.add_argument("--only", choices=("segment", "node", "serve"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lungseg-soak-") as tmp:
@@ -253,6 +371,8 @@ def main() -> None:
         results = {}
         if args.only in (None, "segment"):
             results["segment"] = soak_segment(folder, work, args.kills, args.seed)
+        if args.only in (None, "node"):
+            results["node"] = soak_node(work, args.instances, args.seed)
         if args.only in (None, "serve"):
             results["serve"] = soak_serve(folder, work, args.uploads, args.clients, args.seed)
     text = json.dumps(results, indent=2)
