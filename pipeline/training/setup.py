@@ -87,9 +87,15 @@ def initialise(network: torch.nn.Module, weights: str | os.PathLike | None) -> t
 
 
 def is_rank0() -> bool:
-    """True outside distributed runs and on rank 0 of a distributed run."""
+    """True outside distributed runs and on rank 0 of a distributed run.
+
+    Before the process group is initialised (a config may evaluate this early, e.g. MONAI's
+    tracking settings), the ``RANK`` that torchrun sets decides.
+    """
     dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def mlruns_dir() -> Path:
