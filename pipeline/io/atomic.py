@@ -34,17 +34,8 @@ def file_mode() -> int:
     return 0o666 & ~_read_umask()
 
 
-def fsync_folder(folder: str | os.PathLike) -> None:
-    """Flush a folder's entries (a rename or a new file in it) to disk."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_file(path: str | os.PathLike) -> None:
-    """Flush a file's data to disk."""
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file's data, or a folder's entries (a rename or a new file in it), to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -71,10 +62,10 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
         yield Path(tmp)
         os.chmod(tmp, file_mode())
         if durable:
-            fsync_file(tmp)
+            fsync_path(tmp)
         os.replace(tmp, path)
         if durable:
-            fsync_folder(path.parent)
+            fsync_path(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
