@@ -637,7 +637,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     seg.add_argument("--workers", type=int, default=2, help="worker processes (0: none)")
     seg.add_argument("--overwrite", action="store_true", help="redo inputs already done")
-    seg.add_argument("--shard", help="I/N: process the I-th of N deterministic parts")
+    seg.add_argument(
+        "--shard", help="I/N: the I-th of N deterministic parts; auto: from Slurm or torchrun"
+    )
     seg.add_argument("--no-progress", action="store_true", help="no progress bar")
     seg.add_argument(
         "--tb", action="store_true", help="add a TB score column (research only; see README)"

@@ -50,14 +50,53 @@ STAGES = (
 )
 
 
+def auto_shard(env: dict[str, str] | None = None) -> tuple[int, int]:
+    """``(I, N)`` from a Slurm array task or torchrun's ranks (``--shard auto``).
+
+    Slurm: task ``SLURM_ARRAY_TASK_ID`` of ``SLURM_ARRAY_TASK_COUNT`` (from
+    ``SLURM_ARRAY_TASK_MIN`` in steps of ``SLURM_ARRAY_TASK_STEP``); torchrun: ``RANK`` of
+    ``WORLD_SIZE``.
+
+    Raises:
+        ValueError: neither is set (the variables named).
+    """
+    env = dict(os.environ if env is None else env)
+    if "SLURM_ARRAY_TASK_ID" in env and "SLURM_ARRAY_TASK_COUNT" in env:
+        first, step = (
+            int(env.get("SLURM_ARRAY_TASK_MIN", 0)),
+            int(env.get("SLURM_ARRAY_TASK_STEP", 1)),
+        )
+        index = (int(env["SLURM_ARRAY_TASK_ID"]) - first) // max(step, 1)
+        return index + 1, int(env["SLURM_ARRAY_TASK_COUNT"])
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]) + 1, int(env["WORLD_SIZE"])
+    raise ValueError(
+        "--shard auto: neither SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT (a Slurm array job) "
+        "nor RANK/WORLD_SIZE (torchrun) is set"
+    )
+
+
+def rank_device(device: str, env: dict[str, str] | None = None) -> str:
+    """``auto`` under torchrun with CUDA becomes ``cuda:LOCAL_RANK`` (one GPU per local rank)."""
+    env = dict(os.environ if env is None else env)
+    if device != "auto" or "LOCAL_RANK" not in env:
+        return device
+    import torch
+
+    return f"cuda:{int(env['LOCAL_RANK'])}" if torch.cuda.is_available() else device
+
+
 def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """``"I/N"`` (1 <= I <= N) to ``(I, N)``; None stays None.
+    """``"I/N"`` (1 <= I <= N) to ``(I, N)``, ``"auto"`` by :func:`auto_shard`; None stays None.
 
     Raises:
         ValueError: not of that form, quoting the value.
     """
     if text is None:
         return None
+    if text == "auto":
+        i, n = auto_shard()
+        text = f"{i}/{n}"
     try:
         i, n = (int(part) for part in text.split("/"))
     except ValueError as err:
@@ -360,7 +399,7 @@ def segment(
     """
     out = Path(out_dir)
     jobs = plan(inputs, shard)
-    model = Predictor(bundle, device)
+    model = Predictor(bundle, rank_device(device))
     ident = model.identity.as_dict()
     header = {
         "started": time.strftime("%Y%m%d%H%M%S"),

@@ -517,3 +517,23 @@ def test_tb_inputs_are_made_from_the_float_image_not_the_8_bit_overlay(radiograp
     assert scorer.images[0].dtype == np.float32
     np.testing.assert_array_equal(scorer.images[0], image)  # no 8-bit rounding on the way
     assert len(np.unique(image)) > 256  # the case where rounding would change features
+
+
+def test_shard_auto_reads_slurm_arrays_and_torchrun(monkeypatch):
+    from pipeline.inference.segment import auto_shard, rank_device
+
+    slurm = {"SLURM_ARRAY_TASK_ID": "6", "SLURM_ARRAY_TASK_COUNT": "4"}
+    assert auto_shard({**slurm, "SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_STEP": "2"}) == (
+        4,
+        4,
+    )
+    assert auto_shard({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "3",
+                       "SLURM_ARRAY_TASK_MIN": "1"}) == (3, 3)  # fmt: skip
+    assert auto_shard({"RANK": "0", "WORLD_SIZE": "8", "LOCAL_RANK": "0"}) == (1, 8)
+    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_ID"):
+        auto_shard({})
+    monkeypatch.setenv("RANK", "2")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    assert parse_shard("auto") == (3, 3)
+    assert rank_device("cpu", {"LOCAL_RANK": "1"}) == "cpu"
+    assert rank_device("auto", {}) == "auto"
