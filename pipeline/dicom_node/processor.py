@@ -183,13 +183,13 @@ class Sender:
         out = [
             (
                 f"{d.ae_title}@{d.host}:{d.port}",
-                lambda batch, d=d: send_entries(batch, d, self.config.ae_title),
+                lambda batch, stored, d=d: send_entries(batch, d, self.config.ae_title, stored),
             )
             for d in self.config.destinations
         ]
         if self.config.dicomweb_url:
             url = self.config.dicomweb_url
-            out.append(("dicomweb", lambda batch: _stow_batch(batch, url)))
+            out.append(("dicomweb", lambda batch, stored: _stow_batch(batch, url, stored)))
         return out
 
     def _due(self, entry: Path, key: str) -> bool:
@@ -204,24 +204,26 @@ class Sender:
             for e in entries
         }
         start = time.perf_counter()
+
+        def stored(entry: Path, name: str) -> None:  # durably, right after the acknowledgement
+            self.spool.mark_sent(entry, key, name)
+            seconds = round(time.perf_counter() - start, 3)
+            self.spool.audit("sent", sop=entry.name, destination=key, file=name, seconds=seconds)
+
         try:
-            outcomes = send(batch)
+            outcomes = send(batch, stored)
         except Exception as err:  # never let one round spin: every file gets a retry reason
             reason = f"{type(err).__name__}: {err}"
             outcomes = {e: {f.name: reason for f in files} for e, files in batch.items()}
-        seconds = round((time.perf_counter() - start) / len(entries), 3)
         for entry, per_file in outcomes.items():
-            self._record(entry, key, per_file, seconds)
+            self._record(entry, key, per_file)
 
-    def _record(self, entry: Path, key: str, per_file: dict[str, Any], seconds: float) -> None:
+    def _record(self, entry: Path, key: str, per_file: dict[str, Any]) -> None:
         failed = []
         for name, outcome in per_file.items():
-            if outcome is None:
-                self.spool.mark_sent(entry, key, name)
-                self.spool.audit(
-                    "sent", sop=entry.name, destination=key, file=name, seconds=seconds
-                )
-            elif isinstance(outcome, Refused):
+            if outcome is None:  # recorded by ``stored`` when it was acknowledged
+                continue
+            if isinstance(outcome, Refused):
                 self.spool.mark_refused(entry, key, name, outcome.reason)
                 self.spool.audit(
                     "refused", sop=entry.name, destination=key, file=name, reason=outcome.reason
@@ -268,8 +270,13 @@ def _permanent(status: int) -> bool:
     return status in (0x0122, 0x0124) or status >> 8 in (0xA9,) or status >> 12 == 0xC
 
 
-def send_entries(batch: dict[Path, list[Path]], dest: Any, calling_aet: str) -> dict:
+def send_entries(
+    batch: dict[Path, list[Path]], dest: Any, calling_aet: str, stored: Any = None
+) -> dict:
     """C-STORE the files of every entry to ``dest`` in one association.
+
+    ``stored(entry, file name)`` is called as soon as each file is acknowledged, so a crash in
+    the middle of a batch resends at most the file being stored.
 
     Returns:
         ``{entry: {file name: None (stored) | Refused | reason to retry}}``.
@@ -292,10 +299,14 @@ def send_entries(batch: dict[Path, list[Path]], dest: Any, calling_aet: str) -> 
         reason = f"association with {dest.ae_title}@{dest.host}:{dest.port} not established"
         return {e: dict.fromkeys(named, reason) for e, named in datasets.items()}
     try:
-        return {
-            e: {n: _store(assoc, ds, dest) for n, ds in named.items()}
-            for e, named in datasets.items()
-        }
+        out: dict[Path, dict[str, Any]] = {}
+        for entry, named in datasets.items():
+            out[entry] = {}
+            for name, ds in named.items():
+                out[entry][name] = outcome = _store(assoc, ds, dest)
+                if outcome is None and stored is not None:
+                    stored(entry, name)
+        return out
     finally:
         if assoc.is_established:
             assoc.release()
@@ -327,12 +338,14 @@ def _store(assoc: Any, ds: Any, dest: Any) -> str | Refused | None:
     return f"C-STORE of {ds.SOPInstanceUID} answered status 0x{code:04X}"
 
 
-def _stow_batch(batch: dict[Path, list[Path]], url: str) -> dict:
+def _stow_batch(batch: dict[Path, list[Path]], url: str, stored: Any = None) -> dict:
     """``{entry: {file name: None | reason}}`` of storing each entry's files by STOW-RS."""
     out = {}
     for entry, files in batch.items():
         error = stow_files(files, url) if files else None
         out[entry] = {f.name: error for f in files}
+        for f in files if error is None and stored is not None else []:
+            stored(entry, f.name)
     return out
 
 
