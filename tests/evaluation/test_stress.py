@@ -1,0 +1,89 @@
+"""The stress protocol: seeded synthetic disease on held-out cases, its report and command."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.cli import EXIT_OK, main
+from pipeline.evaluation.stress import SEVERITIES, Stress, apply_stress, conditions
+from pipeline.evaluation.stress_report import table, targets
+from tests.conftest import load_png
+
+
+@pytest.fixture(scope="module")
+def case(data_dir) -> tuple[np.ndarray, np.ndarray]:
+    name = "MCUCXR_0001_0.png"
+    image = load_png(data_dir / "images" / name).astype(np.float32) / 255
+    return image, load_png(data_dir / "masks" / name) > 127
+
+
+@pytest.mark.parametrize("stress", [s for s in Stress if s is not Stress.CLEAN])
+def test_each_stress_is_seeded_and_grows_with_severity(case, stress):
+    image, lung = case
+    change = []
+    for severity in SEVERITIES:
+        a, ma = apply_stress(image, lung, stress, severity, "case-a")
+        b, mb = apply_stress(image, lung, stress, severity, "case-a")
+        assert np.array_equal(a, b) and np.array_equal(ma, mb)  # same case, same image
+        assert a.dtype == np.float32 and a.min() >= 0 and a.max() <= 1
+        change.append(float(np.abs(a - image).mean()))
+    assert change[0] > 0 and change[2] > change[0], change
+    other, _ = apply_stress(image, lung, stress, 2, "case-b")
+    assert not np.array_equal(other, apply_stress(image, lung, stress, 2, "case-a")[0])
+
+
+def test_disease_keeps_the_reference_and_portable_films_move_it_with_the_image(case):
+    image, lung = case
+    for stress in (Stress.CONSOLIDATION, Stress.BILATERAL, Stress.EFFUSION, Stress.DEVICES):
+        assert np.array_equal(apply_stress(image, lung, stress, 3, "x")[1], lung)
+    _, moved = apply_stress(image, lung, Stress.PORTABLE, 3, "x")
+    assert (
+        not np.array_equal(moved, lung)
+        and abs(int(moved.sum()) - int(lung.sum())) < 0.35 * lung.sum()
+    )
+    assert apply_stress(image, lung, Stress.CLEAN, 0, "x")[0] is not None
+    with pytest.raises(ValueError, match="severity"):
+        apply_stress(image, lung, Stress.EFFUSION, 4, "x")
+
+
+def test_consolidation_raises_the_lung_to_the_cardiac_level(case):
+    image, lung = case
+    out, _ = apply_stress(image, lung, Stress.CONSOLIDATION, 3, "x")
+    assert (out - image)[lung].mean() > 0.1
+
+
+def test_the_table_pairs_each_case_with_its_clean_dice_and_checks_the_targets():
+    rows = [
+        {"name": n, "stress": s, "severity": v, "dice": d, "recall": d, "tuberculosis": t}
+        for n, t in (("a", "0"), ("b", "1"))
+        for s, v, d in (("clean", 0, 0.97), ("effusion", 3, 0.90 if n == "a" else 0.97))
+    ]
+    lines = {(ln["stress"], ln["severity"]): ln for ln in table(rows)}
+    assert lines[("effusion", 3)]["drop"] == pytest.approx(0.035)
+    assert lines[("clean, tuberculosis", 0)]["n"] == 1
+    check = targets(list(lines.values()))["effusion"]
+    assert check["drop_ok"] is False and check["p10_ok"] is False
+
+
+def test_conditions_cover_every_stress_at_every_severity():
+    got = conditions()
+    assert got[0] == (Stress.CLEAN, 0) and len(got) == 1 + 5 * len(SEVERITIES)
+
+
+@pytest.mark.slow
+def test_the_command_writes_every_case_of_every_condition(tmp_path):
+    out = tmp_path / "stress"
+    argv = ["protocol", "stress", "-o", str(out), "--max-eval-cases", "2", "--device", "cpu"]
+    assert main(argv) == EXIT_OK
+    with open(out / "per_case.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * len(conditions())
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["targets"]) == {s.value for s in Stress if s is not Stress.CLEAN}
+    assert summary["model"]["digest"] and (out / "worst_cases.png").is_file()
+    clean = [float(r["dice"]) for r in rows if r["stress"] == "clean"]
+    assert min(clean) > 0.85 and np.mean(clean) > 0.9  # the shipped model on held-out cases
