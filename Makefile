@@ -29,11 +29,13 @@ test: install
 	$(BIN)/python -m pytest
 
 # Debian tools the tests run against: dciodvfy (dicom3tools), storescp/storescu/echoscu (dcmtk),
-# chromium (the viewer's browser test, driven by Playwright; no browser is downloaded).
+# chromium (the viewer's browser test, driven by Playwright; no browser is downloaded),
+# Orthanc with its DICOMweb plugin (the PACS of the node tests, started by the tests).
 # CI runs this before `make test`.
-SYSTEM_DEPS := dicom3tools dcmtk chromium
+SYSTEM_DEPS := dicom3tools dcmtk chromium orthanc orthanc-dicomweb
 test-deps:
-	{ command -v dciodvfy && command -v storescp && command -v chromium; } >/dev/null || { \
+	{ command -v dciodvfy && command -v storescp && command -v chromium && command -v Orthanc \
+		&& test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so; } >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q $(SYSTEM_DEPS) || \
 			{ apt-get update -q && apt-get install -y -q $(SYSTEM_DEPS); }; \
 		else sudo -n apt-get install -y -q $(SYSTEM_DEPS); fi; }

@@ -20,11 +20,6 @@ needs_dcmtk = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def model(shipped_model):
-    return shipped_model
-
-
 @pytest.fixture()
 def pacs(tmp_path):
     """dcmtk storescp as the destination PACS; yields (Destination, its output folder)."""
@@ -35,18 +30,6 @@ def pacs(tmp_path):
     yield Destination("PACS", "127.0.0.1", port), out
     proc.terminate()
     proc.wait(10)
-
-
-@pytest.fixture()
-def study(radiograph_folder) -> dict[str, Path]:
-    root = radiograph_folder["root"]
-    return {
-        "mono1": root / "dicom/a/mono1.dcm",
-        "j2k": root / "dicom/j2k.dcm",
-        "rle": root / "dicom/rle.dcm",
-        "lateral": root / "junk/lateral.dcm",
-        "sr": root / "junk/sr.dcm",
-    }
 
 
 def storescu(port: int, files, aet: str = "MODALITY", syntax: str = "-xv"):
