@@ -139,6 +139,16 @@ def _parse_formats(text: str) -> list:
         raise UsageError(f"--formats {text!r}: {err}") from err
 
 
+def _parse_query(items: list[str]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--query {item!r} must be KEY=VALUE (a QIDO-RS attribute filter)")
+        out[key] = value
+    return out
+
+
 def _cmd_segment(args: argparse.Namespace) -> int:
     from pipeline.inference.segment import parse_shard, segment
 
@@ -161,6 +171,9 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         shard=shard,
         progress=not args.no_progress,
+        studies=args.study,
+        query=_parse_query(args.query),
+        store_back=args.store_back,
         **({"tb_bundle": args.tb_bundle} if args.tb else {}),
     )
     counts = summary["counts"]
@@ -627,7 +640,18 @@ def build_parser() -> argparse.ArgumentParser:
     seg = sub.add_parser(
         "segment", help="segment radiographs: DICOM SEG, masks, overlays and a report"
     )
-    seg.add_argument("inputs", nargs="+", help="files or folders (searched recursively)")
+    seg.add_argument(
+        "inputs",
+        nargs="+",
+        help="files, folders (searched recursively) or dicomweb+http(s)://host/prefix",
+    )
+    seg.add_argument("--study", action="append", default=[], help="DICOMweb: a Study UID")
+    seg.add_argument(
+        "--query", action="append", default=[], metavar="KEY=VALUE", help="DICOMweb QIDO filter"
+    )
+    seg.add_argument(
+        "--store-back", action="store_true", help="DICOMweb: store each SEG in the server"
+    )
     seg.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     seg.add_argument(
         "--formats", default="seg,mask,overlay", help="comma-separated: seg, mask, overlay, nifti"
@@ -687,11 +711,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    from pipeline.io.dicomweb import DicomWebError
     from pipeline.io.errors import OutputError
 
     try:
         return args.func(args)
-    except OutputError as err:  # not a usage error: the environment failed
+    except (OutputError, DicomWebError) as err:  # not a usage error: the environment failed
         print(f"lungseg {args.command}: error: {err}", file=sys.stderr)
         return EXIT_FAILED
     except UsageError as err:

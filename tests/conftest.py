@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
+import subprocess
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +138,55 @@ def radiograph_folder(tmp_path_factory, data_dir) -> dict:
         }
     )
     return {"root": root, "cases": cases, "expected": expected}
+
+
+ORTHANC = shutil.which("Orthanc")
+ORTHANC_DICOMWEB = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
+needs_orthanc = pytest.mark.skipif(
+    not (ORTHANC and ORTHANC_DICOMWEB.exists()) and not os.environ.get("CI"),
+    reason="Orthanc not installed (make test-deps)",
+)
+
+
+@pytest.fixture()
+def orthanc(tmp_path):
+    """A running Orthanc PACS on loopback with a private configuration.
+
+    Yields ``{"aet", "dicom_port", "url", "http"}`` (``url``: the DICOMweb root).
+    """
+    http, dicom = free_port(), free_port()
+    config = {
+        "Name": "lungseg-test",
+        "StorageDirectory": str(tmp_path / "orthanc" / "storage"),
+        "IndexDirectory": str(tmp_path / "orthanc" / "index"),
+        "HttpPort": http,
+        "DicomPort": dicom,
+        "DicomAet": "ORTHANC",
+        "RemoteAccessAllowed": False,
+        "AuthenticationEnabled": False,
+        "DicomCheckCalledAet": False,
+        "Plugins": [str(ORTHANC_DICOMWEB)],
+        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
+    }
+    path = tmp_path / "orthanc.json"
+    path.write_text(json.dumps(config))
+    log = open(tmp_path / "orthanc.log", "wb")  # noqa: SIM115 (closed below)
+    proc = subprocess.Popen([ORTHANC, str(path)], stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{http}"
+    try:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(base + "/system", timeout=1).read()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("Orthanc did not start")
+        assert proc.poll() is None, (tmp_path / "orthanc.log").read_text()[-2000:]
+        yield {"aet": "ORTHANC", "dicom_port": dicom, "url": base + "/dicom-web", "http": base}
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        log.close()

@@ -385,19 +385,28 @@ def segment(
     shard: tuple[int, int] | None = None,
     progress: bool = True,
     tb_model: Any = None,
+    studies: Sequence[str] = (),
+    query: dict[str, str] | None = None,
+    store_back: bool = False,
 ) -> dict[str, Any]:
     """Segment every radiograph under ``inputs`` into ``out_dir``; return the summary.
 
     With a ``tb_model`` (:func:`pipeline.tb.screen.segment_and_screen` passes the TB
     bundle's), each segmented image also gets a TB score (research only).
 
+    ``inputs`` may be ``dicomweb+http(s)://`` URLs (:mod:`pipeline.io.dicomweb`): their
+    instances (``studies``, ``query``) are fetched into ``OUT/dicomweb`` first; with
+    ``store_back`` each SEG goes back to the server by STOW-RS once.
+
     Raises:
         FileNotFoundError: an input or the bundle does not exist.
+        DicomWebError: a DICOMweb server cannot be searched, read or written (named).
         JournalMismatchError: ``out_dir`` holds a run with another model, config or formats.
         OutputError: outputs cannot be written (disk full...): the run stops; what finished
             is journalled, the rest is redone by a rerun.
     """
     out = Path(out_dir)
+    inputs, sources = _fetch_dicomweb(inputs, out, studies, query)
     jobs = plan(inputs, shard)
     model = Predictor(bundle, rank_device(device))
     ident = model.identity.as_dict()
@@ -441,5 +450,38 @@ def segment(
     if tb_model is not None:
         notice = tb_model.notice
         summary["tb_screening"] = {"research_only": True, "notice": notice, **tb_model.identity()}
+    if store_back:
+        summary["stored_back"] = _store_back(sources, out)
     write_summary(out, summary, tag)
     return summary
+
+
+def _fetch_dicomweb(
+    inputs: Sequence[str | os.PathLike], out: Path, studies: Sequence[str], query: Any
+) -> tuple[list[str | os.PathLike], list[Any]]:
+    """Fetch the instances of ``dicomweb+http(s)://`` inputs into ``OUT/dicomweb``.
+
+    Returns:
+        The inputs with the fetched folder in place of the URLs, and the sources.
+    """
+    from pipeline.io.dicomweb import CACHE, DicomWebSource, is_dicomweb
+
+    sources = [DicomWebSource(str(i), studies, query) for i in inputs if is_dicomweb(i)]
+    local: list[str | os.PathLike] = [i for i in inputs if not is_dicomweb(i)]
+    for source in sources:
+        for _ in source.fetch_all(out / CACHE):
+            pass
+    if sources:
+        (out / CACHE).mkdir(parents=True, exist_ok=True)
+        local.append(out / CACHE)
+    return local, sources
+
+
+def _store_back(sources: Sequence[Any], out: Path) -> int:
+    """STOW-RS every SEG of the fetched instances to their server, once across reruns."""
+    from pipeline.io.dicomweb import CACHE
+
+    seg_root, cache = out / "seg", out / CACHE
+    made = sorted(seg_root.rglob("*.dcm")) if seg_root.is_dir() else []
+    segs = [p for p in made if (cache / p.relative_to(seg_root)).is_file()]  # of fetched ones
+    return sum(source.store(segs, out / CACHE / ".stored") for source in sources)

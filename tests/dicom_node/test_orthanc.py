@@ -7,12 +7,6 @@ SEG and SR by C-STORE and by STOW-RS; the test reads them back by QIDO-RS and WA
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -21,56 +15,10 @@ import pytest
 
 from pipeline.dicom_node import Node
 from pipeline.dicom_node.config import parse_config
-from tests.conftest import free_port
+from tests.conftest import free_port, needs_orthanc
 from tests.dicom_node.test_node import storescu
 
-ORTHANC = shutil.which("Orthanc")
-PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-pytestmark = pytest.mark.skipif(
-    not (ORTHANC and PLUGIN.exists()) and not os.environ.get("CI"),
-    reason="Orthanc not installed (make test-deps)",
-)
-
-
-@pytest.fixture()
-def orthanc(tmp_path):
-    """A running Orthanc; yields ``{"aet", "dicom_port", "url"}`` (``url``: DICOMweb root)."""
-    http, dicom = free_port(), free_port()
-    config = {
-        "Name": "lungseg-test",
-        "StorageDirectory": str(tmp_path / "orthanc" / "storage"),
-        "IndexDirectory": str(tmp_path / "orthanc" / "index"),
-        "HttpPort": http,
-        "DicomPort": dicom,
-        "DicomAet": "ORTHANC",
-        "RemoteAccessAllowed": False,
-        "AuthenticationEnabled": False,
-        "DicomCheckCalledAet": False,
-        "Plugins": [str(PLUGIN)],
-        "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
-    }
-    path = tmp_path / "orthanc.json"
-    path.write_text(json.dumps(config))
-    log = open(tmp_path / "orthanc.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen([ORTHANC, str(path)], stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{http}"
-    try:
-        for _ in range(200):
-            try:
-                urllib.request.urlopen(base + "/system", timeout=1).read()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    break
-                time.sleep(0.05)
-        else:
-            raise RuntimeError("Orthanc did not start")
-        assert proc.poll() is None, (tmp_path / "orthanc.log").read_text()[-2000:]
-        yield {"aet": "ORTHANC", "dicom_port": dicom, "url": base + "/dicom-web", "http": base}
-    finally:
-        proc.terminate()
-        proc.wait(20)
-        log.close()
+pytestmark = needs_orthanc
 
 
 def _node(tmp_path, orthanc, model, **extra) -> Node:

@@ -1,0 +1,175 @@
+"""DICOMweb as an input of the batch job: QIDO-RS to find instances, WADO-RS to fetch them.
+
+``lungseg segment dicomweb+http://HOST/dicom-web -o OUT`` finds instances by QIDO-RS (all of
+them, or ``--study UID``, or ``--query KEY=VALUE`` filters such as ``Modality=DX``), fetches
+each by WADO-RS into ``OUT/dicomweb/<study>/<series>/<sop>.dcm`` (atomically; a rerun reuses
+what is there, so an interrupted run resumes), and the batch then segments that folder like
+any other: the same journal, report and skip rules, rows naming the instance's file.
+``--store-back`` stores each SEG (and SR) into the same server by STOW-RS once: a marker per
+stored object under ``OUT/dicomweb/.stored/`` keeps reruns from storing it again.
+
+Credentials never come from the command line: ``LUNGSEG_DICOMWEB_TOKEN`` (bearer token), or
+``LUNGSEG_DICOMWEB_USER`` and ``LUNGSEG_DICOMWEB_PASSWORD`` (HTTP basic), or a JSON file named
+by ``LUNGSEG_DICOMWEB_CREDENTIALS`` (``{"token": ...}`` or ``{"user": ..., "password": ...}``).
+They are never logged or written to the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SCHEME = "dicomweb+"
+#: Where the fetched instances go under the batch's output folder.
+CACHE = "dicomweb"
+
+
+class DicomWebError(RuntimeError):
+    """The DICOMweb server cannot be used (unreachable, refused, bad answer); names it."""
+
+
+def is_dicomweb(text: str | os.PathLike) -> bool:
+    """Whether an input is a ``dicomweb+http(s)://`` URL."""
+    return str(text).startswith((SCHEME + "http://", SCHEME + "https://"))
+
+
+def session_from_env(env: dict[str, str] | None = None) -> Any:
+    """A ``requests.Session`` with the credentials of the environment (see module docstring).
+
+    Raises:
+        DicomWebError: the credentials file cannot be read (named) or holds neither form.
+    """
+    import requests
+
+    env = dict(os.environ if env is None else env)
+    session = requests.Session()
+    creds: dict[str, str] = {}
+    if env.get("LUNGSEG_DICOMWEB_CREDENTIALS"):
+        path = Path(env["LUNGSEG_DICOMWEB_CREDENTIALS"])
+        try:
+            creds = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise DicomWebError(f"{path}: cannot read DICOMweb credentials: {err}") from err
+        if not ("token" in creds or {"user", "password"} <= set(creds)):
+            raise DicomWebError(f"{path}: expected {{token}} or {{user, password}}")
+    token = creds.get("token") or env.get("LUNGSEG_DICOMWEB_TOKEN")
+    user = creds.get("user") or env.get("LUNGSEG_DICOMWEB_USER")
+    if token:
+        session.headers["Authorization"] = f"Bearer {token}"
+    elif user:
+        session.auth = (user, creds.get("password") or env.get("LUNGSEG_DICOMWEB_PASSWORD", ""))
+    return session
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One instance found by QIDO-RS."""
+
+    study: str
+    series: str
+    sop: str
+
+    def path(self, root: Path) -> Path:
+        """Where the fetched file goes under ``root``."""
+        return root / self.study / self.series / f"{self.sop}.dcm"
+
+
+class DicomWebSource:
+    """One DICOMweb server as a source (and, with ``--store-back``, a sink).
+
+    Args:
+        url: ``dicomweb+http(s)://host/prefix`` or the plain ``http(s)://`` root.
+        studies: Study Instance UIDs to take (none: every study the query finds).
+        query: QIDO-RS filters, e.g. ``{"Modality": "DX"}``.
+        session: a ``requests.Session`` (default: :func:`session_from_env`).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        studies: Sequence[str] = (),
+        query: dict[str, str] | None = None,
+        session: Any = None,
+    ):
+        from dicomweb_client.api import DICOMwebClient
+
+        self.url = url.removeprefix(SCHEME)
+        self.studies, self.query = list(studies), dict(query or {})
+        self.client = DICOMwebClient(url=self.url, session=session or session_from_env())
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # requests and HTTP errors: one clear message naming the server
+            raise DicomWebError(
+                f"DICOMweb {self.url}: {what} failed: {type(err).__name__}: {err}"
+            ) from err
+
+    def instances(self) -> list[Instance]:
+        """Every instance the studies and filters select, sorted (QIDO-RS).
+
+        Raises:
+            DicomWebError: the server cannot be searched.
+        """
+        found: list[dict[str, Any]] = []
+        for study in self.studies or [None]:
+            found += self._call(
+                "QIDO-RS search",
+                self.client.search_for_instances,
+                study_instance_uid=study,
+                search_filters=self.query or None,
+            )
+        return sorted(
+            {_instance(attrs) for attrs in found}, key=lambda i: (i.study, i.series, i.sop)
+        )
+
+    def fetch(self, instance: Instance, root: Path) -> Path:
+        """The instance's file under ``root``, fetched by WADO-RS unless already there."""
+        from pipeline.io.atomic import atomic_path
+
+        target = instance.path(root)
+        if target.is_file():
+            return target
+        ds = self._call(
+            f"WADO-RS of {instance.sop}",
+            self.client.retrieve_instance,
+            instance.study,
+            instance.series,
+            instance.sop,
+        )
+        with atomic_path(target) as tmp:
+            ds.save_as(tmp, enforce_file_format=True)
+        return target
+
+    def fetch_all(self, root: Path) -> Iterator[Path]:
+        """Fetch every selected instance into ``root`` (resuming); yield each file."""
+        for instance in self.instances():
+            yield self.fetch(instance, root)
+
+    def store(self, files: Sequence[Path], marker_root: Path) -> int:
+        """STOW-RS the files not stored before (one marker each); return how many were sent."""
+        import pydicom
+
+        from pipeline.io.atomic import write_text_atomic
+
+        sent = 0
+        for path in files:
+            ds = pydicom.dcmread(path)
+            marker = marker_root / f"{ds.SOPInstanceUID}.stored"
+            if marker.exists():
+                continue
+            self._call(f"STOW-RS of {path.name}", self.client.store_instances, [ds])
+            write_text_atomic(marker, str(path) + "\n")
+            sent += 1
+        return sent
+
+
+def _instance(attrs: dict[str, Any]) -> Instance:
+    def value(tag: str) -> str:
+        return str(attrs[tag]["Value"][0])
+
+    return Instance(value("0020000D"), value("0020000E"), value("00080018"))

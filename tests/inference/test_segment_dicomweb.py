@@ -1,0 +1,124 @@
+"""``lungseg segment dicomweb+http://...``: Orthanc as source and, with --store-back, as sink."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from pipeline.cli import EXIT_FAILED, EXIT_OK, main
+from tests.conftest import load_png, needs_orthanc
+
+pytestmark = [needs_orthanc, pytest.mark.slow]
+
+
+def _push(orthanc: dict, files: list[Path]) -> None:
+    """Store files into Orthanc by STOW-RS (each in its own transfer syntax)."""
+    from dicomweb_client.api import DICOMwebClient
+
+    DICOMwebClient(url=orthanc["url"]).store_instances([pydicom.dcmread(f) for f in files])
+
+
+@pytest.fixture()
+def archive(orthanc, radiograph_folder, tmp_path, data_dir) -> dict:
+    """Six radiographs in six encodings, a lateral view and an SR object, in Orthanc."""
+    from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
+
+    root = radiograph_folder["root"]
+    files = [*sorted((root / "dicom").rglob("*.dcm")), root / "dicom" / "noextension"]
+    name = next(iter(radiograph_folder["cases"].values()))
+    extra = build_dicom(load_png(data_dir / "images" / name), DicomVariant.JPEG_LS, name="ls")
+    files.append(write_dicom(extra, tmp_path / "ls.dcm"))
+    _push(orthanc, [*files, root / "junk" / "lateral.dcm", root / "junk" / "sr.dcm"])
+    return {"frontal": {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}}
+
+
+def _segs_in(orthanc: dict) -> list:
+    from dicomweb_client.api import DICOMwebClient
+
+    return DICOMwebClient(url=orthanc["url"]).search_for_instances(
+        search_filters={"Modality": "SEG"}
+    )
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "report.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_segment_reads_by_qido_wado_and_stores_back_once(orthanc, archive, tmp_path):
+    out = tmp_path / "out"
+    url = "dicomweb+" + orthanc["url"]
+    argv = ["segment", url, "-o", str(out), "--no-progress", "--workers", "1", "--store-back"]
+    assert main(argv) == EXIT_OK
+    rows = _rows(out)
+    statuses = sorted(r["status"] for r in rows)
+    assert statuses == ["ok"] * 6 + ["skipped"] * 2
+    assert {r["sop_instance_uid"] for r in rows if r["status"] == "ok"} == archive["frontal"]
+    assert all(Path(r["path"]).is_relative_to(out / "dicomweb") for r in rows)
+    segs = _segs_in(orthanc)
+    assert len(segs) == 6
+    referenced = set()
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(url=orthanc["url"])
+    for attrs in segs:
+        ds = pydicom.Dataset.from_json(attrs)
+        seg = client.retrieve_instance(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        referenced.add(
+            seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
+        )
+    assert referenced == archive["frontal"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stored_back"] == 6
+    # a rerun stores nothing again
+    assert main(argv) == EXIT_OK
+    assert json.loads((out / "summary.json").read_text())["stored_back"] == 0
+    assert len(_segs_in(orthanc)) == 6
+
+
+def test_a_server_that_fails_mid_run_gives_a_clear_error_and_a_rerun_completes(
+    orthanc, archive, tmp_path, monkeypatch, capsys
+):
+    from dicomweb_client.api import DICOMwebClient
+
+    real, calls = DICOMwebClient.retrieve_instance, []
+
+    def flaky(self, *args, **kwargs):
+        calls.append(args)
+        if len(calls) > 3:
+            raise ConnectionError("connection refused")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DICOMwebClient, "retrieve_instance", flaky)
+    out = tmp_path / "out"
+    argv = ["segment", "dicomweb+" + orthanc["url"], "-o", str(out), "--no-progress"]
+    assert main([*argv, "--workers", "0"]) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert orthanc["url"] in err and "connection refused" in err
+    monkeypatch.setattr(DICOMwebClient, "retrieve_instance", real)
+    assert main([*argv, "--workers", "0"]) == EXIT_OK
+    assert len(_rows(out)) == 8
+
+
+def test_credentials_come_from_the_environment_never_the_command_line(tmp_path):
+    from pipeline.io.dicomweb import DicomWebError, session_from_env
+
+    assert session_from_env({"LUNGSEG_DICOMWEB_TOKEN": "s3cret"}).headers["Authorization"] == (
+        "Bearer s3cret"
+    )
+    assert session_from_env(
+        {"LUNGSEG_DICOMWEB_USER": "u", "LUNGSEG_DICOMWEB_PASSWORD": "p"}
+    ).auth == (
+        "u",
+        "p",
+    )
+    creds = tmp_path / "creds.json"
+    creds.write_text(json.dumps({"user": "a", "password": "b"}))
+    assert session_from_env({"LUNGSEG_DICOMWEB_CREDENTIALS": str(creds)}).auth == ("a", "b")
+    creds.write_text("{}")
+    with pytest.raises(DicomWebError, match=r"creds\.json"):
+        session_from_env({"LUNGSEG_DICOMWEB_CREDENTIALS": str(creds)})
