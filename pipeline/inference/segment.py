@@ -5,7 +5,8 @@ A pool of worker processes runs the predictor's steps around the network
 post-processing and writing the outputs (:mod:`pipeline.inference.outputs`); the main
 process batches and runs the network. Bounded queues keep memory flat whatever the number of
 inputs. Each finished input is journalled, so a rerun skips it; every file is written
-atomically.
+atomically and durably. ``dicomweb+http(s)://`` inputs are fetched into ``OUT/dicomweb`` first
+(:mod:`pipeline.io.dicomweb`) and, with ``store_back``, their SEG objects stored back.
 """
 
 from __future__ import annotations
