@@ -103,6 +103,21 @@ class Evaluation:
         row = {"case": name, "status": "failed", "reason": reason, "pixel_spacing_mm": ""}
         self.rows.append(row | {c: (groups or {}).get(c, "") for c in self.group_columns})
 
+    def merge(self, other: Evaluation) -> None:
+        """Add another evaluation's cases (e.g. another rank's of a distributed run)."""
+        self.rows += other.rows
+        for key, acc in other.roc.items():
+            mine = self.roc.setdefault(key, RocAccumulator(acc.bins))
+            mine.positive += acc.positive
+            mine.negative += acc.negative
+        for item in other._worst:
+            if self.worst <= 0:
+                break
+            if len(self._worst) < self.worst:
+                heapq.heappush(self._worst, item)
+            elif item.dice < self._worst[0].dice:
+                heapq.heapreplace(self._worst, item)
+
     def _keep_if_worst(self, dice: float, name: str, image: str, pred, truth) -> None:
         if self.worst <= 0:
             return

@@ -79,5 +79,20 @@ class CaseMetrics:
         )
 
     def completed(self, engine: Any = None) -> None:
-        """Write per_case.csv, summary.json/.md and the figures."""
+        """Write per_case.csv, summary.json/.md and the figures.
+
+        In a distributed run (``multi_gpu_evaluate.json``) every rank evaluated its part of the
+        cases; rank 0 gathers them all and writes, the others write nothing.
+        """
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, self.evaluation)
+            if dist.get_rank() != 0:
+                return
+            merged = Evaluation(self.evaluation.group_columns, self.evaluation.worst)
+            for part in parts:
+                merged.merge(part)
+            self.evaluation = merged
         self.summary = self.evaluation.write(self.output_dir, self.about)

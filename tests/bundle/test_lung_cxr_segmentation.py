@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline.io.convert import DicomVariant, dicomize
 from pipeline.io.datasets import REPO_ROOT
 from pipeline.training.data import load_split
-from tests.conftest import dice, load_png
+from tests.conftest import dice, free_port, load_png
 
 BUNDLE = REPO_ROOT / "bundles" / "lung_cxr_segmentation"
 SCHEMA = REPO_ROOT / "bundles" / "schemas" / "meta_schema_20240725.json"
@@ -337,3 +337,41 @@ def test_postprocessing_keeps_two_lungs_fills_holes_and_restores_the_grid(held_o
     _, count = ndimage.label(out[0].numpy() > 0)
     assert count == 2
     assert not (ndimage.binary_fill_holes(out[0].numpy() > 0) ^ (out[0].numpy() > 0)).any()
+
+
+@pytest.mark.slow
+def test_multi_gpu_evaluate_gathers_every_rank_into_one_evaluation(tmp_path, data_dir):
+    """torchrun with 2 CPU processes: each rank scores its part, rank 0 writes them all."""
+    configs = "['configs/inference.json','configs/evaluate.json']"
+    run_bundle(
+        "run", config_file=configs, dataset_dir=data_dir, output_dir=tmp_path / "one", max_cases=6
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_addr=127.0.0.1",
+        f"--master_port={free_port()}",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        "['configs/inference.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",
+        "--dataset_dir",
+        str(data_dir),
+        "--output_dir",
+        str(tmp_path / "two"),
+        "--max_cases",
+        "6",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "1"}
+    proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def per_case(folder: Path) -> dict[str, str]:
+        with open(folder / "per_case.csv", newline="") as fh:
+            return {r["case"]: r["dice"] for r in csv.DictReader(fh)}
+
+    one, two = per_case(tmp_path / "one"), per_case(tmp_path / "two")
+    assert two == one and len(one) == 6
