@@ -1,0 +1,88 @@
+"""DICOM coding of the SEG and SR: every code checked against its context group."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.sr.codedict import codes
+
+from pipeline.inference.outputs import LEFT_LUNG, PLAIN_CHEST_XRAY, RIGHT_LUNG, seg_of, sr_of
+from pipeline.io.convert import DicomVariant, build_dicom
+from tests.conftest import load_png
+
+#: Codes used with no context group that lists them (pydicom's tables), said on purpose:
+#: precoordinated SNOMED CT right/left lung and the SNOMED procedure "Plain X-ray of chest".
+NO_CONTEXT_GROUP = {RIGHT_LUNG[0], LEFT_LUNG[0], PLAIN_CHEST_XRAY[0]}
+
+
+def _values(cid: int) -> set[str]:
+    collection = getattr(codes, f"cid{cid}")
+    out = set()
+    for name in collection.dir():
+        try:
+            out.add(getattr(collection, name).value)
+        except RuntimeError:  # a keyword defined in two schemes
+            continue
+    return out
+
+
+@pytest.fixture(scope="module")
+def objects(shipped_model, data_dir):
+    pixels = load_png(data_dir / "images" / "MCUCXR_0001_0.png")
+    source = build_dicom(pixels, DicomVariant.MONO2_16BIT, name="codes", spacing_mm=0.35)
+    m = shipped_model.predict_single_npy_array(pixels, {"pixel_spacing": (0.35, 0.35)}).measures
+    seg = seg_of(source, m, shipped_model.identity)
+    return seg, sr_of(source, seg, m, shipped_model.identity)
+
+
+def _coded(ds) -> list[tuple[str, str]]:
+    """``(keyword, code value)`` of every code sequence item in a dataset tree."""
+    out = []
+    for elem in ds.iterall():
+        if elem.VR == "SQ" and elem.keyword.endswith("CodeSequence"):
+            out += [(elem.keyword, item.CodeValue) for item in elem.value if "CodeValue" in item]
+    return out
+
+
+def test_seg_codes_come_from_their_context_groups(objects):
+    seg, _ = objects
+    for segment in seg.SegmentSequence:
+        assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue in _values(7150)
+        assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue in NO_CONTEXT_GROUP
+    families = [v for k, v in _coded(seg) if k == "AlgorithmFamilyCodeSequence"]
+    assert families and set(families) <= _values(7162)
+
+
+def test_sr_codes_come_from_their_context_groups(objects):
+    _, sr = objects
+    coded = _coded(sr)
+    units = {v for k, v in coded if k == "MeasurementUnitsCodeSequence"}
+    names = {v for k, v in coded if k == "ConceptNameCodeSequence"}
+    assert units and units <= _values(7181)
+    assert codes.SCT.Area.value in names and codes.SCT.Area.value in _values(7469)
+    findings = {  # DCM 121071 "Finding": the finding type of each measurement group
+        item.ConceptCodeSequence[0].CodeValue
+        for item in _items(sr)
+        if "ConceptCodeSequence" in item and item.ConceptNameCodeSequence[0].CodeValue == "121071"
+    }
+    assert findings == {codes.SCT.Lung.value, RIGHT_LUNG[0], LEFT_LUNG[0]}
+    assert findings <= _values(7151) | NO_CONTEXT_GROUP
+    assert codes.SCT.Lung.value in _values(7151)
+
+
+def _items(ds) -> list:
+    out = []
+    for item in ds.get("ContentSequence", []):
+        out.append(item)
+        out += _items(item)
+    return out
+
+
+def test_the_objects_are_valid_dicom(objects, tmp_path):
+    seg, sr = objects
+    for name, ds in (("seg.dcm", seg), ("sr.dcm", sr)):
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+        again = pydicom.dcmread(tmp_path / name)
+        assert again.SOPInstanceUID == ds.SOPInstanceUID
+    assert np.asarray(seg.pixel_array).any()
