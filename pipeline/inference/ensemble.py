@@ -64,18 +64,23 @@ class Ensemble(nn.Module):
 
 
 def load_weights(network: nn.Module, checkpoint: str | os.PathLike, device: torch.device) -> None:
-    """Load a checkpoint (a state dict, or one under ``model``) with ``weights_only``.
+    """Load a checkpoint with ``weights_only``: a state dict, or one under ``model``/``state_dict``.
 
     Raises:
         FileNotFoundError: the checkpoint is missing.
+        ValueError: its weights do not fit the network (the file and the mismatch quoted).
     """
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: the bundle's checkpoint is missing")
+        raise FileNotFoundError(f"{path}: the checkpoint is missing")
     state = torch.load(path, map_location=device, weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
-    network.load_state_dict(state)
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"{path}: weights do not fit {type(network).__name__}: {err}") from err
 
 
 def load_networks(

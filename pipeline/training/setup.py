@@ -64,25 +64,17 @@ def initialise(network: torch.nn.Module, weights: str | os.PathLike | None) -> t
 
     Args:
         network: the network the config built.
-        weights: a checkpoint file: a state dict, or one under ``"model"``/``"state_dict"``
-            (``models/model.pt`` of a bundle, a ``checkpoint_epoch=N.pt``).
+        weights: a checkpoint file (see :func:`pipeline.inference.ensemble.load_weights`:
+            ``models/model.pt`` of a bundle, a ``checkpoint_epoch=N.pt``).
 
     Raises:
         FileNotFoundError: ``weights`` names no file.
-        ValueError: the checkpoint does not fit the network (the mismatching keys quoted).
+        ValueError: the checkpoint does not fit the network.
     """
-    if weights is None:
-        return network
-    path = Path(weights)
-    if not path.is_file():
-        raise FileNotFoundError(f"initial weights {str(weights)!r} do not exist")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("model", "state_dict"):
-        state = state.get(key, state) if isinstance(state, dict) else state
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit {type(network).__name__}: {err}") from err
+    from pipeline.inference.ensemble import load_weights
+
+    if weights is not None:
+        load_weights(network, weights, torch.device("cpu"))
     return network
 
 

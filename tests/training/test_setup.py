@@ -59,3 +59,25 @@ def test_overlay_draws_truth_green_and_prediction_red():
     assert tuple(rgb[5, 10]) == (0, 255, 0)  # top edge of the truth only
     assert tuple(rgb[15, 10]) == (255, 0, 0)  # bottom edge of the prediction only
     assert tuple(rgb[10, 10]) == (128, 128, 128)  # inside both: the image
+
+
+def test_init_weights_load_a_bundle_or_a_training_checkpoint(tmp_path):
+    import pytest
+    import torch
+
+    from pipeline.inference.bundle import BUNDLE
+    from pipeline.networks import build_network
+    from pipeline.training import initialise
+
+    shipped = torch.load(BUNDLE / "models" / "model.pt", map_location="cpu", weights_only=True)
+    net = initialise(build_network("res_unet"), BUNDLE / "models" / "model.pt")
+    assert all(torch.equal(v, shipped[k]) for k, v in net.state_dict().items())
+    torch.save({"model": shipped, "epoch": 3}, tmp_path / "checkpoint_epoch=3.pt")
+    again = initialise(build_network("res_unet"), tmp_path / "checkpoint_epoch=3.pt")
+    assert all(torch.equal(v, shipped[k]) for k, v in again.state_dict().items())
+    untouched = build_network("res_unet")
+    assert initialise(untouched, None) is untouched
+    with pytest.raises(ValueError, match="do not fit"):
+        initialise(build_network("basic_unet"), BUNDLE / "models" / "model.pt")
+    with pytest.raises(FileNotFoundError, match="missing"):
+        initialise(build_network("res_unet"), tmp_path / "none.pt")
