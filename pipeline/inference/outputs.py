@@ -1,10 +1,10 @@
 """Every output of a prediction, in one place: report row, mask, overlay, NIfTI, SEG, SR.
 
-``lungseg segment``, the web viewer, the DICOM node and the MONAI Deploy operator all take
-their outputs from here, so a SEG is the same object whoever writes it, and the colours of
-the right and left lung are defined once. Files are written to a temporary name beside their
-target and renamed (atomic); SEG and SR UIDs derive from the source's UIDs and the model's
-identity digest (a rerun or a resend produces the same instance).
+``lungseg segment``, the web viewer and the DICOM node all take their outputs from here,
+so a SEG is the same object whoever writes it, and the colours of the right and left lung
+are defined once. Files are written to a temporary name beside their target and renamed
+(atomic); SEG and SR UIDs derive from the source's UIDs and the model's identity digest (a
+rerun or a resend produces the same instance).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one predictor: a bundle's model path as a callable for files and decoded arrays.
 
-Every front end (``lungseg segment``, ``lungseg evaluate``, the web viewer, the DICOM node,
-the MONAI Deploy operator and the TB inputs) predicts through :class:`Predictor`, after
+Every front end (``lungseg segment``, ``lungseg evaluate``, ``lungseg protocol stress``, the
+web viewer, the DICOM node and the TB inputs) predicts through :class:`Predictor`, after
 nnU-Net v2's ``nnUNetPredictor``. Nothing here repeats the model path: the bundle's
 ``configs/inference.json`` defines each step and the predictor only runs them in order:
 
@@ -17,6 +17,8 @@ the model's :class:`~pipeline.inference.bundle.ModelIdentity`.
 
 from __future__ import annotations
 
+import copy
+import functools
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -83,13 +85,18 @@ class Predictor:
         for ckpt in self.checkpoints:
             if not ckpt.is_file():
                 raise FileNotFoundError(f"{ckpt}: the bundle's checkpoint is missing")
-        self.identity: ModelIdentity = identity_of(self.bundle, self.checkpoints, parser.get())
+        self._config = copy.deepcopy(parser.get())  # as resolved by the overrides, pre-parse
         self.loader = parser.get_parsed_content("loader")
         self.preprocessing = parser.get_parsed_content("preprocessing")
         self.postprocessing = parser.get_parsed_content("postprocessing")
         self.device = parser.get_parsed_content("device")
         self.inferer = parser.get_parsed_content("inferer")
         self.network = parser.get_parsed_content("network") if network else None
+
+    @functools.cached_property
+    def identity(self) -> ModelIdentity:
+        """What this predictor runs (checkpoints hashed on first use, not by every worker)."""
+        return identity_of(self.bundle, self.checkpoints, self._config)
 
     # --- the steps, for callers that pipeline them (the batch job's workers) ---------------
 

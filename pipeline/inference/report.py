@@ -83,7 +83,7 @@ class Journal:
         self._drop_cut_line()
         lines = self.path.read_text(encoding="utf-8").splitlines()
         previous = json.loads(lines[0])["run"] if lines else {}
-        for key in ("checkpoint_sha256", "model_digest", "formats", "tb"):
+        for key in ("model_digest", "formats", "tb"):  # the digest covers the checkpoints
             if previous.get(key) != header.get(key):
                 raise JournalMismatchError(
                     f"{self.path}: this folder holds a run with {key}={previous.get(key)!r}, "

@@ -151,17 +151,21 @@ class DicomWebSource:
             yield self.fetch(instance, root)
 
     def store(self, files: Sequence[Path], marker_root: Path) -> int:
-        """STOW-RS the files not stored before (one marker each); return how many were sent."""
+        """STOW-RS the files not stored before (one marker each); return how many were sent.
+
+        ``files`` are the outputs of fetched instances (``<source SOP UID>.dcm``), so a rerun
+        skips them by name without reading them.
+        """
         import pydicom
 
         from pipeline.io.atomic import write_text_atomic
 
         sent = 0
-        for path in files:
-            ds = pydicom.dcmread(path)
-            marker = marker_root / f"{ds.SOPInstanceUID}.stored"
+        for path in files:  # named after their source instance: one marker per source
+            marker = marker_root / f"{path.stem}.stored"
             if marker.exists():
                 continue
+            ds = pydicom.dcmread(path)
             self._call(f"STOW-RS of {path.name}", self.client.store_instances, [ds])
             write_text_atomic(marker, str(path) + "\n")
             sent += 1
