@@ -50,6 +50,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def torchrun(*args: str, nproc: int = 2) -> list[str]:
+    """The command running ``python -m ARGS`` under torchrun with ``nproc`` local processes."""
+    import sys
+
+    head = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
+    return [*head, "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", *args]
+
+
 @pytest.fixture(scope="session")
 def shipped_model():
     """The shipped bundle's model on the CPU, loaded once per test session."""

@@ -25,6 +25,7 @@ from pipeline.inference.outputs import Context, output_path, row
 from pipeline.inference.predictor import Predictor
 from pipeline.inference.report import Journal, write_reports, write_summary
 from pipeline.inference.workers import (
+    KeepImage,
     decode,
     decode_in_worker,
     finish_in_worker,
@@ -243,11 +244,12 @@ class Segmenter:
         )
 
     def _decode(self, pool: Executor, job: Job) -> Future:
-        # the TB inputs are computed from the float image, exactly as TB training does
-        keep = "float" if self.tb_model is not None else OutputFormat.OVERLAY in self.formats
+        keep = KeepImage.UINT8 if OutputFormat.OVERLAY in self.formats else KeepImage.NONE
+        if self.tb_model is not None:  # TB inputs from the float image, as TB training does
+            keep = KeepImage.FLOAT
         args = (job.file.path, job.file.is_sidecar, keep)
         if job.collides_with:  # reported as failed without decoding
-            args = (job.file.path, True, False)
+            args = (job.file.path, True, KeepImage.NONE)
         if isinstance(pool, ProcessPoolExecutor):
             return pool.submit(decode_in_worker, *args)
         done: Future = Future()

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipeline.enums import Status
+from pipeline.enums import Status, StrEnum
 from pipeline.inference.outputs import Context, row, write_outputs
 from pipeline.io.errors import OutputError
 
@@ -78,15 +78,20 @@ def _retry_row(path: Path, err: Exception) -> dict[str, Any]:
     return {**row(path, Status.FAILED.value, reason), "retry": True}
 
 
-def decode(path: Path, sidecar: bool, keep_image: bool | str, predictor: Any) -> dict[str, Any]:
+class KeepImage(StrEnum):
+    """Which copy of the decoded image a decoded item keeps for after the network."""
+
+    NONE = "none"
+    UINT8 = "uint8"  # what the overlay draws, a quarter of float32's memory
+    FLOAT = "float"  # the image itself, as the TB inputs need for 12-16-bit data
+
+
+def decode(path: Path, sidecar: bool, keep: KeepImage, predictor: Any) -> dict[str, Any]:
     """Decode and preprocess one file; errors become an ``error`` entry, never a raise.
 
     Returns:
-        ``item`` (the preprocessed dictionary), ``original`` (the decoded image: uint8 when
-        ``keep_image`` is true, enough for the overlay at a quarter of float32's memory; the
-        float32 image itself when it is ``"float"``, as the TB inputs need for 12-16-bit
-        data), ``decode``/``preprocess`` seconds, ``start``; or ``error``
-        (status, reason).
+        ``item`` (the preprocessed dictionary), ``original`` (the decoded image, as ``keep``
+        says), ``decode``/``preprocess`` seconds, ``start``; or ``error`` (status, reason).
     """
     from pipeline.io.errors import InputError
     from pipeline.io.png import to_uint8
@@ -98,9 +103,9 @@ def decode(path: Path, sidecar: bool, keep_image: bool | str, predictor: Any) ->
         return out
     try:
         loaded = predictor.load(path)
-        if keep_image == "float":
+        if keep is KeepImage.FLOAT:
             out["original"] = loaded["image"].numpy()[0].astype("float32", copy=False)
-        elif keep_image:
+        elif keep is KeepImage.UINT8:
             out["original"] = to_uint8(loaded["image"].numpy()[0])
         out["decode"] = time.perf_counter() - start
         out["item"] = predictor.preprocess(loaded)
@@ -188,9 +193,9 @@ def init_worker(bundle: str, overrides: dict[str, Any], parent: int | None = Non
     _WORKER["predictor"] = Predictor(bundle, "cpu", overrides, network=False)
 
 
-def decode_in_worker(path: Path, sidecar: bool, keep_image: bool | str) -> dict[str, Any]:
+def decode_in_worker(path: Path, sidecar: bool, keep: KeepImage) -> dict[str, Any]:
     """:func:`decode` with the preprocessing loaded by :func:`init_worker`."""
-    decoded = decode(path, sidecar, keep_image, _WORKER["predictor"])
+    decoded = decode(path, sidecar, keep, _WORKER["predictor"])
     if _is_large(decoded):
         release_memory()
     return decoded

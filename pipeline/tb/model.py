@@ -33,15 +33,11 @@ NOTICE = (
 TB_BUNDLE = project_file("bundles/tb_cxr_classification")
 
 
-#: The classifier names (kept here under their historical name).
-TBNetwork = TBNetworkName
-
-
-def build_classifier(name: str | TBNetwork, in_channels: int = 2) -> nn.Module:
+def build_classifier(name: str | TBNetworkName, in_channels: int = 2) -> nn.Module:
     """A MONAI classification network with one output logit.
 
     Args:
-        name: a :class:`TBNetwork` value.
+        name: a :class:`TBNetworkName` value.
         in_channels: input channels (2: the crop and its lung mask).
 
     Raises:
@@ -49,10 +45,10 @@ def build_classifier(name: str | TBNetwork, in_channels: int = 2) -> nn.Module:
     """
     from monai.networks.nets import DenseNet, DenseNet121, EfficientNetBN
 
-    name = TBNetwork.parse(name)
-    if name is TBNetwork.DENSENET121:
+    name = TBNetworkName.parse(name)
+    if name is TBNetworkName.DENSENET121:
         return DenseNet121(spatial_dims=2, in_channels=in_channels, out_channels=1)
-    if name is TBNetwork.DENSENET_SMALL:  # DenseNet-BC, 4 blocks of 4/8/12/8 layers: 0.6 M
+    if name is TBNetworkName.DENSENET_SMALL:  # DenseNet-BC, 4 blocks of 4/8/12/8 layers: 0.6 M
         return DenseNet(
             spatial_dims=2,
             in_channels=in_channels,
@@ -70,7 +66,7 @@ class Ensemble(nn.Module):
     """Several networks of one architecture; the output is the logit of their mean probability.
 
     Args:
-        name: the architecture (:class:`TBNetwork`).
+        name: the architecture (:class:`TBNetworkName`).
         members: how many networks.
         in_channels: input channels.
     """

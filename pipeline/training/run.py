@@ -112,14 +112,14 @@ def split_settings(options: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def overrides_from_options(options: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
-    """Bundle config overrides from ``lungseg train`` options and ``--set`` items."""
+def overrides_from_options(options: dict[str, Any]) -> dict[str, Any]:
+    """Bundle config overrides from ``lungseg train`` options."""
     out = {cfg: options[opt] for opt, cfg in TRAIN_OPTIONS.items() if options.get(opt) is not None}
     for key in _PATH_IDS:
         value = out.get(key)
         if value is not None and "://" not in str(value) and value != "imagenet":
             out[key] = str(Path(value).resolve())
-    return out | {"split": split_settings(options)} | extra
+    return out | {"split": split_settings(options)}
 
 
 def train_from_options(options: dict[str, Any], extra: dict[str, Any]) -> tuple[Any, Path]:
@@ -130,7 +130,7 @@ def train_from_options(options: dict[str, Any], extra: dict[str, Any]) -> tuple[
         extra: ``--set`` items (config id -> value).
     """
     output = Path(options.get("output") or f"outputs/train/{options['network']}").resolve()
-    overrides = overrides_from_options(options, {})
+    overrides = overrides_from_options(options)
     overrides.update(bundle_root=str(output), progress=not options.get("no_progress"))
     overrides.update(extra)
     files = (

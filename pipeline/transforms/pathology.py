@@ -310,6 +310,21 @@ def _as_numpy(img: Any) -> np.ndarray:
     return plain.detach().cpu().numpy().astype(np.float32)
 
 
+def _generator(transform: RandomizableTransform) -> np.random.Generator:
+    """A numpy Generator seeded from a MONAI transform's random state (``set_random_state``)."""
+    return np.random.default_rng(int(transform.R.randint(0, 2**31 - 1)))
+
+
+def _per_channel(transform: MapTransform, d: dict, fn: Any) -> dict:
+    """Apply ``fn`` to every channel of every key of ``d`` the transform selects."""
+    for key in transform.key_iterator(d):
+        arr = _as_numpy(d[key])
+        for c in range(arr.shape[0]):
+            arr[c] = fn(arr[c])
+        d[key] = convert_to_dst_type(arr, dst=d[key])[0]
+    return d
+
+
 class RandPathologyd(RandomizableTransform, MapTransform):
     """Simulated opacities, effusions and devices inside the lung field (label unchanged).
 
@@ -341,27 +356,24 @@ class RandPathologyd(RandomizableTransform, MapTransform):
             Lesion.DEVICES: devices_prob,
         }
 
-    def _rng(self) -> np.random.Generator:
-        return np.random.default_rng(int(self.R.randint(0, 2**31 - 1)))
-
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Add the drawn abnormalities to every image key."""
         d = dict(data)
         self.randomize(None)
         if not self._do_transform or self.label_key not in d:
             return d
-        rng = self._rng()
+        rng = _generator(self)
         kinds = [k for k, p in self.kinds.items() if rng.random() < p]
         lung = _as_numpy(d[self.label_key])[0] > 0.5
         if not kinds or not lung.any():
             return d
-        for key in self.key_iterator(d):
-            arr = _as_numpy(d[key])
-            for c in range(arr.shape[0]):
-                for kind in kinds:
-                    arr[c] = simulate_lesion(arr[c], lung, kind, rng)
-            d[key] = convert_to_dst_type(np.clip(arr, 0, 1), dst=d[key])[0]
-        return d
+
+        def lesions(channel: np.ndarray) -> np.ndarray:
+            for kind in kinds:
+                channel = simulate_lesion(channel, lung, kind, rng)
+            return np.clip(channel, 0, 1)
+
+        return _per_channel(self, d, lesions)
 
 
 class RandAcquisitiond(RandomizableTransform, MapTransform):
@@ -392,13 +404,12 @@ class RandAcquisitiond(RandomizableTransform, MapTransform):
         self.randomize(None)
         if not self._do_transform:
             return d
-        rng = np.random.default_rng(int(self.R.randint(0, 2**31 - 1)))
+        rng = _generator(self)
         lung = _as_numpy(d[self.label_key])[0] > 0.5 if self.label_key in d else None
         bands = rng.random() < self.collimation_prob
-        for key in self.key_iterator(d):
-            arr = _as_numpy(d[key])
-            for c in range(arr.shape[0]):
-                arr[c] = degrade(arr[c], rng)
-                arr[c] = collimate(arr[c], lung, rng) if bands else arr[c]
-            d[key] = convert_to_dst_type(arr, dst=d[key])[0]
-        return d
+
+        def film(channel: np.ndarray) -> np.ndarray:
+            channel = degrade(channel, rng)
+            return collimate(channel, lung, rng) if bands else channel
+
+        return _per_channel(self, d, film)

@@ -20,7 +20,7 @@ from PIL import Image
 from pipeline.io.convert import DicomVariant, dicomize
 from pipeline.io.datasets import REPO_ROOT
 from pipeline.training.data import load_split
-from tests.conftest import dice, free_port, load_png
+from tests.conftest import dice, load_png, torchrun
 
 BUNDLE = REPO_ROOT / "bundles" / "lung_cxr_segmentation"
 SCHEMA = REPO_ROOT / "bundles" / "schemas" / "meta_schema_20240725.json"
@@ -346,25 +346,9 @@ def test_multi_gpu_evaluate_gathers_every_rank_into_one_evaluation(tmp_path, dat
     run_bundle(
         "run", config_file=configs, dataset_dir=data_dir, output_dir=tmp_path / "one", max_cases=6
     )
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        "['configs/inference.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']",
-        "--dataset_dir",
-        str(data_dir),
-        "--output_dir",
-        str(tmp_path / "two"),
-        "--max_cases",
-        "6",
-    ]
+    ddp = "['configs/inference.json','configs/evaluate.json','configs/multi_gpu_evaluate.json']"
+    options = ["--dataset_dir", str(data_dir), "--output_dir", str(tmp_path / "two")]
+    cmd = torchrun("monai.bundle", "run", "--config_file", ddp, *options, "--max_cases", "6")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "1"}
     proc = subprocess.run(cmd, cwd=BUNDLE, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -13,7 +12,7 @@ import torch
 
 from pipeline.cli import EXIT_OK, main
 from pipeline.training.run import train
-from tests.conftest import free_port
+from tests.conftest import torchrun
 
 pytestmark = pytest.mark.slow
 
@@ -93,21 +92,8 @@ def test_cli_train(tmp_path, data_dir, capsys):
 
 
 def test_torchrun_two_cpu_processes(tmp_path, data_dir, tracking):
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={free_port()}",
-        "-m",
-        "pipeline.cli",
-        "train",
-        "--distributed",
-        *_tiny_train_args(data_dir, tmp_path, batch=2)[1:],
-        "--experiment",
-        "ddp",
-    ]
+    args = [*_tiny_train_args(data_dir, tmp_path, batch=2)[1:], "--experiment", "ddp"]
+    cmd = torchrun("pipeline.cli", "train", "--distributed", *args)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
