@@ -10,9 +10,14 @@ the usual way for a PA/AP chest film: the patient's right lung on the image's le
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import MapTransform, Transform
 from scipy import ndimage
 
 from pipeline.enums import QAFlag
@@ -134,8 +139,68 @@ def measure(
         spacing: (row, column) pixel spacing in mm, NaN when unknown.
     """
     right, left, count = split_lungs(mask, patient_orientation)
+    return measure_sides(right, left, count, mean_inside(probability, mask), spacing)
+
+
+def mean_inside(probability: np.ndarray, mask: np.ndarray) -> float:
+    """Mean probability inside a mask (0 for an empty mask): the result's confidence."""
     inside = probability[mask > 0]
-    confidence = float(inside.mean()) if inside.size else 0.0
-    m = LungMeasures(right, left, count, confidence, tuple(float(s) for s in spacing))
+    return float(inside.mean()) if inside.size else 0.0
+
+
+def measure_sides(
+    right: np.ndarray,
+    left: np.ndarray,
+    components: int,
+    confidence: float,
+    spacing: tuple[float, float] = (math.nan, math.nan),
+) -> LungMeasures:
+    """Measure and flag lungs already split into sides (see :func:`split_lungs`)."""
+    m = LungMeasures(right, left, components, confidence, tuple(float(s) for s in spacing))
     m.flags = qa_flags(m)
     return m
+
+
+class LungSides(Transform):
+    """Binary lung mask ``(1, H, W)`` → labels: 1 the patient's right lung, 2 the left.
+
+    The side rule is :func:`split_lungs`'s (DICOM Patient Orientation). Returns the labels
+    and the number of connected components (for the ``not_two_components`` QA flag).
+    """
+
+    def __call__(
+        self, mask: Any, patient_orientation: str | None = None
+    ) -> tuple[torch.Tensor, int]:
+        """Label the sides of ``mask``."""
+        arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)[0]
+        right, left, count = split_lungs(arr > 0.5, patient_orientation)
+        labels = right.astype(np.uint8) + 2 * left.astype(np.uint8)
+        return torch.from_numpy(labels)[None], count
+
+
+class LungSidesd(MapTransform):
+    """Dictionary wrapper of :class:`LungSides` (the bundle's post-processing).
+
+    Args:
+        keys: binary mask keys (e.g. ``pred``), replaced by their side labels.
+        ref_key: key whose metadata has ``patient_orientation`` (e.g. ``image``).
+        count_key: where the number of connected components is stored.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        ref_key: str = "image",
+        count_key: str = "lung_components",
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.ref_key, self.count_key, self.transform = ref_key, count_key, LungSides()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Replace every key's mask by its side labels."""
+        d = dict(data)
+        orientation = getattr(d.get(self.ref_key), "meta", {}).get("patient_orientation")
+        for key in self.key_iterator(d):
+            d[key], d[self.count_key] = self.transform(d[key], orientation)
+        return d

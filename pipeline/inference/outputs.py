@@ -9,6 +9,7 @@ rerun or a resend produces the same instance).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -176,9 +177,18 @@ def write_mask(m: LungMeasures, path: str | os.PathLike) -> Path:
     return save_png(mask_to_uint8(m.right | m.left), path)
 
 
-def _outline(mask: np.ndarray, width: int) -> np.ndarray:
-    edge = mask & ~ndimage.binary_erosion(mask)
-    return ndimage.binary_dilation(edge, iterations=max(0, width - 1)) if width > 1 else edge
+def label_outlines(labels: np.ndarray, width: int = 1) -> np.ndarray:
+    """The labels kept only along their edges (where a 4-neighbour differs), ``width`` thick."""
+    edge = np.zeros(labels.shape, dtype=bool)
+    for axis in (0, 1):
+        step = np.diff(labels, axis=axis) != 0
+        lead = [slice(None)] * 2
+        lead[axis] = slice(1, None)
+        edge[tuple(lead)] |= step
+        lead[axis] = slice(None, -1)
+        edge[tuple(lead)] |= step
+    out = np.where(edge, labels, 0).astype(labels.dtype)
+    return ndimage.grey_dilation(out, size=2 * width - 1) if width > 1 else out
 
 
 def _area_text(m: LungMeasures) -> str:
@@ -193,24 +203,37 @@ def _area_text(m: LungMeasures) -> str:
 OVERLAY_MAX_SIZE = 1024
 
 
+def display_shape(image_shape: tuple[int, ...], max_size: int) -> tuple[int, int]:
+    """The ``image``'s (rows, columns), scaled down so the longer side is at most ``max_size``."""
+    scale = min(1.0, max_size / max(image_shape))
+    return max(1, round(image_shape[0] * scale)), max(1, round(image_shape[1] * scale))
+
+
+def _resized(arr: np.ndarray, shape: tuple[int, int], resample: Any) -> np.ndarray:
+    from PIL import Image
+
+    if arr.shape == shape:
+        return arr
+    return np.asarray(Image.fromarray(arr).resize((shape[1], shape[0]), resample))
+
+
 def fit_for_display(
     image: np.ndarray, right: np.ndarray, left: np.ndarray, max_size: int = OVERLAY_MAX_SIZE
 ) -> tuple[np.ndarray, ...]:
-    """The image as uint8 and both masks, downscaled (area average, nearest) to ``max_size``.
+    """The image as uint8 and both masks on one display grid of at most ``max_size``.
+
+    The grid is the image's own (which is smaller than the masks' when the reader decoded
+    it at a reduced resolution), downscaled (area average for the image, nearest for the
+    masks) to ``max_size``.
 
     Returns:
-        ``(grey image, right mask, left mask)``, the longer side at most ``max_size``.
+        ``(grey image, right mask, left mask)``.
     """
     from PIL import Image
 
-    scale = max_size / max(image.shape)
-    if scale >= 1:
-        return to_uint8(image), right, left
-    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    gray = np.asarray(Image.fromarray(to_uint8(image)).resize(size, Image.Resampling.BOX))
-    masks = [
-        np.asarray(Image.fromarray(m).resize(size, Image.Resampling.NEAREST)) for m in (right, left)
-    ]
+    shape = display_shape(image.shape, max_size)
+    gray = _resized(to_uint8(image), shape, Image.Resampling.BOX)
+    masks = [_resized(m, shape, Image.Resampling.NEAREST) for m in (right, left)]
     return gray, *masks
 
 
@@ -222,23 +245,29 @@ def label_overlay(right: np.ndarray, left: np.ndarray) -> np.ndarray:
     return rgba
 
 
+#: RGB of label 0 (unused), 1 (right lung) and 2 (left lung) in the overlay's outlines.
+_OUTLINE_RGB = np.array([(0, 0, 0), RIGHT_COLOUR, LEFT_COLOUR], dtype=np.uint8)
+
+
 def overlay_image(image: np.ndarray, m: LungMeasures) -> np.ndarray:
     """RGB uint8: the radiograph, the right/left lung outlines and the areas written on it.
 
-    Images larger than :data:`OVERLAY_MAX_SIZE` are drawn downscaled to it.
+    Drawn on the image's own grid, downscaled to :data:`OVERLAY_MAX_SIZE` when larger.
     """
     from PIL import Image, ImageDraw
 
-    gray, right, left = fit_for_display(image, m.right, m.left)
+    shape = display_shape(image.shape, OVERLAY_MAX_SIZE)
+    gray = _resized(to_uint8(image), shape, Image.Resampling.BOX)
+    labels = _resized(m.labelmap(), shape, Image.Resampling.NEAREST)
+    outline = label_outlines(labels, max(1, round(max(shape) / 400)))
     rgb = np.repeat(gray[..., None], 3, axis=2)
-    width = max(1, round(max(gray.shape) / 400))
-    rgb[_outline(right, width)] = RIGHT_COLOUR
-    rgb[_outline(left, width)] = LEFT_COLOUR
+    lines = outline > 0
+    rgb[lines] = _OUTLINE_RGB[outline[lines]]
     pil = Image.fromarray(rgb)
     draw = ImageDraw.Draw(pil)
-    size = max(10, gray.shape[0] // 40)
+    size = max(10, shape[0] // 40)
     font = _font(size)
-    draw.rectangle((0, 0, gray.shape[1], size + 8), fill=(0, 0, 0))
+    draw.rectangle((0, 0, shape[1], size + 8), fill=(0, 0, 0))
     draw.text((4, 2), _area_text(m), fill=(255, 255, 255), font=font)
     if m.flags:
         draw.text(
@@ -247,6 +276,7 @@ def overlay_image(image: np.ndarray, m: LungMeasures) -> np.ndarray:
     return np.asarray(pil)
 
 
+@functools.lru_cache(maxsize=8)
 def _font(size: int) -> Any:
     from PIL import ImageFont
 

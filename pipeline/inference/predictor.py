@@ -7,12 +7,15 @@ nnU-Net v2's ``nnUNetPredictor``. Nothing here repeats the model path: the bundl
 
 ``loader`` (file → image; skipped for arrays) → ``preprocessing`` → ``network`` under the
 ``inferer`` (checkpoint ensembles and test-time flips are config options:
-:mod:`pipeline.inference.ensemble`) → ``postprocessing`` (sigmoid, inverse letterbox, the
-probability copied out as ``prob``, threshold, components, holes) → lung measures
+:mod:`pipeline.inference.ensemble`) → ``postprocessing`` (sigmoid, the letterbox padding
+cut off, the probability copied out as ``prob``, threshold, components, holes and sides on
+the network's scale, then the labels brought to the original grid once, their edges
+thresholded from the upsampled probability) → lung measures
 (:mod:`pipeline.inference.lungs`).
 
-Every result carries the mask and the lung probability **on the original image grid** and
-the model's :class:`~pipeline.inference.bundle.ModelIdentity`.
+Every result carries the mask **on the original image grid** (and the probability, on the
+network's scale and, on demand, on the original grid); the predictor's
+:class:`~pipeline.inference.bundle.ModelIdentity` says what produced it.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import numpy as np
 import torch
 
 from pipeline.inference.bundle import BUNDLE, ModelIdentity, bundle_parser, identity_of
-from pipeline.inference.lungs import LungMeasures, measure
+from pipeline.inference.lungs import LungMeasures, mean_inside, measure_sides
+from pipeline.transforms.geometry import resize_to
 
 
 @dataclass
@@ -39,17 +43,24 @@ class Prediction:
 
     Attributes:
         mask: boolean lung mask, original grid.
-        probability: float32 lung probability, original grid.
+        coarse_probability: float32 lung probability on the network's scale (the
+            letterbox's image part); :attr:`probability` brings it to the original grid.
         measures: right/left lungs, areas, confidence and QA flags.
         meta: the reader's metadata (format, spacing, orientation, DICOM UIDs, file name).
-        image: the decoded radiograph in [0, 1], original grid (when asked to keep it).
+        image: the decoded radiograph in [0, 1] (when asked to keep it); smaller than the
+            original grid when the reader decoded it reduced (``meta["reduced_from"]``).
     """
 
     mask: np.ndarray
-    probability: np.ndarray
+    coarse_probability: np.ndarray
     measures: LungMeasures
     meta: dict[str, Any]
     image: np.ndarray | None = None
+
+    @functools.cached_property
+    def probability(self) -> np.ndarray:
+        """float32 lung probability on the original grid (bilinear, computed on first use)."""
+        return resize_to(self.coarse_probability, self.mask.shape).astype(np.float32)
 
 
 def _spacing(meta: dict[str, Any]) -> tuple[float, float]:
@@ -126,13 +137,21 @@ class Predictor:
         return self.inferer(batch, self.network).float().cpu()
 
     def postprocess(self, item: dict[str, Any], logits: torch.Tensor) -> Prediction:
-        """The bundle's post-processing and the lung measures of one image's logits."""
+        """The bundle's post-processing and the lung measures of one image's logits.
+
+        The post-processing decides components, holes and sides on the network's scale and
+        gives the right (1) / left (2) labels on the original grid; the confidence is the
+        mean probability inside the lungs on the network's scale.
+        """
         out = self.postprocessing({**item, "pred": logits})
-        mask = np.asarray(out["pred"])[0] > 0.5
+        labels = np.asarray(out["pred"])[0]
         prob = np.asarray(out["prob"])[0].astype(np.float32)
+        confidence = mean_inside(prob, np.asarray(out["lungs_lowres"])[0])
         meta = dict(item["image"].meta)
-        m: LungMeasures = measure(mask, prob, meta.get("patient_orientation"), _spacing(meta))
-        return Prediction(mask, prob, m, meta)
+        m: LungMeasures = measure_sides(
+            labels == 1, labels == 2, int(out["lung_components"]), confidence, _spacing(meta)
+        )
+        return Prediction(labels > 0, prob, m, meta)
 
     # --- whole predictions --------------------------------------------------------------
 

@@ -395,7 +395,8 @@ def segment(
     """Segment every radiograph under ``inputs`` into ``out_dir``; return the summary.
 
     With a ``tb_model`` (:func:`pipeline.tb.screen.segment_and_screen` passes the TB
-    bundle's), each segmented image also gets a TB score (research only).
+    bundle's), each segmented image also gets a TB score (research only); images are then
+    decoded at full resolution (``decode_min_size`` null), as the TB bundle was trained.
 
     ``inputs`` may be ``dicomweb+http(s)://`` URLs (:mod:`pipeline.io.dicomweb`): their
     instances (``studies``, ``query``) are fetched into ``OUT/dicomweb`` first; with
@@ -411,7 +412,9 @@ def segment(
     out = Path(out_dir)
     inputs, sources = _fetch_dicomweb(inputs, out, studies, query)
     jobs = plan(inputs, shard)
-    model = Predictor(bundle, rank_device(device))
+    # TB inputs are measured on the full-resolution image the TB bundle was trained on
+    full = {"decode_min_size": None} if tb_model is not None else None
+    model = Predictor(bundle, rank_device(device), full)
     ident = model.identity.as_dict()
     header = {
         "started": time.strftime("%Y%m%d%H%M%S"),

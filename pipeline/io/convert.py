@@ -44,6 +44,8 @@ class DicomVariant(StrEnum):
     JPEG2000 = "jpeg2000"
     JPEG_LS = "jpeg-ls"
     JPEG_BASELINE = "jpeg-baseline"
+    JPEG_LOSSLESS = "jpeg-lossless"  # process 14, selection value 1, 12 bits (imagecodecs)
+    HTJ2K = "htj2k"  # High-Throughput JPEG 2000 lossless, 16 bits (imagecodecs)
     DEFLATE = "deflate"
 
 
@@ -111,6 +113,8 @@ _SPECS: dict[DicomVariant, _Spec] = {
     DicomVariant.JPEG2000: _Spec(12, _u16(lambda p: p * 16), syntax="1.2.840.10008.1.2.4.90"),
     DicomVariant.JPEG_LS: _Spec(8, lambda p: p, syntax="1.2.840.10008.1.2.4.80"),
     DicomVariant.JPEG_BASELINE: _Spec(8, lambda p: p, syntax="1.2.840.10008.1.2.4.50"),
+    DicomVariant.JPEG_LOSSLESS: _Spec(12, _u16(lambda p: p * 16), syntax="1.2.840.10008.1.2.4.70"),
+    DicomVariant.HTJ2K: _Spec(16, _u16(lambda p: p * 257), syntax="1.2.840.10008.1.2.4.201"),
     DicomVariant.DEFLATE: _Spec(16, _u16(lambda p: p * 257), syntax="1.2.840.10008.1.2.1.99"),
 }
 
@@ -197,6 +201,8 @@ def _encode(ds: Any, syntax: str, pixels: np.ndarray) -> None:
     uid = UID(syntax)
     if uid == "1.2.840.10008.1.2.4.50":
         _encode_jpeg_baseline(ds, pixels)
+    elif uid in _IMAGECODECS:
+        _encode_with_imagecodecs(ds, uid)
     elif uid.is_compressed:
         ds.compress(uid, generate_instance_uid=False)
     else:
@@ -217,6 +223,35 @@ def _encode_jpeg_baseline(ds: Any, pixels: np.ndarray, quality: int = 95) -> Non
     ds.LossyImageCompression = "01"
     ds.LossyImageCompressionMethod = "ISO_10918_1"
     ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+
+
+def _jpeg_lossless(stored: np.ndarray, bits: int) -> bytes:
+    import imagecodecs
+
+    return imagecodecs.jpeg8_encode(stored, lossless=True, predictor=1, bitspersample=bits)
+
+
+def _htj2k(stored: np.ndarray, bits: int) -> bytes:
+    import imagecodecs
+
+    return imagecodecs.htj2k_encode(stored)
+
+
+#: Syntaxes pydicom cannot encode, encoded with imagecodecs (a test/fixture dependency).
+_IMAGECODECS = {"1.2.840.10008.1.2.4.70": _jpeg_lossless, "1.2.840.10008.1.2.4.201": _htj2k}
+
+
+def _encode_with_imagecodecs(ds: Any, uid: Any) -> None:
+    """Encapsulate the stored pixels with imagecodecs (JPEG Lossless SV1, HTJ2K lossless)."""
+    from pydicom.encaps import encapsulate
+
+    try:
+        frame = _IMAGECODECS[uid](ds.pixel_array, int(ds.BitsStored))
+    except ImportError as err:
+        raise ImportError(f"building {uid.name} fixtures needs imagecodecs: {err}") from err
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = uid
 
 
 def write_dicom(ds: Any, path: str | os.PathLike) -> Path:

@@ -328,6 +328,72 @@ def dicom_metadata(ds: Any) -> dict[str, Any]:
     }
 
 
+def grayscale_lut(ds: Any, voi: VOISource, voi_index: int) -> tuple[np.ndarray, str] | None:
+    """The whole grayscale pipeline (steps 2-5) as a float32 table over the stored values.
+
+    Indexing the table gives exactly what the steps give pixel by pixel, at a fraction of
+    the cost on a large image. None when the stored range is too wide to tabulate.
+    """
+    lo, hi = _stored_range(ds)
+    if hi - lo > 2**16:
+        return None
+    values = np.arange(int(lo), int(hi) + 1, dtype=np.int64)
+    lut, voi_text = _display_values(values, ds, voi, voi_index)
+    return lut, voi_text
+
+
+def _display_values(
+    stored: np.ndarray, ds: Any, voi: VOISource, voi_index: int
+) -> tuple[np.ndarray, str]:
+    """Steps 2-5 of the module docstring on an array of stored values."""
+    values, value_range = apply_modality(stored, ds)
+    values, value_range, voi_text = apply_voi(values, ds, value_range, voi, voi_index)
+    image = to_unit_range(values, value_range)
+    return (1.0 - image if needs_inversion(ds) else image), voi_text
+
+
+def to_display(
+    stored: np.ndarray, ds: Any, voi: VOISource, voi_index: int
+) -> tuple[np.ndarray, str]:
+    """Stored values → float32 [0, 1], lungs dark (by table lookup for integer data).
+
+    Raises:
+        ValueError: the VOI asked for is not in the file, or its index is out of range.
+    """
+    table = grayscale_lut(ds, voi, voi_index) if np.issubdtype(stored.dtype, np.integer) else None
+    if table is None:
+        return _display_values(stored, ds, voi, voi_index)
+    lut, voi_text = table
+    lo = int(_stored_range(ds)[0])
+    index = stored if lo == 0 else stored.astype(np.int32) - lo
+    return np.take(lut, index, mode="clip"), voi_text
+
+
+def decode_at(
+    ds: Any, path: str | os.PathLike, min_size: int | None
+) -> tuple[np.ndarray, int, float]:
+    """Stored values at the coarsest resolution keeping the longer side >= ``min_size``.
+
+    Returns:
+        ``(stored values, reduction factor, shift)``: factor 1 is the full grid; ``shift``
+        is :func:`pipeline.io.reduced.recentre`'s, for after the grayscale pipeline.
+    """
+    from pipeline.io.reduced import block_mean, decode_reduced, reduction_factor
+
+    if min_size:
+        try:
+            reduced = decode_reduced(ds, min_size)
+        except (OSError, ValueError, SyntaxError):  # the codec refused: decode in full
+            reduced = None
+        if reduced is not None:
+            return reduced
+    stored = decode_stored(ds, path)
+    k = reduction_factor(stored.shape, min_size)
+    if k < 2 or not np.issubdtype(stored.dtype, np.integer):
+        return stored, 1, 0.0
+    return block_mean(stored, k), k, 0.0
+
+
 def read_dicom(
     path: str | os.PathLike,
     *,
@@ -335,6 +401,7 @@ def read_dicom(
     voi_index: int = 0,
     allow_lateral: bool = False,
     force: bool = False,
+    min_size: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a DICOM radiograph as a float32 ``rows x columns`` array in [0, 1], lungs dark.
 
@@ -344,9 +411,13 @@ def read_dicom(
         voi_index: which window or VOI LUT item to use when the file has several.
         allow_lateral: accept lateral views instead of raising :class:`LateralViewError`.
         force: parse files without the Part 10 preamble.
+        min_size: decode at a reduced resolution whose longer side is at least this
+            (:mod:`pipeline.io.reduced`); None: the full grid.
 
     Returns:
-        The image and its metadata (see :func:`dicom_metadata`; also ``voi``, ``inverted``).
+        The image and its metadata (see :func:`dicom_metadata`; also ``voi``, ``inverted``,
+        and when reduced ``reduced_from``, the full grid's ``(rows, columns)``, and
+        ``reduction``, the factor).
 
     Raises:
         InputError: a subclass naming the file and what is wrong with it.
@@ -355,16 +426,16 @@ def read_dicom(
     path = Path(path)
     ds = read_dataset(path, force=force)
     check_radiograph(ds, path, allow_lateral=allow_lateral)
-    stored = decode_stored(ds, path)
+    from pipeline.io.reduced import recentre
+
+    stored, factor, shift = decode_at(ds, path, min_size)
     try:
-        values, value_range = apply_modality(stored, ds)
-        values, value_range, voi_text = apply_voi(values, ds, value_range, voi, voi_index)
+        image, voi_text = to_display(stored, ds, voi, voi_index)
     except ValueError as err:
         raise InputError(path, f"grayscale transform failed: {err}") from err
-    image = to_unit_range(values, value_range)
-    inverted = needs_inversion(ds)
-    if inverted:
-        image = 1.0 - image
+    image = recentre(image, shift)
     meta = dicom_metadata(ds)
-    meta.update(voi=voi_text, inverted=inverted)
+    meta.update(voi=voi_text, inverted=needs_inversion(ds))
+    if factor > 1:
+        meta.update(reduced_from=(int(ds.Rows), int(ds.Columns)), reduction=factor)
     return image, meta

@@ -36,6 +36,7 @@ def read_cxr(
     voi: VOISource | str = VOISource.AUTO,
     voi_index: int = 0,
     allow_lateral: bool = False,
+    min_size: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a chest radiograph of any supported format.
 
@@ -44,11 +45,15 @@ def read_cxr(
         voi: DICOM only: which VOI transformation to apply.
         voi_index: DICOM only: which window / VOI LUT item to use.
         allow_lateral: DICOM only: accept lateral views.
+        min_size: DICOM only: decode at a reduced resolution whose longer side is at least
+            this many pixels (:mod:`pipeline.io.reduced`); None: the full grid.
 
     Returns:
-        ``(image, meta)``: float32 ``rows x columns`` in [0, 1]; ``meta`` has ``format``,
-        ``original_shape``, ``pixel_spacing`` (row, column mm; NaN when unknown),
-        ``pixel_spacing_source``, DICOM UIDs (empty for other formats) and more.
+        ``(image, meta)``: float32 ``rows x columns`` in [0, 1] (fewer when reduced);
+        ``meta`` has ``format``, ``original_shape`` (the file's full grid),
+        ``pixel_spacing`` (row, column mm of that grid; NaN when unknown),
+        ``pixel_spacing_source``, DICOM UIDs (empty for other formats), and when the image
+        was decoded reduced ``reduced_from`` (= ``original_shape``) and ``reduction``.
 
     Raises:
         InputError: a subclass naming the file and the reason.
@@ -58,7 +63,12 @@ def read_cxr(
     if fmt is InputFormat.DICOM or fmt is None:
         try:
             image, meta = read_dicom(
-                path, voi=voi, voi_index=voi_index, allow_lateral=allow_lateral, force=True
+                path,
+                voi=voi,
+                voi_index=voi_index,
+                allow_lateral=allow_lateral,
+                force=True,
+                min_size=min_size,
             )
         except NotAnImageError as err:
             if fmt is InputFormat.DICOM:
@@ -73,7 +83,8 @@ def read_cxr(
     else:
         image, meta = read_itk(path, fmt)
     check_size(image, path)
-    meta.update(filename_or_obj=str(path), original_shape=tuple(int(s) for s in image.shape))
+    shape = meta.get("reduced_from", image.shape)
+    meta.update(filename_or_obj=str(path), original_shape=tuple(int(s) for s in shape))
     return image, meta
 
 
@@ -137,19 +148,32 @@ class LoadCXR(Transform):
         voi: DICOM VOI transformation (``auto``, ``lut``, ``window``, ``none``).
         voi_index: which window / VOI LUT item to use (0 = first).
         allow_lateral: accept lateral DICOM views.
+        min_size: decode DICOM at a reduced resolution whose longer side is at least this
+            (the metadata's ``reduced_from`` tells the letterbox the full grid); None: full.
     """
 
-    def __init__(self, voi: str = "auto", voi_index: int = 0, allow_lateral: bool = False):
+    def __init__(
+        self,
+        voi: str = "auto",
+        voi_index: int = 0,
+        allow_lateral: bool = False,
+        min_size: int | None = None,
+    ):
         self.voi = VOISource.parse(voi)
         self.voi_index = voi_index
         self.allow_lateral = allow_lateral
+        self.min_size = None if min_size is None else int(min_size)
 
     def __call__(self, path: str | os.PathLike | np.ndarray | torch.Tensor) -> MetaTensor:
         """Read ``path``; raise :class:`InputError` (a subclass) for bad input."""
         if not isinstance(path, (str, os.PathLike)):
             return as_cxr_tensor(path)
         image, meta = read_cxr(
-            path, voi=self.voi, voi_index=self.voi_index, allow_lateral=self.allow_lateral
+            path,
+            voi=self.voi,
+            voi_index=self.voi_index,
+            allow_lateral=self.allow_lateral,
+            min_size=self.min_size,
         )
         return to_meta_tensor(image, meta)
 
@@ -163,10 +187,11 @@ class LoadCXRd(MapTransform):
         voi: str = "auto",
         voi_index: int = 0,
         allow_lateral: bool = False,
+        min_size: int | None = None,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadCXR(voi=voi, voi_index=voi_index, allow_lateral=allow_lateral)
+        self.loader = LoadCXR(voi, voi_index, allow_lateral, min_size)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Load every key's file."""

@@ -3,18 +3,23 @@
 from pipeline.transforms.dictionary import (
     BinarizeMaskd,
     CLAHEd,
+    CropLetterboxd,
     Letterboxd,
     ScalePercentilesd,
     TopHatEnhanced,
     Unletterboxd,
+    UnletterboxLabelsd,
 )
 from pipeline.transforms.geometry import (
+    CropLetterbox,
     Letterbox,
     LetterboxParams,
     Unletterbox,
+    UnletterboxLabels,
     letterbox,
     letterbox_params,
     unletterbox,
+    upsample_labels,
 )
 from pipeline.transforms.intensity import (
     CLAHE,
@@ -32,6 +37,8 @@ __all__ = [
     "BinarizeMask",
     "BinarizeMaskd",
     "CLAHEd",
+    "CropLetterbox",
+    "CropLetterboxd",
     "Letterbox",
     "LetterboxParams",
     "Letterboxd",
@@ -40,6 +47,8 @@ __all__ = [
     "TopHatEnhance",
     "TopHatEnhanced",
     "Unletterbox",
+    "UnletterboxLabels",
+    "UnletterboxLabelsd",
     "Unletterboxd",
     "binarize_mask",
     "clahe",
@@ -48,4 +57,5 @@ __all__ = [
     "percentile_scale",
     "tophat_enhance",
     "unletterbox",
+    "upsample_labels",
 ]

@@ -9,7 +9,14 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import ensure_tuple_rep
 
-from pipeline.transforms.geometry import META_KEY, Letterbox, LetterboxParams, Unletterbox
+from pipeline.transforms.geometry import (
+    META_KEY,
+    CropLetterbox,
+    Letterbox,
+    LetterboxParams,
+    Unletterbox,
+    UnletterboxLabels,
+)
 from pipeline.transforms.intensity import CLAHE, BinarizeMask, ScalePercentiles, TopHatEnhance
 
 
@@ -133,4 +140,56 @@ class Unletterboxd(MapTransform):
             params = LetterboxParams.from_meta(d[self.ref_key].meta[META_KEY])
         for key in self.key_iterator(d):
             d[key] = self.transform(d[key], params)
+        return d
+
+
+class CropLetterboxd(MapTransform):
+    """Dictionary wrapper of :class:`~pipeline.transforms.geometry.CropLetterbox`.
+
+    Args:
+        keys: keys to crop (e.g. ``pred``): they stay on the network's scale.
+        ref_key: key whose metadata holds the letterbox parameters (e.g. ``image``).
+    """
+
+    def __init__(self, keys: KeysCollection, ref_key: str = "image", allow_missing_keys=False):
+        super().__init__(keys, allow_missing_keys)
+        self.ref_key, self.transform = ref_key, CropLetterbox()
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Cut the letterbox padding off every key."""
+        d = dict(data)
+        params = LetterboxParams.from_meta(d[self.ref_key].meta[META_KEY])
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key], params)
+        return d
+
+
+class UnletterboxLabelsd(MapTransform):
+    """Dictionary wrapper of :class:`~pipeline.transforms.geometry.UnletterboxLabels`.
+
+    Args:
+        keys: cropped label keys (e.g. ``pred``) to bring to the original grid.
+        prob_key: the cropped foreground probability (edges are thresholded from it).
+        ref_key: key whose metadata holds the letterbox parameters (e.g. ``image``).
+        threshold: the foreground threshold.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        prob_key: str = "prob",
+        ref_key: str = "image",
+        threshold: float = 0.5,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        self.prob_key, self.ref_key = prob_key, ref_key
+        self.transform = UnletterboxLabels(threshold)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Upsample every key's labels onto the original grid."""
+        d = dict(data)
+        params = LetterboxParams.from_meta(d[self.ref_key].meta[META_KEY])
+        for key in self.key_iterator(d):
+            d[key] = self.transform(d[key], d[self.prob_key], params)
         return d

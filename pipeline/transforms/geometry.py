@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812 (the usual PyTorch alias)
 from monai.data import MetaTensor
@@ -20,6 +21,8 @@ from monai.transforms import Transform
 from pipeline.enums import StrEnum
 
 META_KEY = "letterbox"
+#: Metadata key of the full grid of an image decoded at a reduced resolution (the reader's).
+REDUCED_KEY = "reduced_from"
 
 
 class Interpolation(StrEnum):
@@ -94,14 +97,24 @@ def _resize(img: torch.Tensor, shape: tuple[int, int], mode: Interpolation) -> t
 
 
 def letterbox(
-    img: torch.Tensor, size: int | Sequence[int], mode: Interpolation | str = "auto"
+    img: torch.Tensor,
+    size: int | Sequence[int],
+    mode: Interpolation | str = "auto",
+    grid_shape: Sequence[int] | None = None,
 ) -> tuple[torch.Tensor, LetterboxParams]:
     """Resize a ``(C, H, W)`` tensor into ``size`` keeping its aspect ratio, zero-padded.
+
+    Args:
+        img: the image.
+        size: the canvas.
+        mode: interpolation.
+        grid_shape: the pixel grid ``img`` was decoded from at a reduced resolution (the
+            reader's ``reduced_from``): the parameters then map back onto that grid.
 
     Returns:
         The ``(C, *size)`` float tensor and the parameters :func:`unletterbox` needs.
     """
-    params = letterbox_params(img.shape[-2:], size)
+    params = letterbox_params(img.shape[-2:] if grid_shape is None else grid_shape, size)
     resized = _resize(_plain(img), params.resized_shape, Interpolation.parse(mode))
     canvas = resized.new_zeros((img.shape[0], *params.size))
     top, left = params.pad_before
@@ -109,17 +122,109 @@ def letterbox(
     return canvas, params
 
 
+def crop_letterbox(img: torch.Tensor, params: LetterboxParams) -> torch.Tensor:
+    """The part of a ``(C, *size)`` tensor that covers the image (padding cut away)."""
+    if tuple(img.shape[-2:]) != params.size:
+        raise ValueError(f"expected spatial shape {params.size}, got {tuple(img.shape[-2:])}")
+    top, left = params.pad_before
+    return _plain(img)[
+        :, top : top + params.resized_shape[0], left : left + params.resized_shape[1]
+    ]
+
+
 def unletterbox(
     img: torch.Tensor, params: LetterboxParams, mode: Interpolation | str = "bilinear"
 ) -> torch.Tensor:
     """Map a ``(C, *size)`` tensor (probabilities, logits or a mask) back to the original grid."""
-    if tuple(img.shape[-2:]) != params.size:
-        raise ValueError(f"expected spatial shape {params.size}, got {tuple(img.shape[-2:])}")
-    top, left = params.pad_before
-    crop = _plain(img)[
-        :, top : top + params.resized_shape[0], left : left + params.resized_shape[1]
-    ]
-    return _resize(crop, params.original_shape, Interpolation.parse(mode))
+    return _resize(crop_letterbox(img, params), params.original_shape, Interpolation.parse(mode))
+
+
+def resize_to(img: torch.Tensor | np.ndarray, shape: Sequence[int], mode: str = "bilinear") -> Any:
+    """Resize a ``(C, H, W)`` tensor or a ``rows x columns`` array to ``shape``.
+
+    The cropped letterbox (:func:`crop_letterbox`) of a probability map, resized to the
+    original grid bilinearly, is exactly what :func:`unletterbox` gives.
+    """
+    shape = (int(shape[0]), int(shape[1]))
+    if isinstance(img, np.ndarray):
+        out = _resize(torch.from_numpy(np.ascontiguousarray(img))[None], shape, Interpolation(mode))
+        return out[0].numpy()
+    return _resize(_plain(img), shape, Interpolation.parse(mode))
+
+
+def _nearest_index(low: int, high: int) -> np.ndarray:
+    """For each of ``high`` pixel centres, the ``low``-grid pixel it falls in."""
+    return np.minimum((np.arange(high) * 2 + 1) * low // (2 * high), low - 1)
+
+
+def _linear_taps(low: int, high: int, start: int, stop: int) -> tuple[np.ndarray, ...]:
+    """Bilinear taps (``align_corners=False``, as :func:`resize_to`) of fine pixels start:stop."""
+    src = np.maximum((np.arange(start, stop) + 0.5) * (low / high) - 0.5, 0.0)
+    first = np.minimum(src.astype(np.intp), low - 1)
+    return first, np.minimum(first + 1, low - 1), (src - first).astype(np.float32)
+
+
+def _above(prob: np.ndarray, shape: Sequence[int], window: tuple[slice, slice], t: float):
+    """``resize_to(prob, shape) > t`` on a window of the fine grid only (separable bilinear)."""
+    (r0, r1, rw), (c0, c1, cw) = (
+        _linear_taps(n, int(m), w.start, w.stop)
+        for n, m, w in zip(prob.shape, shape, window, strict=True)
+    )
+    cols = prob[:, c0] + (prob[:, c1] - prob[:, c0]) * cw  # coarse rows x fine columns
+    top = cols[r0]
+    return top + (cols[r1] - top) * rw[:, None] > t
+
+
+def _window(near: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[slice, slice]:
+    """The fine-grid rows and columns whose coarse pixels include any of ``near``."""
+    out = []
+    for axis, index in ((1, rows), (0, cols)):
+        hit = np.flatnonzero(near.any(axis=axis))
+        if not hit.size:
+            return slice(0, 0), slice(0, 0)
+        out.append(slice(*np.searchsorted(index, [hit[0], hit[-1] + 1])))
+    return out[0], out[1]
+
+
+def upsample_labels(
+    labels: np.ndarray, prob: np.ndarray, shape: Sequence[int], threshold: float = 0.5
+) -> np.ndarray:
+    """Labels cleaned on a coarse grid, brought to ``shape`` with edges from the probability.
+
+    Components, holes and sides are decided on the coarse grid, where they are cheap; only
+    the final labels are upsampled, once. Inside each labelled region (more than one coarse
+    pixel from its edge) the label is copied; within one coarse pixel of an edge a fine
+    pixel is labelled when the bilinearly upsampled probability exceeds ``threshold``, so
+    the outline is the one thresholding the full-resolution probability gives. Regions the
+    coarse clean-up removed stay removed; holes it filled stay filled.
+
+    Args:
+        labels: ``h x w`` integer labels 0-2 (0 background), aligned with ``prob``.
+        prob: ``h x w`` float probability of the foreground.
+        shape: the fine grid (rows, columns).
+        threshold: the foreground threshold.
+
+    Returns:
+        ``rows x columns`` uint8 labels.
+    """
+    from scipy import ndimage
+
+    fg = labels > 0
+    near = ndimage.binary_dilation(fg)
+    code = np.where(fg, labels, ndimage.grey_dilation(labels, size=3)).astype(np.uint8)
+    code[~near] = 0
+    code[ndimage.binary_erosion(fg)] += 4
+    rows, cols = (
+        _nearest_index(fg.shape[0], int(shape[0])),
+        _nearest_index(fg.shape[1], int(shape[1])),
+    )
+    out = np.zeros((int(shape[0]), int(shape[1])), dtype=np.uint8)
+    window = _window(near, rows, cols)
+    fine = np.take(np.take(code, rows[window[0]], axis=0), cols[window[1]], axis=1)
+    edge = _above(prob.astype(np.float32, copy=False), shape, window, threshold)
+    # code: label (1-2) in the low bits, 4 added inside a region
+    out[window] = (fine & 3) * ((fine >> 2) | edge.view(np.uint8))
+    return out
 
 
 class Letterbox(Transform):
@@ -129,9 +234,13 @@ class Letterbox(Transform):
         self.size, self.mode = _pair(size), Interpolation.parse(mode)
 
     def __call__(self, img: torch.Tensor) -> MetaTensor:
-        """Letterbox ``img``; the parameters go to ``meta["letterbox"]``."""
-        out, params = letterbox(img, self.size, self.mode)
+        """Letterbox ``img``; the parameters go to ``meta["letterbox"]``.
+
+        An image decoded at a reduced resolution (``meta["reduced_from"]``) is letterboxed
+        as if it had its full grid, so predictions map back onto the file's own pixels.
+        """
         meta = dict(img.meta) if isinstance(img, MetaTensor) else {}
+        out, params = letterbox(img, self.size, self.mode, meta.get(REDUCED_KEY))
         meta[META_KEY] = params.to_meta()
         meta["spatial_shape"] = list(params.size)
         return MetaTensor(out, meta=meta)
@@ -158,3 +267,40 @@ class Unletterbox(Transform):
             meta["spatial_shape"] = list(params.original_shape)
             return MetaTensor(out, meta=meta)
         return out
+
+
+def _params_of(img: torch.Tensor, params: LetterboxParams | None) -> LetterboxParams:
+    if params is not None:
+        return params
+    meta = getattr(img, "meta", {})
+    if META_KEY not in meta:
+        raise ValueError("no letterbox parameters: pass params or a MetaTensor from Letterbox")
+    return LetterboxParams.from_meta(meta[META_KEY])
+
+
+class CropLetterbox(Transform):
+    """MONAI transform for :func:`crop_letterbox`: the image's part of the canvas, unresized."""
+
+    def __call__(self, img: torch.Tensor, params: LetterboxParams | None = None) -> torch.Tensor:
+        """Cut the padding of ``img`` away (parameters: ``params``, else ``img.meta``)."""
+        return crop_letterbox(img, _params_of(img, params))
+
+
+class UnletterboxLabels(Transform):
+    """MONAI transform for :func:`upsample_labels`: cropped-letterbox labels → original grid.
+
+    Args:
+        threshold: the foreground threshold of the probability.
+    """
+
+    def __init__(self, threshold: float = 0.5):
+        self.threshold = float(threshold)
+
+    def __call__(
+        self, labels: torch.Tensor, prob: torch.Tensor, params: LetterboxParams
+    ) -> torch.Tensor:
+        """``(1, h, w)`` labels and probability (cropped) → ``(1, rows, columns)`` uint8."""
+        lab = np.asarray(_plain(labels)[0].cpu(), dtype=np.uint8)
+        p = np.asarray(_plain(prob)[0].cpu(), dtype=np.float32)
+        out = upsample_labels(lab, p, params.original_shape, self.threshold)
+        return torch.from_numpy(out)[None]

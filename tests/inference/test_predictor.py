@@ -113,3 +113,57 @@ def test_a_missing_checkpoint_is_named(tmp_path):
     shutil.copytree(BUNDLE / "configs", copy / "configs")
     with pytest.raises(FileNotFoundError, match=r"model\.pt"):
         Predictor(copy, device="cpu")
+
+
+#: The post-processing on the original grid (0.3.0's): the reference for the coarse one.
+FULL_RESOLUTION_POSTPROCESSING = [
+    {"_target_": "Activationsd", "keys": "pred", "sigmoid": True},
+    {"_target_": "pipeline.transforms.Unletterboxd", "keys": "pred", "ref_key": "image"},
+    {"_target_": "CopyItemsd", "keys": "pred", "names": "prob"},
+    {"_target_": "AsDiscreted", "keys": "pred", "threshold": "@threshold"},
+    {
+        "_target_": "KeepLargestConnectedComponentd",
+        "keys": "pred",
+        "applied_labels": [1],
+        "is_onehot": False,
+        "num_components": "@lung_components",
+    },
+    {"_target_": "FillHolesd", "keys": "pred", "applied_labels": [1]},
+    {"_target_": "pipeline.inference.lungs.LungSidesd", "keys": "pred", "ref_key": "image"},
+    {"_target_": "CopyItemsd", "keys": "pred", "names": "lungs_lowres"},
+]
+
+
+@pytest.fixture(scope="module")
+def full_resolution_model() -> Predictor:
+    """The shipped model decoding every pixel and post-processing on the original grid."""
+    overrides = {
+        "decode_min_size": None,
+        "postprocessing#transforms": FULL_RESOLUTION_POSTPROCESSING,
+    }
+    return Predictor(device="cpu", overrides=overrides)
+
+
+def test_coarse_post_processing_and_reduced_decoding_keep_the_masks(
+    shipped_model, full_resolution_model, held_out, tmp_path
+):
+    from PIL import Image
+
+    from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
+
+    pixels = load_png(Path(held_out[0]["image"]))
+    big = np.asarray(Image.fromarray(pixels).resize((1800, 2048), Image.Resampling.BICUBIC))
+    files = {
+        "512 uncompressed": build_dicom(pixels, DicomVariant.MONO2_16BIT),
+        "2048 x 1800 JPEG 2000": build_dicom(big, DicomVariant.JPEG2000, spacing_mm=0.17),
+    }
+    for name, ds in files.items():
+        path = write_dicom(ds, tmp_path / f"{name}.dcm")
+        fast = next(shipped_model.predict_from_files([path]))
+        full = next(full_resolution_model.predict_from_files([path]))
+        assert fast.mask.shape == full.mask.shape == ds.pixel_array.shape
+        assert dice(fast.mask, full.mask) >= (1.0 if name.startswith("512") else 0.999), name
+        assert dice(fast.measures.right, full.measures.right) >= 0.999
+        assert fast.measures.components == full.measures.components == 2
+        assert abs(fast.measures.confidence - full.measures.confidence) < 0.01
+        assert fast.probability.shape == fast.mask.shape

@@ -83,3 +83,60 @@ def test_transforms_carry_params_in_metadata(tmp_path, data_dir, lung_mask):
     assert Unletterbox()(boxed).shape == (1, 64, 32)
     with pytest.raises(ValueError, match="no letterbox parameters"):
         Unletterbox()(torch.zeros(1, 128, 128))
+
+
+def _coarse(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A smooth 'probability' of ``mask`` on a coarser grid (area average, as the network sees)."""
+    from pipeline.transforms.geometry import resize_to
+
+    return resize_to(mask.astype(np.float32), shape, "area")
+
+
+def test_upsampled_labels_have_the_edges_of_the_full_resolution_threshold(lung_mask):
+    from pipeline.inference.lungs import split_lungs
+    from pipeline.transforms.geometry import resize_to, upsample_labels
+
+    for coarse_shape in ((128, 100), (97, 76)):  # an integer and a non-integer scale
+        prob = _coarse(lung_mask, coarse_shape)
+        right, left, _ = split_lungs(prob > 0.5)
+        labels = right.astype(np.uint8) + 2 * left.astype(np.uint8)
+        fine = upsample_labels(labels, prob, lung_mask.shape)
+        full = resize_to(prob, lung_mask.shape) > 0.5
+        np.testing.assert_array_equal(fine > 0, full)
+        f_right, f_left, _ = split_lungs(full)
+        np.testing.assert_array_equal(fine == 1, f_right)
+        np.testing.assert_array_equal(fine == 2, f_left)
+
+
+def test_upsampled_labels_keep_what_the_coarse_clean_up_decided(lung_mask):
+    from pipeline.transforms.geometry import resize_to, upsample_labels
+
+    prob = _coarse(lung_mask, (128, 100))
+    labels = (prob > 0.5).astype(np.uint8)
+    prob[5:12, 5:12] = 0.9  # a blob the clean-up removed (not in labels)
+    rows, cols = np.nonzero(labels)
+    r, c = rows[len(rows) // 2], cols[len(cols) // 2]
+    prob[r - 2 : r + 3, c - 2 : c + 3] = 0.1  # a hole the clean-up filled (still in labels)
+    fine = upsample_labels(labels, prob, lung_mask.shape)
+    assert not fine[20:48, 20:48].any()
+    assert fine[4 * r - 8 : 4 * r + 12, 4 * c - 8 : 4 * c + 12].all()
+    # elsewhere the outline is the full-resolution threshold's
+    full = resize_to(prob, lung_mask.shape) > 0.5
+    assert (fine.astype(bool) != full).sum() == (full[20:48, 20:48]).sum() + (
+        ~full[4 * r - 8 : 4 * r + 12, 4 * c - 8 : 4 * c + 12]
+    ).sum()
+
+
+def test_letterbox_of_a_reduced_image_maps_back_to_its_full_grid():
+    image = MetaTensor(torch.rand(1, 150, 100), meta={"reduced_from": (600, 400)})
+    out = Letterbox(64)(image)
+    params = LetterboxParams.from_meta(out.meta["letterbox"])
+    assert params.original_shape == (600, 400) and params.resized_shape == (64, 43)
+    assert tuple(Unletterbox()(out).shape) == (1, 600, 400)
+
+
+def test_upsampling_no_labels_gives_an_empty_grid():
+    from pipeline.transforms.geometry import upsample_labels
+
+    out = upsample_labels(np.zeros((64, 50), np.uint8), np.zeros((64, 50), np.float32), (301, 250))
+    assert out.shape == (301, 250) and not out.any()
