@@ -9,7 +9,7 @@ LUNGSEG_DATA ?= $(abspath ../shared/data/montgomery-shenzhen)
 DEMO_OUT ?= outputs/demo
 export LUNGSEG_DATA
 
-.PHONY: install demo test test-fast test-deps lint format clean
+.PHONY: install demo test test-fast test-deps deploy-env lint format clean
 
 install: $(STAMP)
 
@@ -28,12 +28,24 @@ demo: install
 test: install
 	$(BIN)/python -m pytest
 
+# The MONAI Deploy application's environment (tests/deploy): its own venv, because the SDK's
+# monai.deploy package makes every `import monai` ~2 s slower wherever it is installed.
+DEPLOY_VENV := .venv-deploy
+deploy-env: $(DEPLOY_VENV)/.lungseg-installed
+
+$(DEPLOY_VENV)/.lungseg-installed: setup.cfg pyproject.toml
+	test -x $(DEPLOY_VENV)/bin/python || $(PYTHON) -m venv $(DEPLOY_VENV)
+	$(DEPLOY_VENV)/bin/python -m pip install -q --upgrade pip
+	$(DEPLOY_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(DEPLOY_VENV)/bin/python -m pip install -q -e ".[deploy]"
+	touch $@
+
 # Debian tools the tests run against: dciodvfy (dicom3tools), storescp/storescu/echoscu (dcmtk),
 # chromium (the viewer's browser test, driven by Playwright; no browser is downloaded),
 # Orthanc with its DICOMweb plugin (the PACS of the node tests, started by the tests).
 # CI runs this before `make test`.
 SYSTEM_DEPS := dicom3tools dcmtk chromium orthanc orthanc-dicomweb
-test-deps:
+test-deps: deploy-env
 	{ command -v dciodvfy && command -v storescp && command -v chromium && command -v Orthanc \
 		&& test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so; } >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get install -y -q $(SYSTEM_DEPS) || \
@@ -52,4 +64,4 @@ format: install
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) outputs .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(DEPLOY_VENV) outputs .pytest_cache .ruff_cache

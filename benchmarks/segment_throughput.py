@@ -1,15 +1,20 @@
-"""Batch segmentation throughput and memory: ``lungseg segment`` end to end.
+"""Batch segmentation throughput and memory: ``lungseg segment`` against a hand-written loop.
 
-Builds DICOM folders from the shared images — 512x512 uncompressed (16-bit) and 2048x2048
-JPEG 2000 (the 512x512 images upsampled) — with N files each, runs ``lungseg segment`` on
-each folder in a child process while sampling the memory of its whole process tree (PSS:
-shared pages counted once), and compares the end-to-end rate with the network's forward
-pass alone at the same batch size. ``summary.json`` gives the time per stage.
+Builds DICOM folders from the shared images in the encodings hospitals send (512² 16-bit
+uncompressed, 2048² 12-bit JPEG 2000, 3000 x 2500 16-bit uncompressed, 2048² JPEG
+Lossless SV1 and HTJ2K), N files each, and for each folder, in one run:
 
-    .venv/bin/python benchmarks/segment_throughput.py [--counts 100 1000] [--sizes 512 2048]
+- ``lungseg segment`` (default outputs: SEG, mask, overlay) as a child process, timed whole
+  (start-up included), its steady-state rate from ``summary.json``, the time per stage,
+  and the peak memory of its whole process tree (PSS: shared pages counted once);
+- the hand-written loop of ``benchmarks/handwritten_loop.py`` (pydicom + LUTs, resize,
+  TorchScript at batch 1, mask PNG), as a whole process too;
+- the network's forward pass alone at the same batch size (the shipped ensemble).
+
+    .venv/bin/python benchmarks/segment_throughput.py [--inputs 512 2048-j2k ...] [--counts 100]
 
 For N above the number of distinct files built (``--distinct``, default 100), the folder
-holds copies in sub-folders: decoding costs the same, the SOP UIDs repeat. Prints a
+holds hard links in sub-folders: decoding costs the same, the SOP UIDs repeat. Prints a
 Markdown table; ``--out`` also writes it as JSON. Runs unchanged on CUDA (``--device``).
 """
 
@@ -28,27 +33,35 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("decode", "preprocess", "forward", "postprocess", "seg_encode", "write")
+#: Benchmark inputs: name -> (rows, columns, DicomVariant value, description).
+INPUTS = {
+    "512": (512, 512, "mono2-16bit", "512² 16-bit uncompressed"),
+    "2048-j2k": (2048, 2048, "jpeg2000", "2048² 12-bit JPEG 2000 lossless"),
+    "3000x2500": (3000, 2500, "mono2-16bit", "3000 x 2500 16-bit uncompressed"),
+    "2048-jpeg-lossless": (2048, 2048, "jpeg-lossless", "2048² 12-bit JPEG Lossless SV1"),
+    "2048-htj2k": (2048, 2048, "htj2k", "2048² 16-bit HTJ2K lossless"),
+}
 
 
-def build_folder(size: int, count: int, distinct: int, work: Path) -> Path:
-    """A folder of ``count`` DICOM files at ``size``² (cached under ``work``)."""
+def build_folder(name: str, count: int, distinct: int, work: Path) -> Path:
+    """A folder of ``count`` DICOM files of input ``name`` (cached under ``work``)."""
     from PIL import Image
 
-    from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
+    from pipeline.io.convert import build_dicom, write_dicom
     from pipeline.io.datasets import default_data_dir, list_cases
 
-    variant = DicomVariant.MONO2_16BIT if size <= 512 else DicomVariant.JPEG2000
-    base = work / f"base-{size}"
+    rows, cols, variant, _ = INPUTS[name]
+    base = work / f"base-{name}"
     cases = list_cases(default_data_dir())[:distinct]
     if len(list(base.glob("*.dcm"))) < len(cases):
         for case in cases:
             with Image.open(case.image) as img:
-                pixels = np.asarray(img.convert("L").resize((size, size), Image.Resampling.BICUBIC))
+                big = img.convert("L").resize((cols, rows), Image.Resampling.BICUBIC)
             ds = build_dicom(
-                pixels, variant, name=f"{case.name}-{size}", spacing_mm=0.7 * 512 / size
+                np.asarray(big), variant, name=f"{case.name}-{name}", spacing_mm=0.7 * 512 / rows
             )
             write_dicom(ds, base / f"{Path(case.name).stem}.dcm")
-    folder = work / f"dicom-{size}-{count}"
+    folder = work / f"dicom-{name}-{count}"
     if len(list(folder.rglob("*.dcm"))) != count:
         files = sorted(base.glob("*.dcm"))
         for i in range(count):
@@ -125,28 +138,50 @@ def forward_only(folder: Path, args: argparse.Namespace) -> float:
     return reps * args.batch_size / (time.perf_counter() - start)
 
 
-def naive_loop(folder: Path, out: Path, args: argparse.Namespace, limit: int = 100) -> float:
-    """The baseline: one file at a time, one process, same model and outputs; images/s."""
-    from pipeline.enums import OutputFormat
-    from pipeline.inference.outputs import Context, write_outputs
-    from pipeline.inference.predictor import Predictor
+def handwritten_loop(folder: Path, out: Path, limit: int = 100) -> float:
+    """The hand-written loop as a whole process (imports included); images/s."""
+    from pipeline.inference.bundle import BUNDLE
 
-    model = Predictor(device=args.device)
-    formats = tuple(OutputFormat.parse(f) for f in ("seg", "mask", "overlay"))
-    ctx = Context(out, formats, model.identity, "20260101000000")
-    files = sorted(folder.rglob("*.dcm"))[:limit]
+    files = [str(p) for p in sorted(folder.rglob("*.dcm"))[:limit]]
+    script = ROOT / "benchmarks" / "handwritten_loop.py"
+    cmd = [sys.executable, str(script), str(Path(BUNDLE) / "models" / "model.ts"), str(out)]
     start = time.perf_counter()
-    for path in files:
-        pred = next(model.predict_from_files([path], 1, keep_image=True))
-        write_outputs(path, path.relative_to(folder), pred, pred.image, ctx)
+    subprocess.run([*cmd, *files], check=True, capture_output=True)
     return len(files) / (time.perf_counter() - start)
+
+
+def measure(name: str, count: int, args: argparse.Namespace) -> dict:
+    """One row: ``lungseg segment``, the loop and the forward pass on one folder."""
+    folder = build_folder(name, count, args.distinct, args.work)
+    summary = run_segment(folder, args.work / f"out-{name}-{count}", args)
+    run = summary["this_run"]
+    loop = handwritten_loop(folder, args.work / "loop") if count <= 100 else None
+    forward = forward_only(folder, args)
+    per_image = {s: 1000 * run["stage_seconds"][s] / count for s in STAGES}
+    return {
+        "input": name,
+        "count": count,
+        "device": summary["device"],
+        "whole_process": count / summary["wall_seconds"],
+        "steady_state": run["images_per_second"],
+        "handwritten_loop": loop,
+        "forward_only": forward,
+        "steady_vs_forward": run["images_per_second"] / forward,
+        "whole_vs_loop": None if loop is None else count / summary["wall_seconds"] / loop,
+        "outside_network_ms": sum(v for k, v in per_image.items() if k != "forward"),
+        "stage_ms_per_image": per_image,
+        "peak_pss_mib": summary["peak_pss_mib"],
+        "peak_main_mib": summary["peak_main_mib"],
+        "peak_workers_mib": summary["peak_workers_mib"],
+        "counts": summary["counts"],
+    }
 
 
 def main() -> None:
     """Build the folders, run the benchmark, print and save the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 2048])
-    parser.add_argument("--counts", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
+    parser.add_argument("--counts", type=int, nargs="+", default=[100])
     parser.add_argument("--distinct", type=int, default=100)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -156,32 +191,9 @@ def main() -> None:
     args = parser.parse_args()
 
     results = []
-    for size in args.sizes:
+    for name in args.inputs:
         for count in args.counts:
-            folder = build_folder(size, count, args.distinct, args.work)
-            summary = run_segment(folder, args.work / f"out-{size}-{count}", args)
-            forward = forward_only(folder, args)
-            naive = (
-                naive_loop(folder, args.work / "naive", args) if count == min(args.counts) else None
-            )
-            run = summary["this_run"]
-            per_image = {s: 1000 * run["stage_seconds"][s] / count for s in STAGES}
-            results.append(
-                {
-                    "size": size,
-                    "count": count,
-                    "device": summary["device"],
-                    "end_to_end": run["images_per_second"],
-                    "forward_only": forward,
-                    "ratio": run["images_per_second"] / forward,
-                    "naive_loop": naive,
-                    "stage_ms_per_image": per_image,
-                    "peak_pss_mib": summary["peak_pss_mib"],
-                    "peak_main_mib": summary["peak_main_mib"],
-                    "peak_workers_mib": summary["peak_workers_mib"],
-                    "counts": summary["counts"],
-                }
-            )
+            results.append(measure(name, count, args))
             print(json.dumps(results[-1]), flush=True)
     print(table(results, args))
     if args.out:
@@ -194,21 +206,23 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
     head = (
         f"Device: {device}, {os.cpu_count()} CPU cores, batch {args.batch_size}, "
         f"{args.workers} workers; formats seg, mask, overlay.\n\n"
-        "| input | N | end to end (img/s) | naive loop (img/s) | forward only (img/s) | ratio | "
+        "| input | N | whole process (img/s) | steady state (img/s) | hand-written loop, "
+        "whole process (img/s) | forward only (img/s) | steady / forward | whole / loop | "
+        "outside the network (ms/img) | "
         + " | ".join(f"{s} (ms/img)" for s in STAGES)
-        + " | peak memory (MiB) | main / workers (MiB) |\n|"
-        + "---|" * (8 + len(STAGES))
+        + " | peak memory (MiB) |\n|"
+        + "---|" * (10 + len(STAGES))
     )
     rows = []
     for r in results:
-        kind = "512² uncompressed" if r["size"] <= 512 else f"{r['size']}² JPEG 2000"
         stages = " | ".join(f"{r['stage_ms_per_image'][s]:.1f}" for s in STAGES)
+        loop = "-" if r["handwritten_loop"] is None else f"{r['handwritten_loop']:.2f}"
+        ratio = "-" if r["whole_vs_loop"] is None else f"{r['whole_vs_loop']:.2f}"
         rows.append(
-            f"| {kind} | {r['count']} | {r['end_to_end']:.2f} | "
-            f"{'-' if r['naive_loop'] is None else format(r['naive_loop'], '.2f')} | "
-            f"{r['forward_only']:.1f} | "
-            f"{r['ratio']:.2f} | {stages} | {r['peak_pss_mib']:.0f} | "
-            f"{r['peak_main_mib']:.0f} / {r['peak_workers_mib']:.0f} |"
+            f"| {INPUTS[r['input']][3]} | {r['count']} | {r['whole_process']:.2f} | "
+            f"{r['steady_state']:.2f} | {loop} | {r['forward_only']:.1f} | "
+            f"{r['steady_vs_forward']:.2f} | {ratio} | {r['outside_network_ms']:.0f} | "
+            f"{stages} | {r['peak_pss_mib']:.0f} |"
         )
     return "\n".join([head, *rows])
 

@@ -41,6 +41,7 @@ NOT_PIXELS = frozenset(
         "device",
         "amp",
         "batch_size",
+        "cpu_micro_batch",
         "num_workers",
         "dataset",
         "dataloader",

@@ -63,6 +63,12 @@ class Prediction:
         return resize_to(self.coarse_probability, self.mask.shape).astype(np.float32)
 
 
+def _plain_tensor(image: Any) -> torch.Tensor:
+    if isinstance(image, np.ndarray):
+        return torch.from_numpy(image)
+    return image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
+
+
 def _spacing(meta: dict[str, Any]) -> tuple[float, float]:
     return tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
 
@@ -102,6 +108,7 @@ class Predictor:
         self.postprocessing = parser.get_parsed_content("postprocessing")
         self.device = parser.get_parsed_content("device")
         self.inferer = parser.get_parsed_content("inferer")
+        self.micro_batch = int(parser.get("cpu_micro_batch", 0) or 0)
         self.network = parser.get_parsed_content("network") if network else None
 
     @functools.cached_property
@@ -125,16 +132,27 @@ class Predictor:
         return self.preprocessing(dict(loaded))
 
     @torch.inference_mode()
-    def forward(self, images: Sequence[torch.Tensor]) -> torch.Tensor:
+    def forward(self, images: Sequence[torch.Tensor | np.ndarray]) -> torch.Tensor:
         """Logits of preprocessed ``(1, H, W)`` images, as one batch, returned on the CPU.
+
+        The batch is a plain tensor: a MetaTensor would route every operation of the
+        network through its metadata handling. On the CPU the network sees
+        ``cpu_micro_batch`` images at a time (the bundle's setting): larger batches' feature
+        maps exceed what malloc keeps between calls, and each forward pass then spends a
+        third of its time faulting fresh pages in (measured on res_unet at 256²).
 
         Raises:
             RuntimeError: the predictor was built without its network.
         """
         if self.network is None:
             raise RuntimeError("this Predictor was built with network=False")
-        batch = torch.stack([torch.as_tensor(img) for img in images]).to(self.device)
-        return self.inferer(batch, self.network).float().cpu()
+        batch = torch.stack([_plain_tensor(img) for img in images]).to(self.device)
+        step = (
+            self.micro_batch if self.device.type == "cpu" and self.micro_batch > 0 else len(batch)
+        )
+        return torch.cat(
+            [self.inferer(part, self.network).float().cpu() for part in batch.split(step)]
+        )
 
     def postprocess(self, item: dict[str, Any], logits: torch.Tensor) -> Prediction:
         """The bundle's post-processing and the lung measures of one image's logits.

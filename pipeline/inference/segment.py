@@ -30,8 +30,10 @@ from pipeline.inference.workers import (
     decode_in_worker,
     finish_in_worker,
     init_worker,
-    release_memory,
+    keep_freed_memory,
     safe_finish,
+    share_with_forked_workers,
+    to_wire,
 )
 from pipeline.io.discovery import InputFile, iter_inputs
 
@@ -221,7 +223,6 @@ class Segmenter:
                 while len(pending) > 2 * self.batch_size:  # bounded: memory stays flat
                     self._record(*pending.pop(0))
                     bar.update()
-                release_memory()
             for job, future in pending:
                 self._record(job, future)
                 bar.update()
@@ -236,6 +237,10 @@ class Segmenter:
         import torch
 
         method = "spawn" if torch.cuda.is_initialized() else "fork"
+        if method == "fork":  # workers inherit what is imported and built here
+            share_with_forked_workers(self.model)
+            if OutputFormat.SEG in self.formats:
+                import highdicom  # noqa: F401 (imported once here, not in every worker)
         return ProcessPoolExecutor(
             self.workers,
             mp_context=multiprocessing.get_context(method),
@@ -302,6 +307,7 @@ class Segmenter:
             self.summary.add("preprocess", decoded["preprocess"])
             args = (job.file.path, job.file.relative, decoded, self.context)
             if isinstance(pool, ProcessPoolExecutor):
+                args = (job.file.path, job.file.relative, to_wire(decoded), self.context)
                 return _timed(pool.submit(finish_in_worker, *args), decoded["start"])
             return _timed(pool.submit(safe_finish, *args, self.model), decoded["start"])
         return _timed(done, decoded["start"])
@@ -426,6 +432,7 @@ def segment(
     tag = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
     journal = Journal(out, header, overwrite, tag)
     threads = _share_cores(workers)
+    keep_freed_memory()  # the forward passes reuse their pages (see its docstring)
     segmenter = Segmenter(model, out, formats, journal, batch_size, workers, progress, tb_model)
     try:
         run = segmenter.run(jobs)

@@ -33,6 +33,7 @@ def _expected(variant: DicomVariant, p: np.ndarray) -> np.ndarray:
     if variant in (
         DicomVariant.RESCALE_12BIT,
         DicomVariant.JPEG2000,
+        DicomVariant.JPEG_LOSSLESS,
         DicomVariant.DX_MONO1_INVERSE,
     ):
         return p * 16 / 4095  # 12-bit values scaled by the 12-bit range

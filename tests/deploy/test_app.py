@@ -1,0 +1,90 @@
+"""The MONAI Deploy application: the SDK's loader and selector, lungseg's SEG.
+
+Runs ``python -m pipeline.deploy -i DIR -o OUT`` in the environment that has the SDK
+(``make deploy-env`` builds ``.venv-deploy``; ``LUNGSEG_DEPLOY_PYTHON`` overrides) — the
+Holoscan graph on the CPU — on DICOM built at test time, and checks that each SEG is the
+one ``lungseg segment`` writes for the same file.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
+from pipeline.training.data import load_split
+from tests.conftest import load_png
+
+ROOT = Path(__file__).resolve().parents[2]
+RADIOGRAPHS = {
+    "cr-mono1.dcm": DicomVariant.MONO1_WINDOW,
+    "dx-inverse.dcm": DicomVariant.DX_MONO1_INVERSE,
+    "cr-j2k.dcm": DicomVariant.JPEG2000,
+    "cr-voilut.dcm": DicomVariant.VOI_LUT,
+}
+
+
+@pytest.fixture(scope="module")
+def deploy_python() -> str:
+    """The Python of the environment with monai-deploy-app-sdk (fails in CI when absent)."""
+    python = os.environ.get("LUNGSEG_DEPLOY_PYTHON") or str(ROOT / ".venv-deploy/bin/python")
+    if not Path(python).exists():
+        message = f"no MONAI Deploy environment at {python}; run make deploy-env"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return python
+
+
+@pytest.fixture(scope="module")
+def study_folder(tmp_path_factory, data_dir) -> Path:
+    """Four frontal radiographs (CR and DX, four encodings), a lateral and an SR object."""
+    folder = tmp_path_factory.mktemp("deploy-in")
+    cases = load_split(data_dir, "test", len(RADIOGRAPHS) + 1)
+    for (name, variant), case in zip(RADIOGRAPHS.items(), cases, strict=False):
+        pixels = load_png(Path(case["image"]))
+        write_dicom(build_dicom(pixels, variant, name=name, spacing_mm=0.4), folder / name)
+    lateral = build_dicom(load_png(Path(cases[-1]["image"])), name="lateral")
+    lateral.ViewPosition = "LL"
+    write_dicom(lateral, folder / "lateral.dcm")
+    sr = build_dicom(np.zeros((4, 4), np.uint8), name="sr")
+    for keyword in [e.keyword for e in sr if e.tag.group == 0x0028] + ["PixelData"]:
+        delattr(sr, keyword)
+    sr.SOPClassUID, sr.Modality = "1.2.840.10008.5.1.4.1.1.88.33", "SR"
+    write_dicom(sr, folder / "sr.dcm")
+    return folder
+
+
+@pytest.mark.slow
+def test_deploy_app_writes_the_seg_lungseg_segment_writes(deploy_python, study_folder, tmp_path):
+    from pipeline.inference.segment import segment
+
+    segment([study_folder], tmp_path / "segment", progress=False, workers=0)
+    out = tmp_path / "deploy"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    run = subprocess.run(
+        [deploy_python, "-m", "pipeline.deploy", "-i", str(study_folder), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "lateral.dcm: skipped: lateral view" in run.stdout + run.stderr
+    written = {pydicom.dcmread(p).SOPInstanceUID: p for p in out.glob("*.dcm")}
+    assert len(written) == len(RADIOGRAPHS)  # the lateral and the SR are not segmented
+    for name in RADIOGRAPHS:
+        source = pydicom.dcmread(study_folder / name, stop_before_pixels=True)
+        ours = pydicom.dcmread(tmp_path / "segment" / "seg" / name)
+        theirs = pydicom.dcmread(out / f"{source.SOPInstanceUID}.dcm")
+        assert theirs.SOPInstanceUID == ours.SOPInstanceUID, name
+        np.testing.assert_array_equal(theirs.pixel_array, ours.pixel_array)
+        ref = theirs.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
+        assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert [s.SegmentLabel for s in theirs.SegmentSequence] == ["Right lung", "Left lung"]
