@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.enums import OutputFormat, Status
-from pipeline.inference.outputs import Context, output_path, row
+from pipeline.inference.outputs import Context, load_standard_tables, output_path, row
 from pipeline.inference.predictor import Predictor
 from pipeline.inference.report import Journal, write_reports, write_summary
 from pipeline.inference.workers import (
@@ -239,8 +239,8 @@ class Segmenter:
         method = "spawn" if torch.cuda.is_initialized() else "fork"
         if method == "fork":  # workers inherit what is imported and built here
             share_with_forked_workers(self.model)
-            if OutputFormat.SEG in self.formats:
-                import highdicom  # noqa: F401 (imported once here, not in every worker)
+            if OutputFormat.SEG in self.formats:  # loaded once here, not in every worker
+                load_standard_tables()
         return ProcessPoolExecutor(
             self.workers,
             mp_context=multiprocessing.get_context(method),

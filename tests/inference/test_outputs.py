@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pydicom
 import pytest
@@ -86,3 +88,64 @@ def test_the_objects_are_valid_dicom(objects, tmp_path):
         again = pydicom.dcmread(tmp_path / name)
         assert again.SOPInstanceUID == ds.SOPInstanceUID
     assert np.asarray(seg.pixel_array).any()
+
+
+def _sources(case_pixels) -> list:
+    """Sources that differ in every way a SEG copies or depends on."""
+    sources = []
+    variants = [
+        DicomVariant.MONO2_16BIT,
+        DicomVariant.MONO1_WINDOW,
+        DicomVariant.DX_MONO1_INVERSE,  # another SOP class
+        DicomVariant.JPEG_BASELINE,  # lossy: Lossy Image Compression 01
+        DicomVariant.RGB,  # secondary capture
+        DicomVariant.MONO2_16BIT,
+    ]
+    for i, (variant, (name, pixels)) in enumerate(
+        zip(variants, [*case_pixels.items(), *case_pixels.items()], strict=False)
+    ):
+        ds = build_dicom(pixels if i != 5 else pixels[:, :400], variant, name=f"{name}{i}")
+        ds.PatientName, ds.PatientBirthDate, ds.AccessionNumber = (
+            f"Case^{i}",
+            f"19{50 + i}0101",
+            f"A{i}",
+        )
+        ds.InstanceNumber = 10 + i
+        if i % 2:
+            ds.StudyDescription, ds.PatientAge = "CHEST PA", f"0{40 + i}Y"
+        if i == 2:
+            del ds.StudyID  # Type 2 absent from the source
+        if i == 3:
+            ds.PatientOrientation = ["R", "F"]
+        del ds.PixelData
+        sources.extend([ds, copy.deepcopy(ds)])  # each kind twice: the second from a template
+        other = sources[-1]
+        other.PatientName, other.SOPInstanceUID = f"Other^{i}", f"1.2.3.{i}"
+        other.SeriesInstanceUID, other.StudyInstanceUID = f"1.2.4.{i}", f"1.2.5.{i}"
+        other.InstanceNumber = 100 + i
+    return sources
+
+
+def test_seg_from_a_template_is_byte_for_byte_highdicoms(case_pixels, case_masks, shipped_model):
+    from pipeline.inference.lungs import measure
+    from pipeline.inference.outputs import (
+        SegTemplates,
+        _complete_type2,
+        build_seg,
+        encode_dicom,
+        pin_dates,
+        seg_uids,
+    )
+
+    templates, algorithm = SegTemplates(), shipped_model.identity.algorithm()
+    masks = [*case_masks.values(), *case_masks.values()]
+    for i, source in enumerate(_sources(case_pixels)):
+        mask = masks[i // 2][:, : source.Columns]
+        m = measure(mask, mask.astype(np.float32), str(source.PatientOrientation))
+        uids = seg_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), "digest")
+        ours = templates.build(source, m, uids, algorithm)
+        theirs = build_seg(_complete_type2(source), m, uids, algorithm)
+        for seg in (ours, theirs):
+            pin_dates(seg, "20260102030405")
+        assert encode_dicom(ours) == encode_dicom(theirs), (i, source.PatientName)
+    assert len(templates._templates) < len(_sources(case_pixels))  # templates were used
