@@ -9,6 +9,7 @@ the usual way for a PA/AP chest film: the patient's right lung on the image's le
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
@@ -41,15 +42,15 @@ class LungMeasures:
     spacing: tuple[float, float] = (math.nan, math.nan)
     flags: list[QAFlag] = field(default_factory=list)
 
-    @property
+    @functools.cached_property
     def right_px(self) -> int:
         """Right lung area in pixels."""
-        return int(self.right.sum())
+        return int(np.count_nonzero(self.right))
 
-    @property
+    @functools.cached_property
     def left_px(self) -> int:
         """Left lung area in pixels."""
-        return int(self.left.sum())
+        return int(np.count_nonzero(self.left))
 
     def mm2(self, pixels: int) -> float:
         """An area in mm² from the pixel spacing (NaN when the spacing is unknown)."""
