@@ -29,6 +29,7 @@ KINDS = {
     "2048² 12-bit JPEG 2000": (2048, 2048, "jpeg2000"),
     "2048² 16-bit HTJ2K": (2048, 2048, "htj2k"),
     "3000 x 2500 16-bit uncompressed": (3000, 2500, "mono2-16bit"),
+    "3000 x 2500 12-bit JPEG 2000": (3000, 2500, "jpeg2000"),
     "2048² 12-bit JPEG Lossless SV1": (2048, 2048, "jpeg-lossless"),
 }
 
@@ -57,6 +58,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--max-cases", type=int, default=90)
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     fast = Predictor(device="cpu")
@@ -64,7 +66,8 @@ def main() -> None:
     cases = load_split(default_data_dir(), "test", args.max_cases)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for kind, (rows, cols, variant) in KINDS.items():
+        for kind in args.kinds:
+            rows, cols, variant = KINDS[kind]
             scores = []
             for case in cases:
                 with Image.open(case["image"]) as img:

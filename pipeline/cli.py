@@ -655,7 +655,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     seg.add_argument(
-        "--formats", default="seg,mask,overlay", help="comma-separated: seg, mask, overlay, nifti"
+        "--formats",
+        default="seg,mask,overlay",
+        help="comma-separated: seg, mask, overlay, nifti, sr (TID 1500 areas; with seg)",
     )
     seg.add_argument("--bundle", type=Path, help="bundle folder (default: the shipped one)")
     seg.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")

@@ -90,6 +90,7 @@ class OutputFormat(StrEnum):
     MASK = "mask"
     OVERLAY = "overlay"
     NIFTI = "nifti"
+    SR = "sr"  # TID 1500 lung areas referencing the SEG (needs seg and a pixel spacing)
 
 
 class QAFlag(StrEnum):

@@ -43,6 +43,7 @@ LAYOUT = {
     OutputFormat.OVERLAY: ("overlays", ".png"),
     OutputFormat.SEG: ("seg", ".dcm"),
     OutputFormat.NIFTI: ("nifti", ".nii.gz"),
+    OutputFormat.SR: ("sr", ".dcm"),
 }
 
 
@@ -538,6 +539,7 @@ def _fresh_copy(template: Any) -> Any:
         if keyword in template:
             seg[keyword] = copy.deepcopy(template[keyword])
     seg.file_meta = copy.deepcopy(template.file_meta)
+    seg.preamble = template.preamble
     return seg
 
 
@@ -605,7 +607,7 @@ def write_seg(seg: Any, path: str | os.PathLike, content_datetime: str | None = 
         pin_dates(seg, content_datetime)
     path = Path(path)
     with atomic_path(path) as tmp:
-        seg.save_as(tmp)
+        seg.save_as(tmp, enforce_file_format=True)  # Part 10: preamble, DICM, file meta
     return path
 
 
@@ -798,9 +800,9 @@ def write_outputs(
     if OutputFormat.NIFTI in ctx.formats:
         write_nifti(m, output_path(ctx.out_dir, relative, OutputFormat.NIFTI))
     stages["write"] = time.perf_counter() - start
-    if OutputFormat.SEG in ctx.formats and pred.meta.get("format") == "DICOM":
-        _write_seg(path, relative, m, ctx, stages)
     out = measured_row(path, pred.meta, m)
+    if OutputFormat.SEG in ctx.formats and pred.meta.get("format") == "DICOM":
+        out["reason"] = _write_seg(path, relative, m, ctx, stages)
     if ctx.tb_inputs is not None:  # scored in batches by the main process, then dropped
         start = time.perf_counter()
         out["tb_input"] = ctx.tb_inputs(np.asarray(original, dtype=np.float32), m.right, m.left)
@@ -808,12 +810,22 @@ def write_outputs(
     return out, stages
 
 
-def _write_seg(path: Path, relative: Path, m: LungMeasures, ctx: Context, stages: dict) -> None:
+def _write_seg(path: Path, relative: Path, m: LungMeasures, ctx: Context, stages: dict) -> str:
+    """Write the SEG (and the SR, when asked); return a note for the report ("" or why not)."""
     import pydicom
 
     start = time.perf_counter()
-    seg = seg_of(pydicom.dcmread(path, stop_before_pixels=True, force=True), m, ctx.identity)
+    source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    seg = seg_of(source, m, ctx.identity)
     stages["seg_encode"] = time.perf_counter() - start
     start = time.perf_counter()
     write_seg(seg, output_path(ctx.out_dir, relative, OutputFormat.SEG), ctx.started)
+    note = ""
+    if OutputFormat.SR in ctx.formats:
+        if math.isnan(m.spacing[0]):
+            note = "no SR: the pixel spacing is unknown, so areas in mm² are too"
+        else:
+            sr = sr_of(source, seg, m, ctx.identity)
+            write_seg(sr, output_path(ctx.out_dir, relative, OutputFormat.SR), ctx.started)
     stages["write"] += time.perf_counter() - start
+    return note

@@ -416,6 +416,8 @@ def segment(
             is journalled, the rest is redone by a rerun.
     """
     out = Path(out_dir)
+    if OutputFormat.SR in formats and OutputFormat.SEG not in formats:
+        raise ValueError(f"--formats {','.join(formats)}: sr references the SEG; add seg")
     inputs, sources = _fetch_dicomweb(inputs, out, studies, query)
     jobs = plan(inputs, shard)
     # TB inputs are measured on the full-resolution image the TB bundle was trained on
@@ -491,10 +493,13 @@ def _fetch_dicomweb(
 
 
 def _store_back(sources: Sequence[Any], out: Path) -> int:
-    """STOW-RS every SEG of the fetched instances to their server, once across reruns."""
+    """STOW-RS every SEG (and SR) of the fetched instances to their server, once each."""
     from pipeline.io.dicomweb import CACHE
 
-    seg_root, cache = out / "seg", out / CACHE
-    made = sorted(seg_root.rglob("*.dcm")) if seg_root.is_dir() else []
-    segs = [p for p in made if (cache / p.relative_to(seg_root)).is_file()]  # of fetched ones
-    return sum(source.store(segs, out / CACHE / ".stored") for source in sources)
+    cache, stored = out / CACHE, 0
+    for folder, markers in (("seg", ".stored"), ("sr", ".stored-sr")):
+        root = out / folder
+        made = sorted(root.rglob("*.dcm")) if root.is_dir() else []
+        files = [p for p in made if (cache / p.relative_to(root)).is_file()]  # fetched ones
+        stored += sum(source.store(files, cache / markers) for source in sources)
+    return stored

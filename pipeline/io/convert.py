@@ -138,6 +138,7 @@ def _base_dataset(spec: _Spec, name: str, spacing_mm: float | None) -> Any:
     ds.Modality = {CR: "CR", DX_PRESENTATION: "DX"}.get(spec.sop_class, "OT")
     ds.PatientName, ds.PatientID = "Anonymous^Lungseg", make_uid(name, "patient")[-12:]
     ds.StudyDate = ds.ContentDate = dt.date.today().strftime("%Y%m%d")
+    ds.StudyTime = ds.ContentTime = "120000"
     ds.StudyID, ds.SeriesNumber, ds.InstanceNumber, ds.AccessionNumber = "1", 1, 1, ""
     ds.BodyPartExamined, ds.ViewPosition, ds.PatientOrientation = "CHEST", "PA", ["L", "F"]
     ds.ImageType = (

@@ -370,9 +370,13 @@ def to_display(
 
 
 def decode_at(
-    ds: Any, path: str | os.PathLike, min_size: int | None
+    ds: Any, path: str | os.PathLike, min_size: int | None, network_size: int | None = None
 ) -> tuple[np.ndarray, int, float]:
     """Stored values at the coarsest resolution keeping the longer side >= ``min_size``.
+
+    ``network_size`` (the letterbox the image goes to) restricts the factor to those that
+    keep the letterboxed image as the full one would be
+    (:func:`pipeline.io.reduced.reduction_factor`).
 
     Returns:
         ``(stored values, reduction factor, shift)``: factor 1 is the full grid; ``shift``
@@ -382,13 +386,13 @@ def decode_at(
 
     if min_size:
         try:
-            reduced = decode_reduced(ds, min_size)
+            reduced = decode_reduced(ds, min_size, network_size)
         except (OSError, ValueError, SyntaxError):  # the codec refused: decode in full
             reduced = None
         if reduced is not None:
             return reduced
     stored = decode_stored(ds, path)
-    k = reduction_factor(stored.shape, min_size)
+    k = reduction_factor(stored.shape, min_size, network_size)
     if k < 2 or not np.issubdtype(stored.dtype, np.integer):
         return stored, 1, 0.0
     return block_mean(stored, k), k, 0.0
@@ -402,6 +406,7 @@ def read_dicom(
     allow_lateral: bool = False,
     force: bool = False,
     min_size: int | None = None,
+    network_size: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a DICOM radiograph as a float32 ``rows x columns`` array in [0, 1], lungs dark.
 
@@ -413,6 +418,7 @@ def read_dicom(
         force: parse files without the Part 10 preamble.
         min_size: decode at a reduced resolution whose longer side is at least this
             (:mod:`pipeline.io.reduced`); None: the full grid.
+        network_size: the letterbox size next (restricts the reduction, see there).
 
     Returns:
         The image and its metadata (see :func:`dicom_metadata`; also ``voi``, ``inverted``,
@@ -428,7 +434,7 @@ def read_dicom(
     check_radiograph(ds, path, allow_lateral=allow_lateral)
     from pipeline.io.reduced import recentre
 
-    stored, factor, shift = decode_at(ds, path, min_size)
+    stored, factor, shift = decode_at(ds, path, min_size, network_size)
     try:
         image, voi_text = to_display(stored, ds, voi, voi_index)
     except ValueError as err:

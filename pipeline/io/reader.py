@@ -37,6 +37,7 @@ def read_cxr(
     voi_index: int = 0,
     allow_lateral: bool = False,
     min_size: int | None = None,
+    network_size: int | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a chest radiograph of any supported format.
 
@@ -47,6 +48,8 @@ def read_cxr(
         allow_lateral: DICOM only: accept lateral views.
         min_size: DICOM only: decode at a reduced resolution whose longer side is at least
             this many pixels (:mod:`pipeline.io.reduced`); None: the full grid.
+        network_size: DICOM only: the letterbox size the image is resized to next; only
+            reductions that keep its result are used (see ``reduction_factor``).
 
     Returns:
         ``(image, meta)``: float32 ``rows x columns`` in [0, 1] (fewer when reduced);
@@ -69,6 +72,7 @@ def read_cxr(
                 allow_lateral=allow_lateral,
                 force=True,
                 min_size=min_size,
+                network_size=network_size,
             )
         except NotAnImageError as err:
             if fmt is InputFormat.DICOM:
@@ -150,6 +154,7 @@ class LoadCXR(Transform):
         allow_lateral: accept lateral DICOM views.
         min_size: decode DICOM at a reduced resolution whose longer side is at least this
             (the metadata's ``reduced_from`` tells the letterbox the full grid); None: full.
+        network_size: the letterbox size next (only reductions that keep its result).
     """
 
     def __init__(
@@ -158,11 +163,13 @@ class LoadCXR(Transform):
         voi_index: int = 0,
         allow_lateral: bool = False,
         min_size: int | None = None,
+        network_size: int | None = None,
     ):
         self.voi = VOISource.parse(voi)
         self.voi_index = voi_index
         self.allow_lateral = allow_lateral
         self.min_size = None if min_size is None else int(min_size)
+        self.network_size = None if network_size is None else int(network_size)
 
     def __call__(self, path: str | os.PathLike | np.ndarray | torch.Tensor) -> MetaTensor:
         """Read ``path``; raise :class:`InputError` (a subclass) for bad input."""
@@ -174,6 +181,7 @@ class LoadCXR(Transform):
             voi_index=self.voi_index,
             allow_lateral=self.allow_lateral,
             min_size=self.min_size,
+            network_size=self.network_size,
         )
         return to_meta_tensor(image, meta)
 
@@ -188,10 +196,11 @@ class LoadCXRd(MapTransform):
         voi_index: int = 0,
         allow_lateral: bool = False,
         min_size: int | None = None,
+        network_size: int | None = None,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadCXR(voi, voi_index, allow_lateral, min_size)
+        self.loader = LoadCXR(voi, voi_index, allow_lateral, min_size, network_size)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Load every key's file."""

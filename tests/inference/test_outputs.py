@@ -126,7 +126,9 @@ def _sources(case_pixels) -> list:
     return sources
 
 
-def test_seg_from_a_template_is_byte_for_byte_highdicoms(case_pixels, case_masks, shipped_model):
+def test_seg_from_a_template_is_byte_for_byte_highdicoms(
+    case_pixels, case_masks, shipped_model, tmp_path
+):
     from pipeline.inference.lungs import measure
     from pipeline.inference.outputs import (
         SegTemplates,
@@ -135,6 +137,7 @@ def test_seg_from_a_template_is_byte_for_byte_highdicoms(case_pixels, case_masks
         encode_dicom,
         pin_dates,
         seg_uids,
+        write_seg,
     )
 
     templates, algorithm = SegTemplates(), shipped_model.identity.algorithm()
@@ -148,4 +151,35 @@ def test_seg_from_a_template_is_byte_for_byte_highdicoms(case_pixels, case_masks
         for seg in (ours, theirs):
             pin_dates(seg, "20260102030405")
         assert encode_dicom(ours) == encode_dicom(theirs), (i, source.PatientName)
+        written = write_seg(ours, tmp_path / f"{i}.dcm")  # a Part 10 file, like highdicom's
+        assert written.read_bytes() == write_seg(theirs, tmp_path / "hd.dcm").read_bytes()
+        assert written.read_bytes()[128:132] == b"DICM"
     assert len(templates._templates) < len(_sources(case_pixels))  # templates were used
+
+
+def test_seg_and_sr_of_every_encoding_pass_dciodvfy_without_warnings(
+    pixels, lung_mask, shipped_model, tmp_path
+):
+    import os
+    import shutil
+    import subprocess
+
+    from pipeline.inference.lungs import measure
+
+    exe = shutil.which("dciodvfy")
+    if exe is None:
+        if os.environ.get("CI"):
+            pytest.fail("dciodvfy not installed (make test-deps)")
+        pytest.skip("dciodvfy not installed (Debian package dicom3tools; make test-deps)")
+    m = measure(lung_mask, lung_mask.astype(np.float32), "L\\F", (0.35, 0.35))
+    for variant in DicomVariant:
+        source = build_dicom(pixels, variant, name=f"v-{variant}", spacing_mm=0.35)
+        seg = seg_of(source, m, shipped_model.identity)
+        sr = sr_of(source, seg, m, shipped_model.identity)
+        for kind, ds in (("seg", seg), ("sr", sr)):
+            path = tmp_path / f"{variant}-{kind}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            proc = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True)
+            lines = (proc.stdout + proc.stderr).splitlines()
+            problems = [x for x in lines if x.startswith(("Error", "Warning"))]
+            assert not problems, f"{variant} {kind}: {problems}"

@@ -253,10 +253,13 @@ def test_seg_objects_pass_dciodvfy(segmented):
     assert len(files) == 5
     for path in files:
         proc = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True)
-        errors = [
-            line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("Error")
+        # no Error and no Warning line (a source without Study Time would leave one: README)
+        problems = [
+            line
+            for line in (proc.stdout + proc.stderr).splitlines()
+            if line.startswith(("Error", "Warning"))
         ]
-        assert not errors, f"{path}: {errors}"
+        assert not problems, f"{path}: {problems}"
 
 
 def test_shards_can_share_an_output_folder(radiograph_folder, tmp_path):
@@ -537,3 +540,9 @@ def test_shard_auto_reads_slurm_arrays_and_torchrun(monkeypatch):
     assert parse_shard("auto") == (3, 3)
     assert rank_device("cpu", {"LOCAL_RANK": "1"}) == "cpu"
     assert rank_device("auto", {}) == "auto"
+
+
+def test_sr_needs_seg(radiograph_folder, tmp_path, capsys):
+    argv = ["segment", str(radiograph_folder["root"]), "-o", str(tmp_path), "--formats", "sr"]
+    assert main([*argv, "--no-progress"]) == EXIT_USAGE
+    assert "sr references the SEG; add seg" in capsys.readouterr().err

@@ -36,11 +36,11 @@ def archive(orthanc, radiograph_folder, tmp_path, data_dir) -> dict:
     return {"frontal": {str(pydicom.dcmread(f).SOPInstanceUID) for f in files}}
 
 
-def _segs_in(orthanc: dict) -> list:
+def _segs_in(orthanc: dict, modality: str = "SEG") -> list:
     from dicomweb_client.api import DICOMwebClient
 
     return DICOMwebClient(url=orthanc["url"]).search_for_instances(
-        search_filters={"Modality": "SEG"}
+        search_filters={"Modality": modality}
     )
 
 
@@ -53,6 +53,7 @@ def test_segment_reads_by_qido_wado_and_stores_back_once(orthanc, archive, tmp_p
     out = tmp_path / "out"
     url = "dicomweb+" + orthanc["url"]
     argv = ["segment", url, "-o", str(out), "--no-progress", "--workers", "1", "--store-back"]
+    argv += ["--formats", "seg,mask,sr"]
     assert main(argv) == EXIT_OK
     rows = _rows(out)
     statuses = sorted(r["status"] for r in rows)
@@ -72,12 +73,16 @@ def test_segment_reads_by_qido_wado_and_stores_back_once(orthanc, archive, tmp_p
             seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0].ReferencedSOPInstanceUID
         )
     assert referenced == archive["frontal"]
+    # an SR per radiograph with a pixel spacing (4 of 6), besides the SR pushed in
+    no_sr = [r for r in rows if r["reason"].startswith("no SR")]
+    assert len(no_sr) == 2 and all(r["status"] == "ok" for r in no_sr)
+    assert len(_segs_in(orthanc, "SR")) == 1 + 4
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stored_back"] == 6
+    assert summary["stored_back"] == 6 + 4
     # a rerun stores nothing again
     assert main(argv) == EXIT_OK
     assert json.loads((out / "summary.json").read_text())["stored_back"] == 0
-    assert len(_segs_in(orthanc)) == 6
+    assert len(_segs_in(orthanc)) == 6 and len(_segs_in(orthanc, "SR")) == 5
 
 
 def test_a_server_that_fails_mid_run_gives_a_clear_error_and_a_rerun_completes(

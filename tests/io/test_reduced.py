@@ -38,6 +38,13 @@ def test_factor_and_block_mean_by_hand():
     assert reduction_factor((3000, 2500), 512) == 5
     assert reduction_factor((600, 500), 512) == 1
     assert reduction_factor((3000, 2500), None) == 1
+    # with the letterbox size: whole multiples of it (2048 -> 512 -> 256, 1800 -> 450 -> 225),
+    # else at least twice the minimum (3000 x 2500 to 256 x 213 is not a whole ratio)
+    assert reduction_factor((2048, 1800), 512, 256) == 4
+    assert reduction_factor((3000, 2500), 512, 256) == 2
+    assert reduction_factor((2048, 2048), 512, 256, powers_of_two=True) == 4
+    assert reduction_factor((3000, 2500), 512, 256, powers_of_two=True) == 2
+    assert reduction_factor((1536, 1200), 384, powers_of_two=True) == 4
     arr = np.array([[0, 1, 2], [3, 4, 5]], dtype=np.uint16)
     # 2 x 2 blocks, the last column padded by replication: means 2 and 4.5 -> 5 (rounded)
     np.testing.assert_array_equal(block_mean(arr, 2), [[2, 4]])
