@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.evaluation.evaluate import Evaluation
+from pipeline.transforms.geometry import resize_to
 
 
 class CaseMetrics:
@@ -26,8 +27,9 @@ class CaseMetrics:
         group_columns: datalist entries to group the statistics by.
         pred_key: the post-processed binary mask (original grid).
         truth_key: the reference mask (original grid).
-        prob_key: the lung probability on the original grid (the bundle's post-processing
-            copies it out as ``prob``; for the AUC); absent: no AUC and no ROC curve.
+        prob_key: the lung probability (the bundle's post-processing copies it out as
+            ``prob``, on the network's grid: it is upsampled bilinearly to the mask's); for
+            the AUC; absent: no AUC and no ROC curve.
         about: extra entries for ``summary.json`` (model identity, title...).
     """
 
@@ -66,11 +68,14 @@ class CaseMetrics:
         meta = item["image"].meta
         path = str(meta.get("filename_or_obj", ""))
         case = self.items.get(os.path.abspath(path), {})
+        pred = np.asarray(item[pred_key])[0] > 0.5
         prob = np.asarray(item[prob_key])[0].astype(np.float32) if prob_key in item else None
+        if prob is not None and prob.shape != pred.shape:  # on the network's grid: upsample
+            prob = resize_to(prob, pred.shape)
         spacing = tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
         self.evaluation.add(
             case.get("name", Path(path).name),
-            np.asarray(item[pred_key])[0] > 0.5,
+            pred,
             np.asarray(item[truth_key])[0] > 0.5,
             prob,
             spacing,

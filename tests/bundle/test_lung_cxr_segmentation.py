@@ -20,6 +20,7 @@ from PIL import Image
 from pipeline.io.convert import DicomVariant, dicomize
 from pipeline.io.datasets import REPO_ROOT
 from pipeline.training.data import load_split
+from pipeline.transforms.geometry import LetterboxParams
 from tests.conftest import dice, load_png, torchrun
 
 BUNDLE = REPO_ROOT / "bundles" / "lung_cxr_segmentation"
@@ -328,15 +329,19 @@ def test_postprocessing_keeps_two_lungs_fills_holes_and_restores_the_grid(held_o
     post = parser.get_parsed_content("postprocessing")({**item, "pred": logits})
     out, prob = post["pred"], post["prob"]
     rows, cols = load_png(Path(held_out[0]["image"])).shape
-    assert tuple(out.shape) == (1, rows, cols) and tuple(prob.shape) == (1, rows, cols)
-    # the probability map is the sigmoid on the original grid, copied out before the threshold
+    params = LetterboxParams.from_meta(item["image"].meta["letterbox"])
+    # labels on the original grid; the probability on the network's (the letterbox's image
+    # part), the sigmoid copied out before the threshold
+    assert tuple(out.shape) == (1, rows, cols) and tuple(prob.shape) == (1, *params.resized_shape)
     assert float(prob.min()) < 1e-4 and float(prob.max()) > 1 - 1e-4
-    assert ((prob[0] > 0.5) | (out[0] > 0)).float().mean() > 0
     from scipy import ndimage
 
-    _, count = ndimage.label(out[0].numpy() > 0)
-    assert count == 2
-    assert not (ndimage.binary_fill_holes(out[0].numpy() > 0) ^ (out[0].numpy() > 0)).any()
+    labels = out[0].numpy()
+    assert set(np.unique(labels)) == {0, 1, 2}  # right lung 1 (the image's left), left 2
+    assert labels[:, : cols // 2].max() == 1 and labels[:, cols // 2 :].max() == 2
+    _, count = ndimage.label(labels > 0)
+    assert count == 2 and post["lung_components"] == 2
+    assert not (ndimage.binary_fill_holes(labels > 0) ^ (labels > 0)).any()
 
 
 @pytest.mark.slow

@@ -415,7 +415,12 @@ def test_two_runs_over_the_same_files_write_identical_seg_files(
     """Every UID derives from the source and the model, every date is the run's."""
     import pipeline.inference.segment as segment_module
 
-    monkeypatch.setattr(segment_module.time, "strftime", lambda fmt: "20261201120000")
+    real = segment_module.time.strftime  # the run's start time; others (pydicom) keep theirs
+
+    def run_start(fmt: str, *moment: object) -> str:
+        return real(fmt, *moment) if moment else "20261201120000"
+
+    monkeypatch.setattr(segment_module.time, "strftime", run_start)
     root, digests = radiograph_folder["root"] / "dicom", []
     for run in ("a", "b"):
         out = tmp_path / run
