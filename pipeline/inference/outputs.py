@@ -33,7 +33,9 @@ from pipeline.io.png import save_png, to_uint8
 
 #: Colours (RGB) of the patient's right and left lung: overlay outlines and viewer fills.
 RIGHT_COLOUR, LEFT_COLOUR = (0, 200, 255), (255, 160, 0)
-#: SNOMED CT codes of the two segments (DICOM CID 7151 / 4031 region terms).
+#: SNOMED CT codes of the right and left lung: the SR's finding types (precoordinated; in
+#: no context group pydicom lists) and the SEG's segment labels. The SEG codes each segment
+#: as Lung (CID 7151) with the side as a modifier (CID 244).
 RIGHT_LUNG = ("3341006", "SCT", "Right lung")
 LEFT_LUNG = ("44029006", "SCT", "Left lung")
 
@@ -365,24 +367,32 @@ def build_seg(source: Any, m: LungMeasures, uids: dict[str, str], algorithm: dic
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
-    from pydicom.sr.coding import Code
 
     ident = hd.AlgorithmIdentificationSequence(
         name=algorithm["name"],
         version=algorithm["version"],
         family=codes.cid7162.ArtificialIntelligence,
     )
-    segments = [
-        hd.seg.SegmentDescription(
+    segments = []
+    for number, code, side in (
+        (1, RIGHT_LUNG, codes.cid244.Right),
+        (2, LEFT_LUNG, codes.cid244.Left),
+    ):
+        segment = hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=code[2],
             segmented_property_category=codes.cid7150.AnatomicalStructure,
-            segmented_property_type=Code(*code),
+            segmented_property_type=codes.cid7151.Lung,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=ident,
         )
-        for number, code in ((1, RIGHT_LUNG), (2, LEFT_LUNG))
-    ]
+        # the side as a Segmented Property Type Modifier (CID 244 Laterality), as PS3.3
+        # C.8.20.2 codes paired organs: every code of the SEG then comes from its group
+        modifier = [hd.sr.CodedConcept.from_code(side)]
+        segment.SegmentedPropertyTypeCodeSequence[
+            0
+        ].SegmentedPropertyTypeModifierCodeSequence = modifier
+        segments.append(segment)
     seg = hd.seg.Segmentation(
         source_images=[_complete_type2(source)],
         pixel_array=m.labelmap(),

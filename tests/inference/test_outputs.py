@@ -13,8 +13,9 @@ from pipeline.inference.outputs import LEFT_LUNG, PLAIN_CHEST_XRAY, RIGHT_LUNG, 
 from pipeline.io.convert import DicomVariant, build_dicom
 from tests.conftest import load_png
 
-#: Codes used with no context group that lists them (pydicom's tables), said on purpose:
+#: Codes of the SR with no context group that lists them (pydicom's tables), said on purpose:
 #: precoordinated SNOMED CT right/left lung and the SNOMED procedure "Plain X-ray of chest".
+#: The SEG has none.
 NO_CONTEXT_GROUP = {RIGHT_LUNG[0], LEFT_LUNG[0], PLAIN_CHEST_XRAY[0]}
 
 
@@ -51,7 +52,20 @@ def test_seg_codes_come_from_their_context_groups(objects):
     seg, _ = objects
     for segment in seg.SegmentSequence:
         assert segment.SegmentedPropertyCategoryCodeSequence[0].CodeValue in _values(7150)
-        assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue in NO_CONTEXT_GROUP
+        assert segment.SegmentedPropertyTypeCodeSequence[0].CodeValue in _values(7151)
+        modifier = (
+            segment.SegmentedPropertyTypeCodeSequence[0]
+            .SegmentedPropertyTypeModifierCodeSequence[0]
+            .CodeValue
+        )
+        assert modifier in _values(244)
+    sides = [
+        s.SegmentedPropertyTypeCodeSequence[0]
+        .SegmentedPropertyTypeModifierCodeSequence[0]
+        .CodeMeaning
+        for s in seg.SegmentSequence
+    ]
+    assert sides == ["Right", "Left"]
     families = [v for k, v in _coded(seg) if k == "AlgorithmFamilyCodeSequence"]
     assert families and set(families) <= _values(7162)
 

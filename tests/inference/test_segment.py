@@ -93,10 +93,19 @@ def test_seg_objects_reference_their_source_and_hold_both_lungs(segmented):
         assert seg.StudyInstanceUID == source.StudyInstanceUID
         assert seg.SeriesInstanceUID != source.SeriesInstanceUID
         labels = [
-            (s.SegmentLabel, s.SegmentedPropertyTypeCodeSequence[0].CodeValue)
+            (
+                s.SegmentLabel,
+                s.SegmentedPropertyTypeCodeSequence[0].CodeValue,
+                s.SegmentedPropertyTypeCodeSequence[0]
+                .SegmentedPropertyTypeModifierCodeSequence[0]
+                .CodeValue,
+            )
             for s in seg.SegmentSequence
+        ]  # Lung (SCT 39607008) with the side as modifier: Right 24028007, Left 7771000
+        assert labels == [
+            ("Right lung", "39607008", "24028007"),
+            ("Left lung", "39607008", "7771000"),
         ]
-        assert labels == [("Right lung", "3341006"), ("Left lung", "44029006")]
         assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName
         pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1, 2])
         row = report[str(root / rel)]
