@@ -1,5 +1,9 @@
 """Right and left lung from a binary lung mask; areas and quality flags.
 
+:func:`split_lungs` (and its MONAI wrappers :class:`LungSides` / :class:`LungSidesd`, the
+bundle's post-processing step on the network's grid) labels the sides; :func:`measure_sides`
+measures and flags them.
+
 Side rule (documented in the README): DICOM Patient Orientation (0020,0020) gives the
 patient direction of increasing column first. When it starts with ``R`` the image columns
 run towards the patient's right, so the right lung is the component on the image's right;
