@@ -90,6 +90,26 @@ def lung_mask(case_masks: dict[str, np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(case_masks["MCUCXR_0104_1.png"][:, 50:450])
 
 
+def lateral_view(pixels: np.ndarray):
+    """A CR dataset of ``pixels`` whose View Position says lateral (lungseg skips it)."""
+    from pipeline.io.convert import build_dicom
+
+    lateral = build_dicom(pixels, name="lateral")
+    lateral.ViewPosition = "LL"
+    return lateral
+
+
+def sr_object():
+    """An SR dataset without pixels (not a radiograph: lungseg skips it)."""
+    from pipeline.io.convert import build_dicom
+
+    sr = build_dicom(np.zeros((4, 4), np.uint8), name="sr")
+    for keyword in [e.keyword for e in sr if e.tag.group == 0x0028] + ["PixelData"]:
+        delattr(sr, keyword)
+    sr.SOPClassUID, sr.Modality = "1.2.840.10008.5.1.4.1.1.88.33", "SR"
+    return sr
+
+
 @pytest.fixture(scope="session")
 def radiograph_folder(tmp_path_factory, data_dir) -> dict:
     """A folder as users have them: held-out cases as PNG and as DICOM in several encodings
@@ -127,14 +147,8 @@ def radiograph_folder(tmp_path_factory, data_dir) -> dict:
     (junk / "empty.dcm").write_bytes(b"")
     full = (root / "dicom/rle.dcm").read_bytes()
     (junk / "truncated.dcm").write_bytes(full[: len(full) // 2])
-    lateral = build_dicom(load_png(data_dir / "images" / names[0]), name="lateral")
-    lateral.ViewPosition = "LL"
-    write_dicom(lateral, junk / "lateral.dcm")
-    sr = build_dicom(np.zeros((4, 4), np.uint8), name="sr")
-    for keyword in [e.keyword for e in sr if e.tag.group == 0x0028] + ["PixelData"]:
-        delattr(sr, keyword)
-    sr.SOPClassUID, sr.Modality = "1.2.840.10008.5.1.4.1.1.88.33", "SR"
-    write_dicom(sr, junk / "sr.dcm")
+    write_dicom(lateral_view(load_png(data_dir / "images" / names[0])), junk / "lateral.dcm")
+    write_dicom(sr_object(), junk / "sr.dcm")
     expected = {rel: "ok" for rel in cases}
     expected.update(
         {

@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
 from pipeline.training.data import load_split
-from tests.conftest import load_png
+from tests.conftest import lateral_view, load_png, sr_object
 
 ROOT = Path(__file__).resolve().parents[2]
 RADIOGRAPHS = {
@@ -49,14 +49,8 @@ def study_folder(tmp_path_factory, data_dir) -> Path:
     for (name, variant), case in zip(RADIOGRAPHS.items(), cases, strict=False):
         pixels = load_png(Path(case["image"]))
         write_dicom(build_dicom(pixels, variant, name=name, spacing_mm=0.4), folder / name)
-    lateral = build_dicom(load_png(Path(cases[-1]["image"])), name="lateral")
-    lateral.ViewPosition = "LL"
-    write_dicom(lateral, folder / "lateral.dcm")
-    sr = build_dicom(np.zeros((4, 4), np.uint8), name="sr")
-    for keyword in [e.keyword for e in sr if e.tag.group == 0x0028] + ["PixelData"]:
-        delattr(sr, keyword)
-    sr.SOPClassUID, sr.Modality = "1.2.840.10008.5.1.4.1.1.88.33", "SR"
-    write_dicom(sr, folder / "sr.dcm")
+    write_dicom(lateral_view(load_png(Path(cases[-1]["image"]))), folder / "lateral.dcm")
+    write_dicom(sr_object(), folder / "sr.dcm")
     return folder
 
 
