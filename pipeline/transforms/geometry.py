@@ -164,15 +164,23 @@ def _linear_taps(low: int, high: int, start: int, stop: int) -> tuple[np.ndarray
     return first, np.minimum(first + 1, low - 1), (src - first).astype(np.float32)
 
 
-def _above(prob: np.ndarray, shape: Sequence[int], window: tuple[slice, slice], t: float):
-    """``resize_to(prob, shape) > t`` on a window of the fine grid only (separable bilinear)."""
+def _above_at(
+    prob: np.ndarray, shape: Sequence[int], window: tuple[slice, slice], points: tuple, t: float
+) -> np.ndarray:
+    """``resize_to(prob, shape) > t`` at ``points`` (row, column arrays inside ``window``).
+
+    Separable bilinear in the order a whole-window evaluation would take (columns, then
+    rows), so each value is the same float32 number.
+    """
     (r0, r1, rw), (c0, c1, cw) = (
         _linear_taps(n, int(m), w.start, w.stop)
         for n, m, w in zip(prob.shape, shape, window, strict=True)
     )
-    cols = prob[:, c0] + (prob[:, c1] - prob[:, c0]) * cw  # coarse rows x fine columns
-    top = cols[r0]
-    return top + (cols[r1] - top) * rw[:, None] > t
+    rows, cols = points
+    top_left, bottom_left = prob[r0[rows], c0[cols]], prob[r1[rows], c0[cols]]
+    top = top_left + (prob[r0[rows], c1[cols]] - top_left) * cw[cols]
+    bottom = bottom_left + (prob[r1[rows], c1[cols]] - bottom_left) * cw[cols]
+    return top + (bottom - top) * rw[rows] > t
 
 
 def _window(near: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> tuple[slice, slice]:
@@ -221,9 +229,12 @@ def upsample_labels(
     out = np.zeros((int(shape[0]), int(shape[1])), dtype=np.uint8)
     window = _window(near, rows, cols)
     fine = np.take(np.take(code, rows[window[0]], axis=0), cols[window[1]], axis=1)
-    edge = _above(prob.astype(np.float32, copy=False), shape, window, threshold)
     # code: label (1-2) in the low bits, 4 added inside a region
-    out[window] = (fine & 3) * ((fine >> 2) | edge.view(np.uint8))
+    inside = (fine & 3) * (fine >> 2)
+    edge = np.nonzero((fine - np.uint8(1)) < 2)  # codes 1 and 2: within a pixel of an edge
+    keep = _above_at(prob.astype(np.float32, copy=False), shape, window, edge, threshold)
+    inside[edge[0][keep], edge[1][keep]] = fine[edge[0][keep], edge[1][keep]]
+    out[window] = inside
     return out
 
 
