@@ -481,7 +481,7 @@ def _add_tb_commands(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--package", type=Path, help="also write the TB bundle to this folder")
     tr.add_argument("--experiment", default="lungseg-tb", help="MLflow experiment name")
     tr.add_argument("--no-mlflow", action="store_true", help="do not track the run")
-    ev = tb_sub.add_parser("evaluate", help="AUC [95% CI], sensitivity at 90% specificity, ROC")
+    ev = tb_sub.add_parser("evaluate", help="AUC [95%% CI], sensitivity at 90%% specificity, ROC")
     _tb_common(ev)
     ev.add_argument("--bundle", type=Path, help="TB bundle (default: the shipped one)")
     ev.add_argument("--predictions", type=Path, help="score a CSV instead (cv_predictions.csv)")

@@ -31,6 +31,24 @@ def test_console_script_answers_help():
     assert "dicomize" in out.stdout and "preview" in out.stdout
 
 
+def test_every_command_and_subcommand_answers_help():
+    import argparse
+
+    from pipeline.cli import build_parser
+
+    def parsers(parser: argparse.ArgumentParser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from parsers(sub)
+
+    seen = [p.prog for p in parsers(build_parser())]
+    assert "lungseg tb evaluate" in seen and len(seen) > 15
+    for parser in parsers(build_parser()):
+        assert parser.format_help()  # a stray "%" in a help string raises here
+
+
 def test_dicomize_then_preview_then_info(tmp_path, data_dir, capsys):
     dicom = tmp_path / "dicom"
     assert (
