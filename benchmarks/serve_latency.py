@@ -88,7 +88,9 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="lungseg-serve-bench-"))
     inputs = {
         "512² PNG": [c.image for c in list_cases(default_data_dir())[: args.count]],
-        "2048² JPEG 2000 DICOM": sorted(build_folder(2048, args.count, 10, work).rglob("*.dcm")),
+        "2048² JPEG 2000 DICOM": sorted(
+            build_folder("2048-j2k", args.count, 10, work).rglob("*.dcm")
+        ),
     }
     port = free_port()
     proc, peak = start_server(port, work / "serve.log"), [0]

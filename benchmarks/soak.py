@@ -43,32 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.node_load import free_port  # noqa: E402
 from benchmarks.segment_throughput import _tree_pss_kib, build_folder  # noqa: E402
+from tests.conftest import child_pids, is_running  # noqa: E402
 
 LUNGSEG = [sys.executable, "-m", "pipeline.cli"]
-
-
-def _children(pid: int) -> set[int]:
-    out = set()
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            text = status.read_text()
-        except OSError:
-            continue
-        if f"\nPPid:\t{pid}\n" in text:
-            out.add(int(status.parent.name))
-    return out
-
-
-def _running(pid: int) -> bool:
-    try:
-        state = next(
-            ln
-            for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-            if ln.startswith("State")
-        )
-    except (OSError, StopIteration):
-        return False
-    return "Z" not in state
 
 
 def _segment(folder: Path, out: Path) -> subprocess.Popen:
@@ -120,14 +97,14 @@ def soak_segment(folder: Path, work: Path, kills: int, seed: int) -> dict:
             finished_early += 1
             subprocess.run(["rm", "-rf", str(out)], check=True)
             continue
-        workers = _children(proc.pid)
+        workers = child_pids(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         killed += 1
         deadline = time.time() + 10
-        while time.time() < deadline and any(_running(w) for w in workers):
+        while time.time() < deadline and any(is_running(w) for w in workers):
             time.sleep(0.1)
-        orphans += [w for w in workers if _running(w)]
+        orphans += [w for w in workers if is_running(w)]
     final = _segment(folder, out)
     final.wait()
     whole = _journal_whole(out)
@@ -367,7 +344,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="lungseg-soak-") as tmp:
         work = Path(tmp)
-        folder = build_folder(512, args.files, min(100, args.files), work)
+        folder = build_folder("512", args.files, min(100, args.files), work)
         results = {}
         if args.only in (None, "segment"):
             results["segment"] = soak_segment(folder, work, args.kills, args.seed)

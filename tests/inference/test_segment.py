@@ -18,7 +18,7 @@ import pytest
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from pipeline.inference.segment import parse_shard, plan
-from tests.conftest import load_png
+from tests.conftest import child_pids, is_running, load_png
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -442,31 +442,6 @@ def test_two_runs_over_the_same_files_write_identical_seg_files(
     assert seg.InstanceCreationTime == seg.ContentTime == "120000"
 
 
-def _children(pid: int) -> set[int]:
-    out = set()
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines())
-        except (OSError, ValueError):
-            continue
-        if fields.get("PPid", "").strip() == str(pid):
-            out.add(int(status.parent.name))
-    return out
-
-
-def _running(pid: int) -> bool:
-    """Whether a process exists and is not a zombie waiting to be reaped."""
-    try:
-        state = next(
-            ln
-            for ln in Path(f"/proc/{pid}/status").read_text().splitlines()
-            if ln.startswith("State")
-        )
-    except (OSError, StopIteration):
-        return False
-    return "Z" not in state.split(":", 1)[1].split()[0]
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 def test_workers_of_a_killed_run_end_with_it(radiograph_folder, tmp_path):
@@ -474,16 +449,16 @@ def test_workers_of_a_killed_run_end_with_it(radiograph_folder, tmp_path):
     args = ["segment", str(radiograph_folder["root"]), "-o", str(out), "--workers", "2"]
     proc = _lungseg(*args, "--batch-size", "1", "--no-progress")
     deadline = time.time() + 120
-    while time.time() < deadline and len(_children(proc.pid)) < 2:
+    while time.time() < deadline and len(child_pids(proc.pid)) < 2:
         time.sleep(0.05)
-    workers = _children(proc.pid)
+    workers = child_pids(proc.pid)
     assert proc.poll() is None and len(workers) >= 2, "no workers seen before the run ended"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 10
-    while time.time() < deadline and any(_running(w) for w in workers):
+    while time.time() < deadline and any(is_running(w) for w in workers):
         time.sleep(0.1)
-    alive = [w for w in workers if _running(w)]
+    alive = [w for w in workers if is_running(w)]
     for w in alive:  # do not leave them behind if the assertion fails
         os.kill(w, signal.SIGKILL)
     assert not alive, f"workers {alive} outlived the killed run"
