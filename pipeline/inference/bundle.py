@@ -108,6 +108,8 @@ class ModelIdentity:
         bundle: the folder it was loaded from.
         checkpoints_sha256: SHA-256 of each checkpoint, in the order they run.
         config_sha256: :func:`config_sha256` of the resolved inference config.
+        precision: the dtype the network computed in (``precision: auto`` resolves by
+            machine: bfloat16 on CPUs with native support, else float32).
     """
 
     name: str
@@ -115,11 +117,12 @@ class ModelIdentity:
     bundle: str
     checkpoints_sha256: tuple[str, ...]
     config_sha256: str
+    precision: str = "float32"
 
     @property
     def digest(self) -> str:
-        """One hash of the checkpoints and the config: equal digests, equal outputs."""
-        text = "|".join([*self.checkpoints_sha256, self.config_sha256])
+        """One hash of checkpoints, config and precision: equal digests, equal outputs."""
+        text = "|".join([*self.checkpoints_sha256, self.config_sha256, self.precision])
         return hashlib.sha256(text.encode()).hexdigest()
 
     @property
@@ -148,7 +151,9 @@ def bundle_metadata(bundle: Path) -> tuple[str, str]:
     return meta.get("name", bundle.name), meta.get("version", "")
 
 
-def identity_of(bundle: Path, checkpoints: list[Path], config: dict[str, Any]) -> ModelIdentity:
+def identity_of(
+    bundle: Path, checkpoints: list[Path], config: dict[str, Any], precision: str = "float32"
+) -> ModelIdentity:
     """The :class:`ModelIdentity` of a bundle's checkpoints under a resolved config."""
     name, version = bundle_metadata(bundle)
     return ModelIdentity(
@@ -157,4 +162,5 @@ def identity_of(bundle: Path, checkpoints: list[Path], config: dict[str, Any]) -
         bundle=str(bundle),
         checkpoints_sha256=tuple(file_sha256(p) for p in checkpoints),
         config_sha256=config_sha256(config),
+        precision=precision,
     )

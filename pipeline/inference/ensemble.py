@@ -37,6 +37,42 @@ class Flip(StrEnum):
         return (3,) if self is Flip.HFLIP else (2,)
 
 
+class Precision(StrEnum):
+    """The arithmetic of the network's forward pass (``precision`` in ``inference.json``).
+
+    ``auto`` is bfloat16 on a CPU with native bfloat16 instructions (AVX512-BF16, AMX), where
+    the residual U-Net runs about twice as fast, and float32 everywhere else (CUDA
+    included: there the network is not the bottleneck). Reduced precisions run under
+    :func:`torch.autocast`; logits are returned as float32.
+    """
+
+    AUTO = "auto"
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+
+
+def native_bfloat16() -> bool:
+    """Whether this CPU computes bfloat16 natively (oneDNN's own check)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a torch built without oneDNN
+        return False
+
+
+def compute_dtype(precision: str | Precision, device: torch.device | str) -> torch.dtype:
+    """The dtype a forward pass computes in on ``device`` for ``precision``.
+
+    Raises:
+        ValueError: ``precision`` is not a :class:`Precision` (the allowed set quoted).
+    """
+    chosen = Precision.parse(precision)
+    if chosen is Precision.AUTO:
+        on_cpu = torch.device(device).type == "cpu"
+        chosen = Precision.BFLOAT16 if on_cpu and native_bfloat16() else Precision.FLOAT32
+    return getattr(torch, chosen.value)
+
+
 def _logit(prob: torch.Tensor) -> torch.Tensor:
     return torch.logit(prob.clamp(1e-7, 1 - 1e-7))
 
@@ -88,6 +124,10 @@ def load_networks(
 ) -> nn.Module:
     """The network with its weights (eval mode), or an :class:`Ensemble` of one per checkpoint.
 
+    Weights are kept channels-last (NHWC), the layout oneDNN's convolutions run fastest in
+    on the CPU (1.2-1.3x for res_unet at 256²) and cuDNN's tensor cores prefer; inputs in
+    either layout work.
+
     Raises:
         ValueError: no checkpoint given.
         FileNotFoundError: a checkpoint is missing.
@@ -98,7 +138,7 @@ def load_networks(
     for i, ckpt in enumerate(checkpoints):
         net = network_def if i == 0 else copy.deepcopy(network_def)
         load_weights(net, ckpt, torch.device("cpu"))
-        members.append(net.to(device).eval())
+        members.append(net.to(device, memory_format=torch.channels_last).eval())
     return members[0] if len(members) == 1 else Ensemble(members).eval()
 
 
@@ -107,13 +147,21 @@ class FlipInferer:
 
     Args:
         flips: names of :class:`Flip` (empty: a plain forward pass).
+        dtype: the dtype the network computes in (:func:`compute_dtype`); below float32
+            it runs under :func:`torch.autocast`.
     """
 
-    def __init__(self, flips: Sequence[str] = ()):
+    def __init__(self, flips: Sequence[str] = (), dtype: torch.dtype = torch.float32):
         self.flips = [Flip.parse(f) for f in flips]
+        self.dtype = dtype
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
-        """Logits of ``inputs`` ``(B, C, H, W)``."""
+        """float32 logits of ``inputs`` ``(B, C, H, W)``."""
+        reduced = self.dtype != torch.float32
+        with torch.autocast(inputs.device.type, dtype=self.dtype, enabled=reduced):
+            return self._logits(inputs, network).float()
+
+    def _logits(self, inputs: torch.Tensor, network: nn.Module) -> torch.Tensor:
         out = _first(network(inputs))
         if not self.flips:
             return out

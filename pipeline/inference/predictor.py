@@ -114,7 +114,8 @@ class Predictor:
     @functools.cached_property
     def identity(self) -> ModelIdentity:
         """What this predictor runs (checkpoints hashed on first use, not by every worker)."""
-        return identity_of(self.bundle, self.checkpoints, self._config)
+        dtype = getattr(self.inferer, "dtype", torch.float32)
+        return identity_of(self.bundle, self.checkpoints, self._config, str(dtype).split(".")[-1])
 
     # --- the steps, for callers that pipeline them (the batch job's workers) ---------------
 
@@ -147,6 +148,7 @@ class Predictor:
         if self.network is None:
             raise RuntimeError("this Predictor was built with network=False")
         batch = torch.stack([_plain_tensor(img) for img in images]).to(self.device)
+        batch = batch.contiguous(memory_format=torch.channels_last)  # the network's layout
         step = (
             self.micro_batch if self.device.type == "cpu" and self.micro_batch > 0 else len(batch)
         )
