@@ -250,14 +250,26 @@ def label_overlay(right: np.ndarray, left: np.ndarray) -> np.ndarray:
     return rgba
 
 
-#: RGB of label 0 (unused), 1 (right lung) and 2 (left lung) in the overlay's outlines.
-_OUTLINE_RGB = np.array([(0, 0, 0), RIGHT_COLOUR, LEFT_COLOUR], dtype=np.uint8)
+#: The overlay's palette: grey levels 0..252 (an image's 256 levels mapped onto 253, which
+#: the eye cannot tell apart), then the right lung's, the left lung's and the QA text's colour.
+GREY_LEVELS = 253
+RIGHT_INDEX, LEFT_INDEX, QA_INDEX = GREY_LEVELS, GREY_LEVELS + 1, GREY_LEVELS + 2
+OVERLAY_PALETTE = np.concatenate(
+    [
+        np.repeat(np.rint(np.arange(GREY_LEVELS) * 255 / (GREY_LEVELS - 1)), 3).reshape(-1, 3),
+        [RIGHT_COLOUR, LEFT_COLOUR, (255, 64, 64)],
+    ]
+).astype(np.uint8)
+#: Palette index of label 0 (unused), 1 (right lung) and 2 (left lung) in the outlines.
+_OUTLINE_INDEX = np.array([0, RIGHT_INDEX, LEFT_INDEX], dtype=np.uint8)
+#: Grey value -> palette index.
+_GREY_INDEX = np.rint(np.arange(256) * (GREY_LEVELS - 1) / 255).astype(np.uint8)
 
 
-def overlay_image(image: np.ndarray, m: LungMeasures) -> np.ndarray:
-    """RGB uint8: the radiograph, the right/left lung outlines and the areas written on it.
+def overlay_indexed(image: np.ndarray, m: LungMeasures) -> np.ndarray:
+    """:func:`overlay_image` as uint8 indices into :data:`OVERLAY_PALETTE`.
 
-    Drawn on the image's own grid, downscaled to :data:`OVERLAY_MAX_SIZE` when larger.
+    A third of the RGB image's bytes: the overlay PNG encodes about three times faster.
     """
     from PIL import Image, ImageDraw
 
@@ -265,20 +277,26 @@ def overlay_image(image: np.ndarray, m: LungMeasures) -> np.ndarray:
     gray = _resized(to_uint8(image), shape, Image.Resampling.BOX)
     labels = _resized(m.labelmap(), shape, Image.Resampling.NEAREST)
     outline = label_outlines(labels, max(1, round(max(shape) / 400)))
-    rgb = np.repeat(gray[..., None], 3, axis=2)
+    indices = _GREY_INDEX[gray]
     lines = outline > 0
-    rgb[lines] = _OUTLINE_RGB[outline[lines]]
-    pil = Image.fromarray(rgb)
+    indices[lines] = _OUTLINE_INDEX[outline[lines]]
+    pil = Image.fromarray(indices, mode="L")
     draw = ImageDraw.Draw(pil)
     size = max(10, shape[0] // 40)
     font = _font(size)
-    draw.rectangle((0, 0, shape[1], size + 8), fill=(0, 0, 0))
-    draw.text((4, 2), _area_text(m), fill=(255, 255, 255), font=font)
+    draw.rectangle((0, 0, shape[1], size + 8), fill=0)
+    draw.text((4, 2), _area_text(m), fill=GREY_LEVELS - 1, font=font)
     if m.flags:
-        draw.text(
-            (4, size + 10), "QA: " + ", ".join(map(str, m.flags)), fill=(255, 64, 64), font=font
-        )
+        draw.text((4, size + 10), "QA: " + ", ".join(map(str, m.flags)), fill=QA_INDEX, font=font)
     return np.asarray(pil)
+
+
+def overlay_image(image: np.ndarray, m: LungMeasures) -> np.ndarray:
+    """RGB uint8: the radiograph, the right/left lung outlines and the areas written on it.
+
+    Drawn on the image's own grid, downscaled to :data:`OVERLAY_MAX_SIZE` when larger.
+    """
+    return OVERLAY_PALETTE[overlay_indexed(image, m)]
 
 
 @functools.lru_cache(maxsize=8)
@@ -292,8 +310,8 @@ def _font(size: int) -> Any:
 
 
 def write_overlay(image: np.ndarray, m: LungMeasures, path: str | os.PathLike) -> Path:
-    """Save :func:`overlay_image` as PNG (fast compression: overlays are for eyeballing)."""
-    return save_png(overlay_image(image, m), path, compress_level=1)
+    """Save :func:`overlay_image` as an indexed-colour PNG (fast deflate: for eyeballing)."""
+    return save_png(overlay_indexed(image, m), path, compress_level=1, palette=OVERLAY_PALETTE)
 
 
 def write_nifti(m: LungMeasures, path: str | os.PathLike) -> Path:

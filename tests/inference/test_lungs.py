@@ -100,3 +100,19 @@ def test_every_qa_flag_is_explained_with_its_limit():
     assert describe_flag("not_two_components") == messages[QAFlag.NOT_TWO_COMPONENTS]
     with pytest.raises(ValueError, match="not_two_components"):
         describe_flag("blurry")
+
+
+def test_the_overlay_file_is_indexed_colour_and_shows_the_overlay(tmp_path, pixels, lung_mask):
+    from PIL import Image
+
+    from pipeline.inference.outputs import LEFT_COLOUR, RIGHT_COLOUR, overlay_image, write_overlay
+
+    m = measure(lung_mask, np.ones(lung_mask.shape, np.float32))
+    with Image.open(write_overlay(pixels, m, tmp_path / "o.png")) as img:
+        assert img.mode == "P"
+        rgb = np.asarray(img.convert("RGB"))
+    np.testing.assert_array_equal(rgb, overlay_image(pixels, m))
+    colours = {tuple(c) for c in rgb.reshape(-1, 3)}
+    assert {RIGHT_COLOUR, LEFT_COLOUR} <= colours
+    inside = rgb[200:300, 100:200].astype(int)  # image part: grey, within a level of the input
+    assert (inside[..., 0] == inside[..., 2]).mean() > 0.9

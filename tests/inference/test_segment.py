@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from pipeline.inference.segment import parse_shard, plan
@@ -138,8 +139,9 @@ def test_overlays_nifti_and_summary(segmented):
     import nibabel as nib
 
     out = segmented["out"]
-    overlay = load_png(out / "overlays" / "png" / next(iter(segmented["cases"].values())))
-    assert overlay.ndim == 3 and overlay.shape[2] == 3
+    with Image.open(out / "overlays" / "png" / next(iter(segmented["cases"].values()))) as img:
+        overlay = np.asarray(img.convert("RGB"))
+    assert overlay.ndim == 3 and overlay.shape[2] == 3 and len(np.unique(overlay[..., 0])) > 100
     nifti = nib.load(out / "nifti" / "dicom" / "j2k.nii.gz")
     labels = np.asarray(nifti.dataobj)[..., 0].T
     assert set(np.unique(labels)) == {0, 1, 2} and nifti.header.get_zooms()[:2] == pytest.approx(
