@@ -4,6 +4,7 @@ from pipeline.transforms.dictionary import (
     BinarizeMaskd,
     CLAHEd,
     CropLetterboxd,
+    FillHolesd,
     Letterboxd,
     ScalePercentilesd,
     TopHatEnhanced,
@@ -31,6 +32,7 @@ from pipeline.transforms.intensity import (
     percentile_scale,
     tophat_enhance,
 )
+from pipeline.transforms.morphology import FillHoles, fill_holes
 
 __all__ = [
     "CLAHE",
@@ -39,6 +41,8 @@ __all__ = [
     "CLAHEd",
     "CropLetterbox",
     "CropLetterboxd",
+    "FillHoles",
+    "FillHolesd",
     "Letterbox",
     "LetterboxParams",
     "Letterboxd",
@@ -52,6 +56,7 @@ __all__ = [
     "Unletterboxd",
     "binarize_mask",
     "clahe",
+    "fill_holes",
     "letterbox",
     "letterbox_params",
     "percentile_scale",

@@ -18,6 +18,7 @@ from pipeline.transforms.geometry import (
     UnletterboxLabels,
 )
 from pipeline.transforms.intensity import CLAHE, BinarizeMask, ScalePercentiles, TopHatEnhance
+from pipeline.transforms.morphology import FillHoles
 
 
 class _Wrapped(MapTransform):
@@ -81,6 +82,13 @@ class BinarizeMaskd(_Wrapped):
         self, keys: KeysCollection, fraction: float = 0.5, allow_missing_keys: bool = False
     ):
         super().__init__(keys, BinarizeMask(fraction), allow_missing_keys)
+
+
+class FillHolesd(_Wrapped):
+    """Dictionary wrapper of :class:`~pipeline.transforms.morphology.FillHoles`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, FillHoles(), allow_missing_keys)
 
 
 class Letterboxd(MapTransform):
