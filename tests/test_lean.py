@@ -1,0 +1,44 @@
+"""MONAI imported for inference without its training extras: they stay out, inference works."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+SCRIPT = """
+import sys
+from pipeline.lean import TRAINING_EXTRAS, import_monai_for_inference
+assert import_monai_for_inference() is True
+assert import_monai_for_inference() is False  # already imported: nothing to hide
+print(sorted(m for m in TRAINING_EXTRAS if m in sys.modules))
+from pipeline.inference.predictor import Predictor
+pred = Predictor(device="cpu").predict_single_npy_array(__import__("numpy").load(sys.argv[1]))
+print(int(pred.mask.sum()), pred.measures.flags)
+import ignite, mlflow  # after MONAI, they import as usual
+print("later imports ok")
+"""
+
+
+def test_the_extras_stay_out_and_the_predictor_still_segments(tmp_path, pixels, lung_mask):
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", pixels)
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(tmp_path / "x.npy")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.splitlines()
+    assert out[0] == "[]" and out[-1] == "later imports ok"
+    area, flags = out[1].split(" ", 1)
+    assert abs(int(area) - int(lung_mask.sum())) < 0.1 * lung_mask.sum() and flags == "[]"
+
+
+def test_nothing_is_hidden_once_monai_is_imported():
+    import monai  # noqa: F401  (this test process has it)
+
+    from pipeline.lean import _Hidden, import_monai_for_inference
+
+    assert import_monai_for_inference() is False
+    assert not any(isinstance(f, _Hidden) for f in sys.meta_path)
