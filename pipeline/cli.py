@@ -151,9 +151,6 @@ def _parse_query(items: list[str]) -> dict[str, str]:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from pipeline.lean import import_monai_for_inference
-
-    import_monai_for_inference()  # ~2 s less start-up (see pipeline.lean)
     from pipeline.inference.segment import parse_shard, segment
 
     if args.tb:  # TB sits above inference: its package wraps the batch job
@@ -711,6 +708,10 @@ def _raised_by_lungseg(err: BaseException) -> bool:
 FAST_EXIT_COMMANDS = frozenset({"segment"})
 
 
+#: Commands that import MONAI without its training extras (~2 s less start-up: pipeline.lean).
+LEAN_COMMANDS = frozenset({"segment"})
+
+
 def run() -> None:
     """The console script: :func:`main`, then a fast exit for :data:`FAST_EXIT_COMMANDS`."""
     sys.exit(main(fast_exit=True))
@@ -740,6 +741,10 @@ def main(argv: Sequence[str] | None = None, fast_exit: bool = False) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command in LEAN_COMMANDS:  # before anything imports MONAI (pipeline.io does)
+        from pipeline.lean import import_monai_for_inference
+
+        import_monai_for_inference()
     code = _dispatch(args)
     if fast_exit and args.command in FAST_EXIT_COMMANDS:
         _exit_now(code)

@@ -5,8 +5,12 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from pipeline.lean import TRAINING_EXTRAS
+
 SCRIPT = """
 import sys
+
+from pipeline.lean import TRAINING_EXTRAS
 from pipeline.lean import TRAINING_EXTRAS, import_monai_for_inference
 assert import_monai_for_inference() is True
 assert import_monai_for_inference() is False  # already imported: nothing to hide
@@ -42,3 +46,20 @@ def test_nothing_is_hidden_once_monai_is_imported():
 
     assert import_monai_for_inference() is False
     assert not any(isinstance(f, _Hidden) for f in sys.meta_path)
+
+
+def test_lungseg_segment_runs_without_the_extras(tmp_path, pixels):
+    from pipeline.io.convert import build_dicom, write_dicom
+
+    write_dicom(build_dicom(pixels, "mono2-16bit"), tmp_path / "in" / "a.dcm")
+    script = (
+        "import sys; from pipeline.cli import main; "
+        f"code = main(['segment', {str(tmp_path / 'in')!r}, '-o', {str(tmp_path / 'out')!r}, "
+        "'--no-progress']); "
+        f"print(code, sorted(m for m in {TRAINING_EXTRAS!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    ).stdout.splitlines()
+    assert out[-1] == "0 []"
+    assert (tmp_path / "out" / "masks" / "a.png").is_file()
