@@ -175,6 +175,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         studies=args.study,
         query=_parse_query(args.query),
         store_back=args.store_back,
+        precision=args.precision,
         **({"tb_bundle": args.tb_bundle} if args.tb else {}),
     )
     counts = summary["counts"]
@@ -661,6 +662,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("--bundle", type=Path, help="bundle folder (default: the shipped one)")
     seg.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    seg.add_argument(
+        "--precision",
+        choices=["auto", "float32", "bfloat16", "float16"],
+        help="the network's arithmetic (default: the bundle's, float32); auto: bfloat16 on "
+        "CPUs with native bfloat16 (about 2x; masks agree at Dice ~0.999, see README)",
+    )
     seg.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     seg.add_argument("--workers", type=int, default=2, help="worker processes (0: none)")
     seg.add_argument("--overwrite", action="store_true", help="redo inputs already done")

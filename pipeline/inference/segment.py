@@ -397,8 +397,12 @@ def segment(
     studies: Sequence[str] = (),
     query: dict[str, str] | None = None,
     store_back: bool = False,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Segment every radiograph under ``inputs`` into ``out_dir``; return the summary.
+
+    ``precision`` overrides the bundle's (``float32``): ``bfloat16``, or ``auto`` (bfloat16
+    where the CPU has it natively, :class:`~pipeline.inference.ensemble.Precision`).
 
     With a ``tb_model`` (:func:`pipeline.tb.screen.segment_and_screen` passes the TB
     bundle's), each segmented image also gets a TB score (research only); images are then
@@ -421,8 +425,10 @@ def segment(
     inputs, sources = _fetch_dicomweb(inputs, out, studies, query)
     jobs = plan(inputs, shard)
     # TB inputs are measured on the full-resolution image the TB bundle was trained on
-    full = {"decode_min_size": None} if tb_model is not None else None
-    model = Predictor(bundle, rank_device(device), full)
+    overrides = {"decode_min_size": None} if tb_model is not None else {}
+    if precision is not None:
+        overrides["precision"] = precision
+    model = Predictor(bundle, rank_device(device), overrides)
     ident = model.identity.as_dict()
     header = {
         "started": time.strftime("%Y%m%d%H%M%S"),

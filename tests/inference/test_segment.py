@@ -537,3 +537,23 @@ def test_sr_needs_seg(radiograph_folder, tmp_path, capsys):
     argv = ["segment", str(radiograph_folder["root"]), "-o", str(tmp_path), "--formats", "sr"]
     assert main([*argv, "--no-progress"]) == EXIT_USAGE
     assert "sr references the SEG; add seg" in capsys.readouterr().err
+
+
+def test_precision_is_chosen_recorded_and_kept_per_output_folder(tmp_path, pixels, lung_mask):
+    from pipeline.io.convert import build_dicom, write_dicom
+    from tests.conftest import dice
+
+    write_dicom(build_dicom(pixels, "mono2-16bit"), tmp_path / "in" / "a.dcm")
+    runs = {}
+    for precision in ("float32", "bfloat16"):
+        out = tmp_path / precision
+        argv = ["segment", str(tmp_path / "in"), "-o", str(out), "--no-progress"]
+        assert main([*argv, "--formats", "mask", "--precision", precision]) == EXIT_OK
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["model"]["precision"] == precision
+        runs[precision] = (summary["model"]["digest"], load_png(out / "masks" / "a.png") > 0)
+    assert runs["float32"][0] != runs["bfloat16"][0]  # another model identity
+    assert dice(runs["float32"][1], runs["bfloat16"][1]) > 0.99
+    assert dice(runs["bfloat16"][1], lung_mask) > 0.9
+    argv = ["segment", str(tmp_path / "in"), "-o", str(tmp_path / "float32"), "--no-progress"]
+    assert main([*argv, "--formats", "mask", "--precision", "bfloat16"]) == EXIT_USAGE
