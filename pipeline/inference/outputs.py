@@ -526,14 +526,17 @@ class SegTemplates:
         key = self._key(source, m, algorithm)
         if key not in self._templates:
             seg = build_seg(source, m, uids, algorithm)
-            self._templates[key] = copy.deepcopy(seg)
+            template = copy.deepcopy(seg)
+            self._templates[key] = (template, _constant_bytes(template, source))
             while len(self._templates) > self.maxsize:
                 self._templates.popitem(last=False)
             return seg
         self._templates.move_to_end(key)
-        seg = _fresh_copy(self._templates[key])
+        template, constant = self._templates[key]
+        seg = _fresh_copy(template)
         _fill_from_source(seg, source)
         _fill_own(seg, source, m, uids)
+        seg._lungseg_constant_bytes = constant  # write_seg's fast path (see _encode_templated)
         return seg
 
     @staticmethod
@@ -554,6 +557,80 @@ _FILLED_SEQUENCES = (
 )
 
 
+#: Top-level attributes :func:`_fill_own` and :func:`pin_dates` set on every templated SEG.
+_OWN_KEYWORDS = (
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "InstanceNumber",
+    "PatientOrientation",
+    "PixelData",
+    *(f"{p}{t}" for p in ("Content", "Series", "InstanceCreation") for t in ("Date", "Time")),
+)
+
+
+def _constant_bytes(template: Any, source: Any) -> dict[Any, bytes]:
+    """Encoded bytes of the top-level elements of ``template`` no later SEG of it changes.
+
+    All but :data:`_FILLED_SEQUENCES`, :data:`_OWN_KEYWORDS` and the attributes copied from
+    the source, encoded explicit VR little endian; empty for other transfer syntaxes.
+    """
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    if template.file_meta.get("TransferSyntaxUID") != ExplicitVRLittleEndian:
+        return {}
+    varying = {*_FILLED_SEQUENCES, *_OWN_KEYWORDS, *_copied_keywords(str(source.SOPClassUID))}
+    encodings = template.get("SpecificCharacterSet", "iso8859")
+    out = {}
+    for element in template:
+        if element.keyword in varying or element.VR in _AMBIGUOUS_VRS:
+            continue
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_data_element(fp, element, encodings)
+        out[element.tag] = fp.getvalue()
+    return out
+
+
+#: Value representations pydicom must resolve against the dataset before writing.
+_AMBIGUOUS_VRS = frozenset({"US or SS", "US or OW", "US or SS or OW", "OB or OW"})
+
+
+def _encode_templated(seg: Any) -> bytes | None:
+    """``seg`` as Part 10 bytes, its template's unchanging elements copied as encoded bytes.
+
+    The same bytes as pydicom's ``save_as(enforce_file_format=True)`` (tested), in about a
+    third of the time: only what differs from source to source is encoded. None when
+    ``seg`` does not come from a template (:class:`SegTemplates`).
+    """
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import (
+        correct_ambiguous_vr_element,
+        write_data_element,
+        write_file_meta_info,
+    )
+
+    constant = getattr(seg, "_lungseg_constant_bytes", None)
+    if not constant:
+        return None
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    fp.write(seg.preamble or b"\x00" * 128)
+    fp.write(b"DICM")
+    write_file_meta_info(fp, seg.file_meta, enforce_standard=True)
+    encodings = seg.get("SpecificCharacterSet", "iso8859")
+    for tag in sorted(seg.keys()):
+        if tag in constant:
+            fp.write(constant[tag])
+            continue
+        element = seg[tag]
+        if element.VR in _AMBIGUOUS_VRS:
+            element = correct_ambiguous_vr_element(element, seg, True)
+        write_data_element(fp, element, encodings)
+    return fp.getvalue()
+
+
 def _fresh_copy(template: Any) -> Any:
     """A new dataset sharing the template's unchanging elements (a deep copy costs 2 ms)."""
     import copy
@@ -565,10 +642,32 @@ def _fresh_copy(template: Any) -> Any:
         seg.add(element)
     for keyword in _FILLED_SEQUENCES:
         if keyword in template:
-            seg[keyword] = copy.deepcopy(template[keyword])
+            seg[keyword] = _copy_sequence(template[keyword])
     seg.file_meta = copy.deepcopy(template.file_meta)
     seg.preamble = template.preamble
     return seg
+
+
+def _copy_sequence(element: Any) -> Any:
+    """A sequence element with new items and elements all the way down, values shared.
+
+    What the fills change are element values, set anew (never changed in place), so the
+    values themselves (strings, numbers, bytes) need no copying: a third of
+    ``copy.deepcopy``'s time.
+    """
+    import copy
+
+    from pydicom.dataset import Dataset
+
+    def item_copy(item: Any) -> Any:
+        out = Dataset()
+        for child in item:
+            out.add(_copy_sequence(child) if child.VR == "SQ" else copy.copy(child))
+        return out
+
+    out = copy.copy(element)
+    out.value = [item_copy(item) for item in element.value]
+    return out
 
 
 def _fill_from_source(seg: Any, source: Any) -> None:
@@ -634,8 +733,12 @@ def write_seg(seg: Any, path: str | os.PathLike, content_datetime: str | None = 
     if content_datetime:
         pin_dates(seg, content_datetime)
     path = Path(path)
+    encoded = _encode_templated(seg)
     with atomic_path(path) as tmp:
-        seg.save_as(tmp, enforce_file_format=True)  # Part 10: preamble, DICM, file meta
+        if encoded is None:
+            seg.save_as(tmp, enforce_file_format=True)  # Part 10: preamble, DICM, file meta
+        else:
+            tmp.write_bytes(encoded)
     return path
 
 

@@ -147,6 +147,7 @@ def test_seg_from_a_template_is_byte_for_byte_highdicoms(
     from pipeline.inference.outputs import (
         SegTemplates,
         _complete_type2,
+        _encode_templated,
         build_seg,
         encode_dicom,
         pin_dates,
@@ -155,7 +156,7 @@ def test_seg_from_a_template_is_byte_for_byte_highdicoms(
     )
 
     templates, algorithm = SegTemplates(), shipped_model.identity.algorithm()
-    masks = [*case_masks.values(), *case_masks.values()]
+    masks, fast_ones = [*case_masks.values(), *case_masks.values()], 0
     for i, source in enumerate(_sources(case_pixels)):
         mask = masks[i // 2][:, : source.Columns]
         m = measure(mask, mask.astype(np.float32), str(source.PatientOrientation))
@@ -165,10 +166,14 @@ def test_seg_from_a_template_is_byte_for_byte_highdicoms(
         for seg in (ours, theirs):
             pin_dates(seg, "20260102030405")
         assert encode_dicom(ours) == encode_dicom(theirs), (i, source.PatientName)
+        fast = _encode_templated(ours)  # write_seg's encoder for SEGs from a template
+        assert fast is None or fast == encode_dicom(theirs), (i, source.PatientName)
+        fast_ones += fast is not None
         written = write_seg(ours, tmp_path / f"{i}.dcm")  # a Part 10 file, like highdicom's
         assert written.read_bytes() == write_seg(theirs, tmp_path / "hd.dcm").read_bytes()
         assert written.read_bytes()[128:132] == b"DICM"
     assert len(templates._templates) < len(_sources(case_pixels))  # templates were used
+    assert fast_ones == len(_sources(case_pixels)) - len(templates._templates)
 
 
 def test_seg_and_sr_of_every_encoding_pass_dciodvfy_without_warnings(
