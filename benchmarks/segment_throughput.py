@@ -101,6 +101,7 @@ def run_segment(folder: Path, out: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "pipeline.cli", "segment", str(folder), "-o", str(out)]
     cmd += ["--no-progress", "--overwrite", "--workers", str(args.workers)]
     cmd += ["--batch-size", str(args.batch_size), "--device", args.device]
+    cmd += ["--precision", args.precision] if args.precision else []
     peak, start = [0, 0, 0], time.perf_counter()  # tree, main process, workers
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -127,7 +128,7 @@ def forward_only(folder: Path, args: argparse.Namespace) -> float:
     """The network alone: images/s on one preprocessed batch, repeated."""
     from pipeline.inference.predictor import Predictor
 
-    model = Predictor(device=args.device)
+    model = Predictor(device=args.device, overrides=_overrides(args))
     image = model.preprocess(model.load(next(folder.rglob("*.dcm"))))["image"]
     batch = [image] * args.batch_size
     for _ in range(3):
@@ -136,6 +137,10 @@ def forward_only(folder: Path, args: argparse.Namespace) -> float:
     for _ in range(reps):
         model.forward(batch)
     return reps * args.batch_size / (time.perf_counter() - start)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    return {"precision": args.precision} if args.precision else {}
 
 
 def handwritten_loop(folder: Path, out: Path, limit: int = 100) -> float:
@@ -162,6 +167,7 @@ def measure(name: str, count: int, args: argparse.Namespace) -> dict:
         "input": name,
         "count": count,
         "device": summary["device"],
+        "precision": summary["model"]["precision"],
         "whole_process": count / summary["wall_seconds"],
         "steady_state": run["images_per_second"],
         "handwritten_loop": loop,
@@ -186,6 +192,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", help="lungseg's --precision (default: the bundle's)")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-segment")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -203,9 +210,10 @@ def main() -> None:
 def table(results: list[dict], args: argparse.Namespace) -> str:
     """The results as a Markdown table."""
     device = results[0]["device"] if results else "?"
+    precision = results[0]["precision"] if results else "?"
     head = (
         f"Device: {device}, {os.cpu_count()} CPU cores, batch {args.batch_size}, "
-        f"{args.workers} workers; formats seg, mask, overlay.\n\n"
+        f"{args.workers} workers, {precision}; formats seg, mask, overlay.\n\n"
         "| input | N | whole process (img/s) | steady state (img/s) | hand-written loop, "
         "whole process (img/s) | forward only (img/s) | steady / forward | whole / loop | "
         "outside the network (ms/img) | "
