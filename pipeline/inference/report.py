@@ -47,8 +47,10 @@ class Journal:
     """Append-only record of finished inputs; a rerun skips what it lists.
 
     The first line holds the run's settings (model checksum, formats, start time); each
-    following line is one finished input's report row, flushed and fsync'ed before the next
-    input is reported, so a kill -9 loses at most the inputs being processed.
+    following line is one finished input's report row, flushed to the system as it is
+    recorded (a kill -9 loses at most the inputs being processed) and fsync'ed at the latest
+    by :meth:`sync`, which the batch job calls once per batch (a power loss forgets at most
+    one batch's lines, and their inputs, whose outputs are durable already, are redone).
 
     Args:
         out_dir: the batch's output folder.
@@ -78,6 +80,7 @@ class Journal:
             with atomic_path(self.path) as tmp:
                 Path(tmp).write_text(json.dumps({"run": self.header}) + "\n")
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for appends)
+        self._unsynced = False
 
     def _load(self, header: dict[str, Any]) -> None:
         self._drop_cut_line()
@@ -109,16 +112,26 @@ class Journal:
         """Whether ``key`` finished in this or an earlier run."""
         return key in self.rows
 
-    def record(self, key: str, row: dict[str, Any]) -> None:
-        """Append one finished input, durably."""
+    def record(self, key: str, row: dict[str, Any], sync: bool = True) -> None:
+        """Append one finished input (flushed; fsync'ed now, or by :meth:`sync` if not ``sync``)."""
         self.rows[key] = row
         self._fh.write(json.dumps({"key": key, "row": row}) + "\n")
         self._fh.flush()
-        os.fsync(self._fh.fileno())
+        self._unsynced = True
+        if sync:
+            self.sync()
+
+    def sync(self) -> None:
+        """Make the lines recorded since the last sync durable (one fsync; none if no lines)."""
+        if self._unsynced:
+            os.fsync(self._fh.fileno())
+            self._unsynced = False
 
     def close(self) -> None:
-        """Close the journal file."""
-        self._fh.close()
+        """Make the recorded lines durable and close the journal file."""
+        if not self._fh.closed:
+            self.sync()
+            self._fh.close()
 
 
 def _cell(value: Any) -> Any:

@@ -223,10 +223,12 @@ class Segmenter:
                 while len(pending) > 2 * self.batch_size:  # bounded: memory stays flat
                     self._record(*pending.pop(0))
                     bar.update()
+                self.journal.sync()  # one fsync per batch, not per input
             for job, future in pending:
                 self._record(job, future)
                 bar.update()
             self._flush_tb()
+            self.journal.sync()
 
     def _pool(self) -> Executor:
         """Worker processes for decoding and finishing (a thread when workers is 0)."""
@@ -344,7 +346,7 @@ class Segmenter:
         if result.pop("retry", False):  # reported, not journalled: the next run tries again
             self.retry_rows[job.key] = result
         else:
-            self.journal.record(job.key, result)
+            self.journal.record(job.key, result, sync=False)
         self.summary.counts[result["status"]] += 1
         self.summary.processed += 1
 

@@ -557,3 +557,26 @@ def test_precision_is_chosen_recorded_and_kept_per_output_folder(tmp_path, pixel
     assert dice(runs["bfloat16"][1], lung_mask) > 0.9
     argv = ["segment", str(tmp_path / "in"), "-o", str(tmp_path / "float32"), "--no-progress"]
     assert main([*argv, "--formats", "mask", "--precision", "bfloat16"]) == EXIT_USAGE
+
+
+def test_the_journal_is_fsynced_once_per_batch_and_stays_complete(tmp_path, pixels, monkeypatch):
+    import pipeline.inference.report as report
+    from pipeline.io.convert import build_dicom, write_dicom
+
+    for i in range(7):
+        write_dicom(build_dicom(pixels, "mono2-8bit"), tmp_path / "in" / f"{i}.dcm")
+    journal_fsyncs, real_fsync = [], os.fsync
+
+    def counting_sync(self):  # Journal.sync, counting the fsyncs it does
+        if self._unsynced:
+            journal_fsyncs.append(len(self.rows))
+        self._unsynced and real_fsync(self._fh.fileno())
+        self._unsynced = False
+
+    monkeypatch.setattr(report.Journal, "sync", counting_sync)
+    argv = ["segment", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress"]
+    assert main([*argv, "--formats", "mask", "--workers", "0", "--batch-size", "2"]) == EXIT_OK
+    assert 1 <= len(journal_fsyncs) <= 5  # 7 inputs in batches of 2: not one fsync per input
+    assert journal_fsyncs[-1] == 7  # the last fsync covers every input
+    lines = (tmp_path / "out" / "journal.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 7  # the header and every input
