@@ -715,7 +715,7 @@ def _raised_by_lungseg(err: BaseException) -> bool:
 FAST_EXIT_COMMANDS = frozenset({"segment"})
 
 
-#: Commands that import MONAI without its training extras (~2 s less start-up: pipeline.lean).
+#: Commands that import MONAI without what inference does not use (~2.5 s less start-up).
 LEAN_COMMANDS = frozenset({"segment"})
 
 

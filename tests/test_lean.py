@@ -1,20 +1,19 @@
-"""MONAI imported for inference without its training extras: they stay out, inference works."""
+"""MONAI imported for inference without the extras it does not use: they stay out, it works."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 
-from pipeline.lean import TRAINING_EXTRAS
+from pipeline.lean import NOT_FOR_INFERENCE
 
 SCRIPT = """
 import sys
 
-from pipeline.lean import TRAINING_EXTRAS
-from pipeline.lean import TRAINING_EXTRAS, import_monai_for_inference
+from pipeline.lean import NOT_FOR_INFERENCE, import_monai_for_inference
 assert import_monai_for_inference() is True
 assert import_monai_for_inference() is False  # already imported: nothing to hide
-print(sorted(m for m in TRAINING_EXTRAS if m in sys.modules))
+print(sorted(m for m in NOT_FOR_INFERENCE if m in sys.modules))
 from pipeline.inference.predictor import Predictor
 pred = Predictor(device="cpu").predict_single_npy_array(__import__("numpy").load(sys.argv[1]))
 print(int(pred.mask.sum()), pred.measures.flags)
@@ -56,7 +55,7 @@ def test_lungseg_segment_runs_without_the_extras(tmp_path, pixels):
         "import sys; from pipeline.cli import main; "
         f"code = main(['segment', {str(tmp_path / 'in')!r}, '-o', {str(tmp_path / 'out')!r}, "
         "'--no-progress']); "
-        f"print(code, sorted(m for m in {TRAINING_EXTRAS!r} if m in sys.modules))"
+        f"print(code, sorted(m for m in {NOT_FOR_INFERENCE!r} if m in sys.modules))"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
