@@ -259,7 +259,9 @@ def _assert_same_masks(ts_path: Path, held_out: list[dict]) -> None:
         expected = _checkpoint_network()(x)
         got = torch.jit.load(str(ts_path), map_location="cpu")(x)
     assert torch.equal(expected > 0, got > 0)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    # probabilities, not logits: near 0 and 1 the logit of a mean probability magnifies
+    # float32 rounding (the network runs channels-last, the TorchScript contiguous)
+    torch.testing.assert_close(torch.sigmoid(got), torch.sigmoid(expected), rtol=0, atol=1e-5)
 
 
 def test_torchscript_export_gives_the_checkpoint_masks(tmp_path, held_out):
@@ -284,7 +286,9 @@ def test_shipped_torchscript_is_the_network_the_predictor_runs(held_out):
         expected = network(x)
         got = torch.jit.load(str(BUNDLE / "models" / "model.ts"), map_location="cpu")(x)
     assert torch.equal(expected > 0, got > 0)
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+    # probabilities, not logits: near 0 and 1 the logit of a mean probability magnifies
+    # float32 rounding (the network runs channels-last, the TorchScript contiguous)
+    torch.testing.assert_close(torch.sigmoid(got), torch.sigmoid(expected), rtol=0, atol=1e-5)
 
 
 def test_weights_stay_under_the_model_zoo_size():
