@@ -94,9 +94,23 @@ def block_mean(arr: np.ndarray, k: int) -> np.ndarray:
     pad = (-rows % k, -cols % k)
     if any(pad):
         arr = np.pad(arr, ((0, pad[0]), (0, pad[1])), mode="edge")
-    blocks = arr.reshape(arr.shape[0] // k, k, arr.shape[1] // k, k)
-    total = blocks.sum(axis=(1, 3), dtype=np.int64)
-    return ((total + (k * k) // 2) // (k * k)).astype(arr.dtype)
+    # k strided additions per axis: exact integer sums, ~7x faster than numpy's reduction
+    # over the two block axes of a (rows/k, k, columns/k, k) view
+    total = arr[0::k].astype(np.int32 if arr.dtype.itemsize <= 2 else np.int64)
+    for j in range(1, k):
+        total += arr[j::k]
+    total = _column_sums(total, k)
+    total += (k * k) // 2
+    total //= k * k
+    return total.astype(arr.dtype)
+
+
+def _column_sums(rows_summed: np.ndarray, k: int) -> np.ndarray:
+    """Sums of every ``k`` adjacent columns (the column count is a multiple of ``k``)."""
+    total = rows_summed[:, 0::k].copy()
+    for j in range(1, k):
+        total += rows_summed[:, j::k]
+    return total
 
 
 # --- JPEG 2000 / HTJ2K ------------------------------------------------------------------

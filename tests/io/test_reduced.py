@@ -95,3 +95,25 @@ def test_loader_passes_the_minimum_size(tmp_path, large):
     path = write_dicom(build_dicom(large, DicomVariant.HTJ2K), tmp_path / "x.dcm")
     image = LoadCXR(min_size=768)(path)
     assert tuple(image.shape) == (1, 768, 600) and image.meta["reduced_from"] == (1536, 1200)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "k"),
+    [
+        ((301, 250), np.uint16, 2),
+        ((300, 251), np.int16, 3),
+        ((97, 101), np.uint8, 5),
+        ((64, 64), np.uint16, 4),
+        ((50, 77), np.int32, 7),
+    ],
+    ids=str,
+)
+def test_block_mean_is_the_rounded_mean_of_each_padded_block(shape, dtype, k):
+    info = np.iinfo(dtype)
+    arr = np.random.default_rng(k).integers(info.min, info.max, shape, dtype=dtype, endpoint=True)
+    padded = np.pad(arr, ((0, -shape[0] % k), (0, -shape[1] % k)), mode="edge").astype(np.int64)
+    blocks = padded.reshape(padded.shape[0] // k, k, padded.shape[1] // k, k)
+    expected = (blocks.sum(axis=(1, 3)) + k * k // 2) // (k * k)
+    got = block_mean(arr, k)
+    assert got.dtype == arr.dtype
+    np.testing.assert_array_equal(got, expected.astype(dtype))
