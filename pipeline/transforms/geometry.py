@@ -228,14 +228,38 @@ def upsample_labels(
     )
     out = np.zeros((int(shape[0]), int(shape[1])), dtype=np.uint8)
     window = _window(near, rows, cols)
-    fine = np.take(np.take(code, rows[window[0]], axis=0), cols[window[1]], axis=1)
+    fine_rows, fine_cols = rows[window[0]], cols[window[1]]
     # code: label (1-2) in the low bits, 4 added inside a region
-    inside = (fine & 3) * (fine >> 2)
-    edge = np.nonzero((fine - np.uint8(1)) < 2)  # codes 1 and 2: within a pixel of an edge
+    inside = np.take(np.take((code & 3) * (code >> 2), fine_rows, axis=0), fine_cols, axis=1)
+    edge, value = _edge_points(code, fine_rows, fine_cols)
     keep = _above_at(prob.astype(np.float32, copy=False), shape, window, edge, threshold)
-    inside[edge[0][keep], edge[1][keep]] = fine[edge[0][keep], edge[1][keep]]
+    inside[edge[0][keep], edge[1][keep]] = value[keep]
     out[window] = inside
     return out
+
+
+def _edge_points(
+    code: np.ndarray, fine_rows: np.ndarray, fine_cols: np.ndarray
+) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Fine pixels (window-relative rows, columns) whose coarse pixel has code 1 or 2, and it.
+
+    Found on the coarse grid and expanded block by block (each coarse pixel covers a
+    rectangle of fine ones: ``fine_rows``/``fine_cols`` are non-decreasing), instead of
+    searching every fine pixel of the window.
+    """
+    ci, cj = np.nonzero((code - np.uint8(1)) < 2)  # codes 1 and 2: within a pixel of an edge
+    bounds = [
+        (np.searchsorted(f, np.arange(n), "left"), np.searchsorted(f, np.arange(n), "right"))
+        for f, n in ((fine_rows, code.shape[0]), (fine_cols, code.shape[1]))
+    ]
+    r0, c0 = bounds[0][0][ci], bounds[1][0][cj]
+    height, width = bounds[0][1][ci] - r0, bounds[1][1][cj] - c0
+    counts = height * width
+    owner = np.repeat(np.arange(len(ci)), counts)
+    offset = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    rows = r0[owner] + offset // width[owner]
+    cols = c0[owner] + offset % width[owner]
+    return (rows, cols), code[ci, cj][owner]
 
 
 class Letterbox(Transform):

@@ -140,3 +140,18 @@ def test_upsampling_no_labels_gives_an_empty_grid():
 
     out = upsample_labels(np.zeros((64, 50), np.uint8), np.zeros((64, 50), np.float32), (301, 250))
     assert out.shape == (301, 250) and not out.any()
+
+
+@pytest.mark.parametrize(("coarse", "fine"), [((16, 12), (64, 48)), ((17, 13), (100, 61))])
+def test_edge_points_are_the_fine_pixels_of_coarse_edge_pixels(coarse, fine):
+    from pipeline.transforms.geometry import _edge_points, _nearest_index
+
+    code = np.random.default_rng(3).integers(0, 7, coarse).astype(np.uint8)
+    rows, cols = _nearest_index(coarse[0], fine[0]), _nearest_index(coarse[1], fine[1])
+    window_rows, window_cols = rows[5:-3], cols[2:-4]  # a window inside the fine grid
+    (r, c), value = _edge_points(code, window_rows, window_cols)
+    upsampled = code[np.ix_(window_rows, window_cols)]
+    expected = np.nonzero((upsampled == 1) | (upsampled == 2))
+    got = sorted(zip(r.tolist(), c.tolist(), strict=True))
+    assert got == sorted(zip(*(e.tolist() for e in expected), strict=True))
+    np.testing.assert_array_equal(value, upsampled[r, c])
