@@ -577,6 +577,7 @@ def _constant_bytes(template: Any, source: Any) -> dict[Any, bytes]:
     from pydicom.filebase import DicomBytesIO
     from pydicom.filewriter import write_data_element
     from pydicom.uid import ExplicitVRLittleEndian
+    from pydicom.valuerep import AMBIGUOUS_VR
 
     if template.file_meta.get("TransferSyntaxUID") != ExplicitVRLittleEndian:
         return {}
@@ -584,17 +585,13 @@ def _constant_bytes(template: Any, source: Any) -> dict[Any, bytes]:
     encodings = template.get("SpecificCharacterSet", "iso8859")
     out = {}
     for element in template:
-        if element.keyword in varying or element.VR in _AMBIGUOUS_VRS:
+        if element.keyword in varying or element.VR in AMBIGUOUS_VR:
             continue
         fp = DicomBytesIO()
         fp.is_little_endian, fp.is_implicit_VR = True, False
         write_data_element(fp, element, encodings)
         out[element.tag] = fp.getvalue()
     return out
-
-
-#: Value representations pydicom must resolve against the dataset before writing.
-_AMBIGUOUS_VRS = frozenset({"US or SS", "US or OW", "US or SS or OW", "OB or OW"})
 
 
 def _encode_templated(seg: Any) -> bytes | None:
@@ -610,6 +607,7 @@ def _encode_templated(seg: Any) -> bytes | None:
         write_data_element,
         write_file_meta_info,
     )
+    from pydicom.valuerep import AMBIGUOUS_VR
 
     constant = getattr(seg, "_lungseg_constant_bytes", None)
     if not constant:
@@ -625,7 +623,7 @@ def _encode_templated(seg: Any) -> bytes | None:
             fp.write(constant[tag])
             continue
         element = seg[tag]
-        if element.VR in _AMBIGUOUS_VRS:
+        if element.VR in AMBIGUOUS_VR:
             element = correct_ambiguous_vr_element(element, seg, True)
         write_data_element(fp, element, encodings)
     return fp.getvalue()

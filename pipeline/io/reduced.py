@@ -96,20 +96,25 @@ def block_mean(arr: np.ndarray, k: int) -> np.ndarray:
         arr = np.pad(arr, ((0, pad[0]), (0, pad[1])), mode="edge")
     # k strided additions per axis: exact integer sums, ~7x faster than numpy's reduction
     # over the two block axes of a (rows/k, k, columns/k, k) view
-    total = arr[0::k].astype(np.int32 if arr.dtype.itemsize <= 2 else np.int64)
-    for j in range(1, k):
-        total += arr[j::k]
-    total = _column_sums(total, k)
+    accumulator = np.int32 if arr.dtype.itemsize <= 2 else np.int64
+    total = _sum_every(_sum_every(arr, k, 0, accumulator), k, 1, accumulator)
     total += (k * k) // 2
     total //= k * k
     return total.astype(arr.dtype)
 
 
-def _column_sums(rows_summed: np.ndarray, k: int) -> np.ndarray:
-    """Sums of every ``k`` adjacent columns (the column count is a multiple of ``k``)."""
-    total = rows_summed[:, 0::k].copy()
+def _sum_every(arr: np.ndarray, k: int, axis: int, dtype: type) -> np.ndarray:
+    """Sums of every ``k`` adjacent rows (axis 0) or columns (axis 1), as a new ``dtype`` array.
+
+    The length along ``axis`` is a multiple of ``k``.
+    """
+
+    def part(j: int) -> np.ndarray:
+        return arr[j::k] if axis == 0 else arr[:, j::k]
+
+    total = part(0).astype(dtype)  # a copy: the additions never touch ``arr``
     for j in range(1, k):
-        total += rows_summed[:, j::k]
+        total += part(j)
     return total
 
 
