@@ -43,6 +43,19 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
+def dicom_folder(folder: Path, pixels: np.ndarray, count: int = 1, variant: str = "mono2-16bit"):
+    """``folder`` holding ``count`` DICOM copies of ``pixels`` named ``0.dcm``, ``1.dcm``...
+
+    Returns:
+        The folder.
+    """
+    from pipeline.io.convert import build_dicom, write_dicom
+
+    for i in range(count):
+        write_dicom(build_dicom(pixels, variant), folder / f"{i}.dcm")
+    return folder
+
+
 def child_pids(pid: int) -> set[int]:
     """The processes whose parent is ``pid`` (Linux /proc)."""
     out = set()

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from pipeline.lean import NOT_FOR_INFERENCE
+from tests.conftest import dicom_folder
 
 SCRIPT = """
 import sys
@@ -48,9 +49,7 @@ def test_nothing_is_hidden_once_monai_is_imported():
 
 
 def test_lungseg_segment_runs_without_the_extras(tmp_path, pixels):
-    from pipeline.io.convert import build_dicom, write_dicom
-
-    write_dicom(build_dicom(pixels, "mono2-16bit"), tmp_path / "in" / "a.dcm")
+    dicom_folder(tmp_path / "in", pixels)
     script = (
         "import sys; from pipeline.cli import main; "
         f"code = main(['segment', {str(tmp_path / 'in')!r}, '-o', {str(tmp_path / 'out')!r}, "
@@ -61,4 +60,4 @@ def test_lungseg_segment_runs_without_the_extras(tmp_path, pixels):
         [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
     ).stdout.splitlines()
     assert out[-1] == "0 []"
-    assert (tmp_path / "out" / "masks" / "a.png").is_file()
+    assert (tmp_path / "out" / "masks" / "0.png").is_file()

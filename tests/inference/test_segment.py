@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from pipeline.inference.segment import parse_shard, plan
-from tests.conftest import child_pids, is_running, load_png
+from tests.conftest import child_pids, dice, dicom_folder, is_running, load_png
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -540,10 +540,7 @@ def test_sr_needs_seg(radiograph_folder, tmp_path, capsys):
 
 
 def test_precision_is_chosen_recorded_and_kept_per_output_folder(tmp_path, pixels, lung_mask):
-    from pipeline.io.convert import build_dicom, write_dicom
-    from tests.conftest import dice
-
-    write_dicom(build_dicom(pixels, "mono2-16bit"), tmp_path / "in" / "a.dcm")
+    dicom_folder(tmp_path / "in", pixels)
     runs = {}
     for precision in ("float32", "bfloat16"):
         out = tmp_path / precision
@@ -551,7 +548,7 @@ def test_precision_is_chosen_recorded_and_kept_per_output_folder(tmp_path, pixel
         assert main([*argv, "--formats", "mask", "--precision", precision]) == EXIT_OK
         summary = json.loads((out / "summary.json").read_text())
         assert summary["model"]["precision"] == precision
-        runs[precision] = (summary["model"]["digest"], load_png(out / "masks" / "a.png") > 0)
+        runs[precision] = (summary["model"]["digest"], load_png(out / "masks" / "0.png") > 0)
     assert runs["float32"][0] != runs["bfloat16"][0]  # another model identity
     assert dice(runs["float32"][1], runs["bfloat16"][1]) > 0.99
     assert dice(runs["bfloat16"][1], lung_mask) > 0.9
@@ -561,17 +558,14 @@ def test_precision_is_chosen_recorded_and_kept_per_output_folder(tmp_path, pixel
 
 def test_the_journal_is_fsynced_once_per_batch_and_stays_complete(tmp_path, pixels, monkeypatch):
     import pipeline.inference.report as report
-    from pipeline.io.convert import build_dicom, write_dicom
 
-    for i in range(7):
-        write_dicom(build_dicom(pixels, "mono2-8bit"), tmp_path / "in" / f"{i}.dcm")
-    journal_fsyncs, real_fsync = [], os.fsync
+    dicom_folder(tmp_path / "in", pixels, count=7, variant="mono2-8bit")
+    journal_fsyncs, real_sync = [], report.Journal.sync
 
-    def counting_sync(self):  # Journal.sync, counting the fsyncs it does
+    def counting_sync(self):  # Journal.sync, noting the rows each fsync covers
         if self._unsynced:
             journal_fsyncs.append(len(self.rows))
-        self._unsynced and real_fsync(self._fh.fileno())
-        self._unsynced = False
+        real_sync(self)
 
     monkeypatch.setattr(report.Journal, "sync", counting_sync)
     argv = ["segment", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress"]
