@@ -102,6 +102,18 @@ class QAFlag(StrEnum):
     LOW_CONFIDENCE = "low_confidence"
 
 
+class LungField(StrEnum):
+    """Which lung field a reference mask outlines (and a model is trained to output).
+
+    ``visible``: the lung seen as air, stopping at the heart's left border and at the
+    diaphragm (most Montgomery/Shenzhen masks). ``anatomical``: the whole lung field, the
+    left lower lobe behind the heart included.
+    """
+
+    VISIBLE = "visible"
+    ANATOMICAL = "anatomical"
+
+
 class Status(StrEnum):
     """Outcome of one input of a batch."""
 

@@ -85,3 +85,44 @@ def test_bad_parameters():
         PenaltyGeneralizedDiceLoss(k=-1)
     with pytest.raises(ValueError, match="dice_ce, pgdl, pcl"):
         build_loss("focal")
+
+
+def test_ignore_dice_ce_without_ignore_map_is_monai_dice_ce():
+    from monai.losses import DiceCELoss
+
+    from pipeline.losses import IgnoreDiceCELoss
+
+    logits = torch.randn(3, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    target = (torch.rand(3, 1, 16, 16, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+    ours = IgnoreDiceCELoss()(logits, target)
+    assert float(ours) == pytest.approx(float(DiceCELoss(sigmoid=True)(logits, target)), abs=1e-6)
+    empty = torch.cat([target, torch.zeros_like(target)], dim=1)
+    assert float(IgnoreDiceCELoss()(logits, empty)) == pytest.approx(float(ours), abs=1e-6)
+
+
+def test_ignored_pixels_neither_count_nor_get_gradients():
+    from pipeline.losses import IgnoreDiceCELoss
+
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 1, 12, 12, generator=gen, requires_grad=True)
+    label = (torch.rand(2, 1, 12, 12, generator=gen) > 0.5).float()
+    ignore = torch.zeros_like(label)
+    ignore[:, :, 4:9, 6:] = 1
+    loss = IgnoreDiceCELoss()(logits, torch.cat([label, ignore], dim=1))
+    loss.backward()
+    assert torch.all(logits.grad[ignore > 0] == 0) and torch.any(logits.grad[ignore == 0] != 0)
+    changed = logits.detach().clone()
+    changed[ignore > 0] = 50.0  # anything at all where the map says "ignore"
+    again = IgnoreDiceCELoss()(changed, torch.cat([label, ignore], dim=1))
+    assert float(again) == pytest.approx(float(loss.detach()), abs=1e-6)
+
+
+def test_training_loss_by_lung_field():
+    from pipeline.losses import IgnoreDiceCELoss, training_loss
+
+    assert isinstance(training_loss("pcl", "visible"), PenaltyComboLoss)
+    assert isinstance(training_loss("dice_ce", "anatomical"), IgnoreDiceCELoss)
+    with pytest.raises(ValueError, match="'pcl' cannot ignore pixels"):
+        training_loss("pcl", "anatomical")
+    with pytest.raises(ValueError, match="visible, anatomical"):
+        training_loss("dice_ce", "whole")

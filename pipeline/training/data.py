@@ -226,6 +226,35 @@ def write_split_file(source: str | os.PathLike, path: str | os.PathLike, **kwarg
     return write_text_atomic(path, json.dumps(split_document(source, **kwargs), indent=1) + "\n")
 
 
+def read_lung_field_cases(path: str | os.PathLike | None) -> list[str]:
+    """The case names a lung-field file lists as drawn to the anatomical convention.
+
+    The file (``data/splits/montgomery-shenzhen-lung-field.json``, written by
+    ``data/scripts/lung_field_conventions.py``) is JSON with an ``anatomical`` list; None
+    gives no case.
+
+    Raises:
+        ValueError: the file is not such a document.
+    """
+    if path is None:
+        return []
+    try:
+        return [str(n) for n in json.loads(Path(path).read_text())["anatomical"]]
+    except (KeyError, TypeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a lung-field file (needs a list 'anatomical')") from err
+
+
+def repeat_cases(
+    items: Sequence[dict[str, Any]], names: Sequence[str], times: int
+) -> list[dict[str, Any]]:
+    """``items`` with every case named in ``names`` present ``times`` times (oversampling)."""
+    if times < 1:
+        raise ValueError(f"repeat {times!r} must be >= 1")
+    chosen = set(names)
+    extra = [item for item in items if str(item.get("name")) in chosen] * (times - 1)
+    return list(items) + extra
+
+
 def _interleave(items: Sequence[dict[str, Any]], column: str) -> list[dict[str, Any]]:
     """Alternate the groups of ``column`` so that a short prefix covers every group."""
     groups: dict[Any, list[dict[str, Any]]] = {}

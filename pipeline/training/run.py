@@ -94,19 +94,28 @@ TRAIN_OPTIONS = {
     "seed": "seed",
     "workers": "num_workers",
     "early_stop": "early_stop_patience",
+    "lung_field": "lung_field",
+    "lung_field_cases": "lung_field_cases",
+    "anatomical_repeat": "anatomical_repeat",
 }
 #: Options holding paths, made absolute (training runs from the bundle's folder).
-_PATH_IDS = ("dataset_dir", "pretrained", "resume", "init_weights")
+_PATH_IDS = ("dataset_dir", "pretrained", "resume", "init_weights", "lung_field_cases")
 
 
 def split_settings(options: dict[str, Any]) -> dict[str, Any]:
-    """The ``split`` config entry from ``lungseg train`` options (a split file wins)."""
+    """The ``split`` config entry from ``lungseg train`` options (a split file wins).
+
+    The split's seed is ``split_seed`` (default 0), never the training ``seed``: trainings
+    of several seeds must share one test part (until 0.5.0 ``--seed S`` also re-drew the
+    split, so seeds 1 and 2 of the 0.3.0/0.4.x ensembles trained on most of the seed-0 test
+    cases).
+    """
     if options.get("split_file"):
         return {"split_file": str(Path(options["split_file"]).resolve())}
     return {
         "val_fraction": options["val_fraction"],
         "test_fraction": options["test_fraction"],
-        "seed": options.get("seed") or 0,
+        "seed": options.get("split_seed") or 0,
         "folds": options["folds"],
         "fold": options["fold"],
     }

@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from monai.config import KeysCollection
 from monai.transforms import (
+    ConcatItemsd,
+    DeleteItemsd,
     MapTransform,
     RandFlipd,
     RandGaussianNoised,
@@ -29,6 +31,8 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type, ensure_tuple_rep
 
+from pipeline.enums import LungField
+from pipeline.transforms.lung_field import LungFieldTargetd
 from pipeline.transforms.pathology import RandAcquisitiond, RandPathologyd
 
 PRESETS = ("default", "robust", "light", "none")
@@ -218,3 +222,36 @@ def augmentations(
     if hflip:
         out.append(RandFlipd(keys=list(keys), prob=0.5, spatial_axis=1))
     return out
+
+
+def training_transforms(
+    preset: str = "default",
+    lung_field: str = "visible",
+    anatomical_cases: Sequence[str] = (),
+    hflip: bool = False,
+) -> list[Any]:
+    """What training adds after the preprocessing: augmentation and the lung-field target.
+
+    For the ``anatomical`` lung field the label becomes two channels, the mask and the
+    ignore map of :class:`~pipeline.transforms.lung_field.LungFieldTargetd`, warped together
+    (the loss is :class:`pipeline.losses.IgnoreDiceCELoss`).
+
+    Args:
+        preset: augmentation preset (see :func:`augmentations`).
+        lung_field: ``visible`` (the label as drawn) or ``anatomical``.
+        anatomical_cases: names of the cases whose masks are drawn to the anatomical
+            convention (nothing ignored in them).
+        hflip: random horizontal flips.
+
+    Raises:
+        ValueError: an unknown preset or lung field.
+    """
+    if LungField.parse(lung_field) is LungField.VISIBLE:
+        return augmentations(preset, hflip=hflip)
+    keys = ("image", "label", "ignore")
+    return [
+        LungFieldTargetd(keys="label", anatomical_cases=anatomical_cases, ignore_key="ignore"),
+        *augmentations(preset, keys=keys, hflip=hflip),
+        ConcatItemsd(keys=["label", "ignore"], name="label"),
+        DeleteItemsd(keys="ignore"),
+    ]

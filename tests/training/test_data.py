@@ -116,3 +116,28 @@ def test_load_split_reads_a_split_file_and_filters_by_column(tmp_path, data_dir)
     (tmp_path / "not.json").write_text("{}")
     with pytest.raises(ValueError, match="not a split file"):
         load_split(data_dir, "test", split_file=tmp_path / "not.json")
+
+
+def test_lung_field_file_lists_cases_of_the_shared_data(items, data_dir):
+    from pathlib import Path
+
+    from pipeline.training.data import read_lung_field_cases, repeat_cases
+
+    path = Path(__file__).parents[2] / "data" / "splits" / "montgomery-shenzhen-lung-field.json"
+    names = read_lung_field_cases(path)
+    assert 30 < len(names) < 100 and set(names) <= {i["name"] for i in items}
+    assert read_lung_field_cases(None) == []
+    repeated = repeat_cases(items, names, 3)
+    assert len(repeated) == len(items) + 2 * len(names)
+    assert Counter(i["name"] for i in repeated)[names[0]] == 3
+    with pytest.raises(ValueError, match="repeat 0"):
+        repeat_cases(items, names, 0)
+
+
+def test_lung_field_file_errors_name_the_file(tmp_path):
+    from pipeline.training.data import read_lung_field_cases
+
+    bad = tmp_path / "split.json"
+    bad.write_text('{"train": []}')
+    with pytest.raises(ValueError, match=r"split\.json: not a lung-field file"):
+        read_lung_field_cases(bad)

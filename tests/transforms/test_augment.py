@@ -89,3 +89,24 @@ def test_horizontal_flip_is_off_unless_asked():
     assert augmentations("none") == []
     with pytest.raises(ValueError, match="default, robust, light, none"):
         augmentations("heavy")
+
+
+def test_anatomical_target_is_warped_with_the_label(lung_mask):
+    from pipeline.transforms.augment import training_transforms
+    from pipeline.transforms.lung_field import retrocardiac_region
+
+    mask = torch.from_numpy(lung_mask[None].astype(np.float32))
+    boxed, _ = letterbox(mask, 256, mode="nearest")
+    region = torch.from_numpy(retrocardiac_region(boxed[0].numpy() > 0.5)[None]).float()
+    aug = Compose(training_transforms("default", "anatomical", anatomical_cases=["other.png"]))
+    aug.set_random_state(0)
+    moved = 0
+    for _ in range(6):
+        out = aug({"image": boxed.clone(), "label": boxed.clone(), "name": "case.png"})
+        assert out["label"].shape == (2, 256, 256) and "ignore" not in out
+        assert not (out["label"][0] * out["label"][1]).any()  # the map stays outside the lung
+        assert out["label"][1].sum() > 0.5 * region.sum()  # moved with the label, not lost
+        moved += int(not torch.equal(out["label"][1:], region))
+    assert moved >= 3
+    plain = Compose(training_transforms("default", "visible"))({"image": boxed, "label": boxed})
+    assert plain["label"].shape == (1, 256, 256)
