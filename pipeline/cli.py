@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import __version__
-from pipeline.enums import NetworkName, TBNetworkName
+from pipeline.enums import LungField, NetworkName, TBNetworkName
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 VOI_CHOICES = ("auto", "lut", "window", "none")
@@ -176,6 +176,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         query=_parse_query(args.query),
         store_back=args.store_back,
         precision=args.precision,
+        lung_field=args.lung_field,
         **({"tb_bundle": args.tb_bundle} if args.tb else {}),
     )
     counts = summary["counts"]
@@ -615,10 +616,27 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--tophat", action="store_true", default=None, help="add top-hat/bottom-hat enhancement"
     )
+    tr.add_argument(
+        "--lung-field",
+        choices=[f.value for f in LungField],
+        help="visible (the masks as drawn, default) or anatomical (retrocardiac lung included)",
+    )
+    tr.add_argument(
+        "--lung-field-cases",
+        type=Path,
+        help="anatomical: JSON listing the masks drawn with the retrocardiac lung "
+        "(data/splits/montgomery-shenzhen-lung-field.json)",
+    )
+    tr.add_argument(
+        "--anatomical-repeat", type=int, help="anatomical: show those cases N times per epoch"
+    )
     tr.add_argument("--early-stop", type=int, help="patience in epochs (0 disables)")
     tr.add_argument("--val-fraction", type=float, default=0.15)
     tr.add_argument("--test-fraction", type=float, default=0.15)
     tr.add_argument("--split-file", type=Path, help="take the parts from this split file")
+    tr.add_argument(
+        "--split-seed", type=int, default=0, help="seed of the split (not of the training)"
+    )
     tr.add_argument("--folds", type=int, default=0, help="k-fold cross-validation: number of folds")
     tr.add_argument("--fold", type=int, default=0, help="which fold validates")
     tr.add_argument(
@@ -667,6 +685,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "float32", "bfloat16", "float16"],
         help="the network's arithmetic (default: the bundle's, float32); auto: bfloat16 on "
         "CPUs with native bfloat16 (about 2x; masks agree at Dice ~0.999, see README)",
+    )
+    seg.add_argument(
+        "--lung-field",
+        choices=[f.value for f in LungField],
+        help="anatomical (default: the lung behind the heart included) or visible (the "
+        "left lung stops at the heart's border, as most Montgomery/Shenzhen masks)",
     )
     seg.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     seg.add_argument("--workers", type=int, default=2, help="worker processes (0: none)")

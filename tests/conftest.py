@@ -43,6 +43,19 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * np.logical_and(a, b).sum() / (a.sum() + b.sum())
 
 
+def dice_where_decided(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Dice outside the region behind the heart a visible-convention reference leaves out.
+
+    The shipped model outputs the anatomical lung field (the left lung behind the heart
+    included); most shared references stop at the heart's border
+    (:mod:`pipeline.evaluation.lung_field`).
+    """
+    from pipeline.evaluation.lung_field import undecided
+
+    keep = ~undecided(truth, anatomical_reference=False)
+    return dice(pred & keep, truth & keep)
+
+
 def dicom_folder(folder: Path, pixels: np.ndarray, count: int = 1, variant: str = "mono2-16bit"):
     """``folder`` holding ``count`` DICOM copies of ``pixels`` named ``0.dcm``, ``1.dcm``...
 

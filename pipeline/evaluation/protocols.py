@@ -24,7 +24,7 @@ from typing import Any
 
 #: Config ids of ``train.json`` that also shape ``inference.json`` (the evaluated model must be
 #: built the way it was trained).
-SHARED_IDS = ("network_name", "image_size", "clahe", "tophat", "network_kwargs")
+SHARED_IDS = ("network_name", "image_size", "clahe", "tophat", "network_kwargs", "lung_field")
 #: Metrics logged per fold/direction and aggregated.
 LOGGED = ("dice", "iou", "precision", "recall", "specificity", "auc", "hd95_px", "assd_px")
 
@@ -58,7 +58,10 @@ def _train_and_evaluate(
         experiment=tracking["experiment"],
         run_name=f"{tracking['name']}-{name}",
     )
-    model = {"ckpt_path": str(run_dir / "models" / "model.pt")}
+    # this run's checkpoint alone (not with the shipped bundle's ensemble members), in the
+    # lung field it was trained for (train.json's default: visible)
+    model = {"ckpt_path": str(run_dir / "models" / "model.pt"), "ensemble": [],
+             "lung_field": "visible"}  # fmt: skip
     model.update({k: v for k, v in train_overrides.items() if k in SHARED_IDS})
     summary = evaluate(
         data / "images",

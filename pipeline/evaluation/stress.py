@@ -263,6 +263,7 @@ def run_stress(
     batch_size: int = 8,
     overrides: dict[str, Any] | None = None,
     worst: int = 12,
+    lung_field_file: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Run the protocol; write ``per_case.csv``, ``summary.json``, ``summary.md``, the figure.
 
@@ -277,6 +278,10 @@ def run_stress(
         batch_size: images per forward pass.
         overrides: ``inference.json`` ids (another checkpoint, TTA, an ensemble...).
         worst: cases in the worst-cases figure.
+        lung_field_file: which references are drawn to the anatomical convention (default:
+            the shared data's). Used when the model outputs the anatomical lung field: Dice,
+            recall and precision are then taken where the reference decides
+            (:mod:`pipeline.evaluation.lung_field`), ``dice_reference`` is the plain Dice.
 
     Returns:
         The summary.
@@ -286,12 +291,26 @@ def run_stress(
 
     cases = _cases(data, split_file, part, max_cases)
     predictor = Predictor(bundle, device, overrides)
+    anatomical = _anatomical_references(predictor, lung_field_file)
     rows, keep = [], []
     for stress, severity in conditions():
-        rows_here = _score_condition(predictor, cases, stress, severity, batch_size, keep, worst)
-        rows += rows_here
-    about = {"model": predictor.identity.as_dict(), "cases": len(cases), "part": part}
+        rows += _score_condition(
+            predictor, cases, stress, severity, batch_size, keep, worst, anatomical
+        )
+    scored = "all pixels" if anatomical is None else "where the reference decides"
+    about = {"model": predictor.identity.as_dict(), "cases": len(cases), "part": part,
+             "scored": scored}  # fmt: skip
     return write_report(Path(out_dir), rows, keep, about)
+
+
+def _anatomical_references(predictor: Any, path: Any) -> frozenset[str] | None:
+    """The anatomical references, or None when the model outputs the visible lung field."""
+    from pipeline.enums import LungField
+    from pipeline.evaluation.lung_field import anatomical_references
+
+    if predictor.lung_field is LungField.ANATOMICAL:
+        return anatomical_references(path)
+    return None
 
 
 def _cases(data: Any, split_file: Any, part: str, max_cases: int | None) -> list[dict[str, Any]]:
@@ -319,7 +338,9 @@ def _score_condition(
     batch_size: int,
     keep: list,
     worst: int,
+    anatomical: frozenset[str] | None = None,
 ) -> list[dict[str, Any]]:
+    from pipeline.evaluation.lung_field import decided_overlap
     from pipeline.evaluation.metrics import overlap_metrics
 
     rows = []
@@ -328,7 +349,9 @@ def _score_condition(
         made = [apply_stress(*_load_case(c), stress, severity, str(c["name"])) for c in batch]
         preds = predictor.predict_items([{"image": _tensor(img)} for img, _ in made])
         for case, (img, truth), pred in zip(batch, made, preds, strict=True):
-            m = overlap_metrics(pred.mask, truth)
+            m = plain = overlap_metrics(pred.mask, truth)
+            if anatomical is not None:
+                m = decided_overlap(pred.mask, truth, str(case["name"]) in anatomical)
             row = {
                 "name": case["name"],
                 "source": case.get("source", ""),
@@ -338,6 +361,7 @@ def _score_condition(
                 "dice": m["dice"],
                 "recall": m["recall"],
                 "precision": m["precision"],
+                "dice_reference": plain["dice"],
                 "flags": ";".join(map(str, pred.measures.flags)),
             }
             rows.append(row)

@@ -28,6 +28,7 @@ COLUMNS = (
     "dice",
     "recall",
     "precision",
+    "dice_reference",
     "flags",
 )
 
@@ -108,6 +109,12 @@ def write_report(
     summary = {**about, "table": lines, "targets": targets(lines)}
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     title = f"# Stress protocol: {about.get('model', {}).get('name', '')}\n\n"
+    if about.get("scored", "all pixels") != "all pixels":
+        title += (
+            "Scored where the reference decides: the retrocardiac region of visible-convention "
+            "references left out (`pipeline.evaluation.lung_field`); `dice_reference` in "
+            "`per_case.csv` is the plain Dice.\n\n"
+        )
     write_text_atomic(out / "summary.md", title + markdown(lines))
     if worst:
         worst_cases_figure(list(worst), out / "worst_cases.png")

@@ -33,6 +33,8 @@ NOT_PIXELS = frozenset(
         "bundle_root",
         "ckpt_path",
         "ensemble",
+        "models",
+        "model_files",
         "checkpoints",
         "dataset_dir",
         "output_dir",
@@ -110,6 +112,8 @@ class ModelIdentity:
         config_sha256: :func:`config_sha256` of the resolved inference config.
         precision: the dtype the network computed in (``precision: auto`` resolves by
             machine: bfloat16 on CPUs with native support, else float32).
+        lung_field: the lung field the model outputs (``anatomical`` or ``visible``; also
+            in the config hash).
     """
 
     name: str
@@ -118,6 +122,7 @@ class ModelIdentity:
     checkpoints_sha256: tuple[str, ...]
     config_sha256: str
     precision: str = "float32"
+    lung_field: str = "visible"
 
     @property
     def digest(self) -> str:
@@ -163,4 +168,5 @@ def identity_of(
         checkpoints_sha256=tuple(file_sha256(p) for p in checkpoints),
         config_sha256=config_sha256(config),
         precision=precision,
+        lung_field=str(config.get("lung_field", "visible")),
     )

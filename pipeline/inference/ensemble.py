@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -117,6 +117,26 @@ def load_weights(network: nn.Module, checkpoint: str | os.PathLike, device: torc
         network.load_state_dict(state)
     except RuntimeError as err:
         raise ValueError(f"{path}: weights do not fit {type(network).__name__}: {err}") from err
+
+
+def lung_field_models(models: Mapping[str, Sequence[str]], lung_field: str) -> list[str]:
+    """The model files of the lung field a bundle is asked for (``models`` in its config).
+
+    Args:
+        models: lung field -> checkpoint paths relative to the bundle (the first is
+            ``ckpt_path``, the others the ``ensemble``).
+        lung_field: ``anatomical`` (the retrocardiac lung included) or ``visible``.
+
+    Raises:
+        ValueError: an unknown lung field (the allowed ones quoted), or none of its weights.
+    """
+    from pipeline.enums import LungField
+
+    field = LungField.parse(lung_field)
+    chosen = [str(p) for p in models.get(field.value, ())]
+    if not chosen:
+        raise ValueError(f"the bundle config lists no model for lung_field {field.value!r}")
+    return chosen
 
 
 def load_networks(

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pipeline.enums import LungField
 from pipeline.inference.bundle import BUNDLE, ModelIdentity, bundle_parser, identity_of
 from pipeline.inference.lungs import LungMeasures, mean_inside, measure_sides
 from pipeline.transforms.geometry import resize_to
@@ -86,6 +87,7 @@ class Predictor:
     Raises:
         FileNotFoundError: no ``configs/inference.json`` or a checkpoint is missing.
         KeyError: an override names no config id.
+        ValueError: an unknown ``lung_field`` (the allowed ones quoted).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class Predictor:
         self.bundle = Path(bundle or BUNDLE).resolve()
         self.overrides = dict(overrides or {})
         parser = bundle_parser(self.bundle, device, self.overrides)
+        self.lung_field = LungField.parse(parser.get("lung_field", LungField.VISIBLE.value))
         self.checkpoints = [Path(p) for p in parser.get_parsed_content("checkpoints")]
         for ckpt in self.checkpoints:
             if not ckpt.is_file():

@@ -400,8 +400,12 @@ def segment(
     query: dict[str, str] | None = None,
     store_back: bool = False,
     precision: str | None = None,
+    lung_field: str | None = None,
 ) -> dict[str, Any]:
     """Segment every radiograph under ``inputs`` into ``out_dir``; return the summary.
+
+    ``lung_field`` overrides the bundle's (``anatomical``): ``visible`` runs the model
+    trained to the visible-lung convention (the left lung stopping at the heart).
 
     ``precision`` overrides the bundle's (``float32``): ``bfloat16``, or ``auto`` (bfloat16
     where the CPU has it natively, :class:`~pipeline.inference.ensemble.Precision`).
@@ -430,6 +434,8 @@ def segment(
     overrides = {"decode_min_size": None} if tb_model is not None else {}
     if precision is not None:
         overrides["precision"] = precision
+    if lung_field is not None:
+        overrides["lung_field"] = lung_field
     model = Predictor(bundle, rank_device(device), overrides)
     ident = model.identity.as_dict()
     header = {

@@ -112,12 +112,14 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Score ``data`` with the packaged model; write the report files; return the summary."""
     from pipeline.inference.predictor import Predictor
+    from pipeline.tb import SEG_OVERRIDES
     from pipeline.tb.model import TBModel
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cases = select_cases(data, max_cases)
-    tb_model, seg_model = TBModel(bundle, device), Predictor(seg_bundle, device)
+    tb_model = TBModel(bundle, device)
+    seg_model = Predictor(seg_bundle, device, SEG_OVERRIDES)
     scores, inputs = score_cases(cases, tb_model, seg_model)
     names = [str(c["name"]) for c in cases]
     labels = np.asarray([int(c["tuberculosis"]) for c in cases])

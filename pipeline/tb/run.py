@@ -59,9 +59,10 @@ def prepared_cases(
 ) -> Prepared:
     """:func:`pipeline.tb.train.prepare`, cached in ``cache`` under the inputs' fingerprint."""
     from pipeline.inference.predictor import Predictor
+    from pipeline.tb import SEG_OVERRIDES
     from pipeline.tb.train import prepare
 
-    seg = Predictor(seg_bundle, device)
+    seg = Predictor(seg_bundle, device, SEG_OVERRIDES)
     key = hashlib.sha256(
         json.dumps(
             [

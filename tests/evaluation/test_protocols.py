@@ -60,6 +60,7 @@ def test_cross_dataset_protocol_trains_on_one_source_and_tests_on_the_other(
 
 @pytest.mark.slow
 def test_kfold_protocol_evaluates_each_fold_on_cases_it_did_not_train_on(tmp_path, data_dir):
+    from pipeline.inference.bundle import file_sha256
     from pipeline.training.data import load_split
 
     out = tmp_path / "kfold"
@@ -96,6 +97,11 @@ def test_kfold_protocol_evaluates_each_fold_on_cases_it_did_not_train_on(tmp_pat
         assert evaluated and not evaluated & trained
         held = {c["name"] for c in load_split(data_dir, "validation", folds=3, fold=fold)}
         assert len(evaluated) == 4 and evaluated <= held
+        # the fold's own checkpoint alone, not joined by the shipped bundle's ensemble
+        model = json.loads((out / f"fold{fold}" / "evaluation" / "summary.json").read_text())
+        run_ckpt = out / f"fold{fold}" / "models" / "model.pt"
+        assert model["model"]["checkpoints_sha256"] == [file_sha256(run_ckpt)]
+        assert model["model"]["lung_field"] == "visible"
 
 
 def test_protocol_usage_errors(tmp_path, capsys):

@@ -87,3 +87,19 @@ def test_the_command_writes_every_case_of_every_condition(tmp_path):
     assert summary["model"]["digest"] and (out / "worst_cases.png").is_file()
     clean = [float(r["dice"]) for r in rows if r["stress"] == "clean"]
     assert min(clean) > 0.85 and np.mean(clean) > 0.9  # the shipped model on held-out cases
+    # the shipped model outputs the anatomical field: scored where the reference decides
+    assert summary["scored"] == "where the reference decides"
+    assert all(float(r["dice"]) >= float(r["dice_reference"]) - 1e-6 for r in rows)
+    assert "where the reference decides" in (out / "summary.md").read_text()
+
+
+def test_decided_overlap_leaves_out_only_the_region_behind_the_heart(case):
+    from pipeline.evaluation.lung_field import decided_overlap, undecided
+    from pipeline.transforms.lung_field import retrocardiac_region
+
+    _, truth = case
+    region = retrocardiac_region(truth)
+    filled = truth | region  # a prediction that outlines the lung behind the heart as well
+    assert decided_overlap(filled, truth, anatomical_reference=False)["dice"] == 1.0
+    assert decided_overlap(filled, truth, anatomical_reference=True)["dice"] < 0.95
+    assert not undecided(truth, anatomical_reference=True).any()

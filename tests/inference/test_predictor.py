@@ -13,7 +13,7 @@ import torch
 from pipeline.inference.bundle import BUNDLE, config_sha256
 from pipeline.inference.predictor import Predictor
 from pipeline.training.data import load_split
-from tests.conftest import dice, load_png
+from tests.conftest import dice, dice_where_decided, load_png
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +36,7 @@ def test_files_and_arrays_give_the_same_result_at_any_intensity_scale(shipped_mo
         assert pred.probability.shape == pred.mask.shape and pred.probability.dtype == np.float32
         # post-processing only removes blobs and fills holes after the threshold
         assert dice(pred.probability > 0.5, pred.mask) > 0.99
-        assert dice(pred.mask, _truth(case)) > 0.9
+        assert dice_where_decided(pred.mask, _truth(case)) > 0.9
         m = pred.measures
         assert m.right_px + m.left_px == int(pred.mask.sum()) and not m.flags
 
@@ -105,7 +105,9 @@ def test_test_time_flips_average_the_flipped_predictions(shipped_model, held_out
         strict=True,
     ):
         assert not np.allclose(a.probability, b.probability, atol=1e-3)  # the flip was run
-        assert dice(a.mask, b.mask) > 0.97 and dice(a.mask, _truth(case)) > 0.9
+        # a mirrored chest has its heart on the other side, where the anatomical model
+        # outlines no lung behind it: the flipped view disagrees there (0.965 on these 4)
+        assert dice(a.mask, b.mask) > 0.95 and dice_where_decided(a.mask, _truth(case)) > 0.9
 
 
 def test_a_missing_checkpoint_is_named(tmp_path):
@@ -167,3 +169,33 @@ def test_coarse_post_processing_and_reduced_decoding_keep_the_masks(
         assert fast.measures.components == full.measures.components == 2
         assert abs(fast.measures.confidence - full.measures.confidence) < 0.01
         assert fast.probability.shape == fast.mask.shape
+
+
+def test_lung_field_chooses_the_model_and_the_anatomical_one_fills_the_heart_shadow(
+    shipped_model, data_dir
+):
+    from pipeline.evaluation.lung_field import anatomical_references
+    from pipeline.transforms.lung_field import retrocardiac_region
+
+    visible = Predictor(device="cpu", overrides={"lung_field": "visible"})
+    assert shipped_model.lung_field == "anatomical" and visible.lung_field == "visible"
+    assert set(visible.identity.checkpoints_sha256).isdisjoint(
+        shipped_model.identity.checkpoints_sha256
+    )
+    assert visible.identity.lung_field == "visible" != shipped_model.identity.lung_field
+    # visible-convention test cases: the region behind the heart their masks leave out
+    test_cases = load_split(data_dir, "test", 12)
+    cases = [c for c in test_cases if c["name"] not in anatomical_references()][:6]
+    claimed = {"anatomical": [], "visible": []}
+    for model, field in ((shipped_model, "anatomical"), (visible, "visible")):
+        preds = model.predict_from_files([c["image"] for c in cases])
+        for case, pred in zip(cases, preds, strict=True):
+            region = retrocardiac_region(_truth(case))
+            claimed[field].append((pred.mask & region).sum() / region.sum())
+            assert dice(pred.mask & ~region, _truth(case) & ~region) > 0.9
+    assert np.mean(claimed["anatomical"]) > np.mean(claimed["visible"]) + 0.2
+
+
+def test_unknown_lung_field_is_refused_with_the_allowed_ones():
+    with pytest.raises(ValueError, match="'whole' is not one of: visible, anatomical"):
+        Predictor(device="cpu", overrides={"lung_field": "whole"}, network=False)

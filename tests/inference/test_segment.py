@@ -19,7 +19,7 @@ from PIL import Image
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
 from pipeline.inference.segment import parse_shard, plan
-from tests.conftest import child_pids, dice, dicom_folder, is_running, load_png
+from tests.conftest import child_pids, dice, dice_where_decided, dicom_folder, is_running, load_png
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -73,7 +73,7 @@ def test_masks_have_the_input_size_and_match_the_reference(segmented, data_dir):
         truth = load_png(data_dir / "masks" / name) > 127
         assert mask.shape == truth.shape and set(np.unique(mask)) <= {0, 255}
         pred = mask > 127
-        scores.append(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
+        scores.append(dice_where_decided(pred, truth))
     assert min(scores) > 0.9 and np.mean(scores) >= 0.95, scores
 
 
@@ -551,9 +551,30 @@ def test_precision_is_chosen_recorded_and_kept_per_output_folder(tmp_path, pixel
         runs[precision] = (summary["model"]["digest"], load_png(out / "masks" / "0.png") > 0)
     assert runs["float32"][0] != runs["bfloat16"][0]  # another model identity
     assert dice(runs["float32"][1], runs["bfloat16"][1]) > 0.99
-    assert dice(runs["bfloat16"][1], lung_mask) > 0.9
+    assert dice_where_decided(runs["bfloat16"][1], lung_mask) > 0.9
     argv = ["segment", str(tmp_path / "in"), "-o", str(tmp_path / "float32"), "--no-progress"]
     assert main([*argv, "--formats", "mask", "--precision", "bfloat16"]) == EXIT_USAGE
+
+
+def test_lung_field_is_chosen_recorded_and_kept_per_output_folder(tmp_path, pixels, lung_mask):
+    from pipeline.transforms.lung_field import retrocardiac_region
+
+    dicom_folder(tmp_path / "in", pixels)
+    region = retrocardiac_region(lung_mask)
+    claimed = {}
+    for field in ("anatomical", "visible"):
+        argv = ["segment", str(tmp_path / "in"), "-o", str(tmp_path / field), "--no-progress"]
+        assert main([*argv, "--formats", "mask", "--lung-field", field]) == EXIT_OK
+        summary = json.loads((tmp_path / field / "summary.json").read_text())
+        assert summary["model"]["lung_field"] == field
+        mask = load_png(tmp_path / field / "masks" / "0.png") > 0
+        assert dice_where_decided(mask, lung_mask) > 0.9
+        claimed[field] = (mask & region).sum() / region.sum()
+    assert (
+        claimed["anatomical"] > claimed["visible"] + 0.05
+    )  # the lung behind the heart (0.12 vs 0.01)
+    argv = ["segment", str(tmp_path / "in"), "-o", str(tmp_path / "visible"), "--no-progress"]
+    assert main([*argv, "--formats", "mask"]) == EXIT_USAGE  # the default is anatomical
 
 
 def test_the_journal_is_fsynced_once_per_batch_and_stays_complete(tmp_path, pixels, monkeypatch):

@@ -37,3 +37,17 @@ def test_the_map_is_hot_where_the_evidence_is():
     assert maps.shape == (1, 32, 32) and maps.min() >= 0 and maps.max() <= 1
     inside, outside = maps[0, 4:12, 20:28].mean(), maps[0, 16:, :16].mean()
     assert inside > 0.9 and outside < 0.1
+
+
+def test_tb_screening_segments_the_lung_field_its_models_were_trained_on(monkeypatch):
+    import pipeline.inference.segment as segment_module
+    import pipeline.tb.model as tb_model
+    from pipeline.tb.screen import segment_and_screen
+
+    seen = []
+    monkeypatch.setattr(tb_model, "TBModel", lambda bundle, device: "tb")
+    monkeypatch.setattr(segment_module, "segment", lambda *a, **kw: seen.append(kw) or {})
+    segment_and_screen(["in"], "out", device="cpu")
+    segment_and_screen(["in"], "out", device="cpu", lung_field="anatomical")
+    assert [kw["lung_field"] for kw in seen] == ["visible", "anatomical"]
+    assert seen[0]["tb_model"] == "tb"

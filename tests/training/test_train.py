@@ -99,3 +99,17 @@ def test_torchrun_two_cpu_processes(tmp_path, data_dir, tracking):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (Path(tmp_path) / "models" / "model.pt").is_file()
     assert len(_runs("ddp")) == 1  # only rank 0 logs
+
+
+def test_training_seed_does_not_redraw_the_split():
+    from pipeline.training.run import split_settings
+
+    options = {"val_fraction": 0.15, "test_fraction": 0.15, "folds": 0, "fold": 0}
+    assert split_settings({**options, "seed": 2})["seed"] == 0
+    assert split_settings({**options, "seed": 2, "split_seed": 5})["seed"] == 5
+
+
+def test_cli_train_refuses_an_unknown_lung_field(capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["train", "--lung-field", "whole"])
+    assert err.value.code == 2 and "visible" in capsys.readouterr().err

@@ -16,7 +16,7 @@ from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
 from pipeline.training.data import load_split
 from pipeline.web import ResultStore, create_app
 from pipeline.web.app import LOG_LEVELS
-from tests.conftest import dice, load_png
+from tests.conftest import dice_where_decided, load_png
 
 PATIENT = "Doe^Jane"
 
@@ -76,7 +76,7 @@ def test_png_upload_returns_areas_and_a_mask_matching_the_reference(client, case
         mask = png_of(client.get(result["links"]["mask"]).content) > 127
         assert mask.shape == (result["rows"], result["columns"]) == reference(case).shape
         assert mask.sum() == areas["total_px"]
-        assert dice(mask, reference(case)) >= 0.95, path.name
+        assert dice_where_decided(mask, reference(case)) >= 0.95, path.name
     assert list(temp_root.iterdir()) == []  # every upload folder removed
 
 
@@ -101,7 +101,7 @@ def test_display_images_are_downscaled_but_the_mask_keeps_the_input_size(shipped
     assert png_of(result.files[ResultFile.IMAGE]).shape == (256, 256)
     assert png_of(result.files[ResultFile.OVERLAY]).shape == (256, 256, 4)
     mask = png_of(result.files[ResultFile.MASK]) > 127
-    assert dice(mask, reference(cases[0])) >= 0.95
+    assert dice_where_decided(mask, reference(cases[0])) >= 0.95
 
 
 def test_concurrent_uploads_each_get_their_own_result(client, cases):
@@ -115,7 +115,7 @@ def test_concurrent_uploads_each_get_their_own_result(client, cases):
         result = response.json()
         mask = png_of(client.get(result["links"]["mask"]).content) > 127
         case = next(c for c in cases if Path(c["image"]) == path)
-        assert dice(mask, reference(case)) >= 0.95, path.name
+        assert dice_where_decided(mask, reference(case)) >= 0.95, path.name
     assert len({r.json()["id"] for r in responses}) == len(uploads)
 
 
@@ -127,7 +127,7 @@ def test_jpeg_upload_is_recognised_by_content(client, cases):
     result = response.json()
     mask = png_of(client.get(result["links"]["mask"]).content) > 127
     assert result["input_format"] == "JPEG"
-    assert dice(mask, reference(cases[1])) >= 0.95
+    assert dice_where_decided(mask, reference(cases[1])) >= 0.95
 
 
 def test_dicom_upload_gives_mm2_and_a_seg_of_the_source(client, dicom_upload, shipped_model):
@@ -143,7 +143,7 @@ def test_dicom_upload_gives_mm2_and_a_seg_of_the_source(client, dicom_upload, sh
     assert result["input_format"] == "DICOM" and result["pixel_spacing_mm"] == [0.35, 0.35]
     assert areas["total_mm2"] == pytest.approx(areas["total_px"] * 0.35**2, abs=0.01)
     mask = png_of(client.get(result["links"]["mask"]).content) > 127
-    assert dice(mask, reference(dicom_upload["case"])) >= 0.95
+    assert dice_where_decided(mask, reference(dicom_upload["case"])) >= 0.95
     seg_response = client.get(result["links"]["seg"])
     assert seg_response.headers["content-type"] == "application/dicom"
     assert "attachment" in seg_response.headers["content-disposition"]

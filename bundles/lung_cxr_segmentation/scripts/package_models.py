@@ -6,7 +6,7 @@ usage (from the bundle folder)::
         RUN_B/models/checkpoint_epoch=40.pt
 
 writes ``models/model.pt`` (the first checkpoint's network weights), ``models/model_1.pt``...
-(the others), lists the others under ``ensemble`` in ``configs/inference.json`` and exports
+(the others), lists them all as the ``anatomical`` model in ``configs/inference.json`` and exports
 ``models/model.ts``: the TorchScript of the network the predictor runs (the ensemble when
 there are several checkpoints), so MONAI Deploy and TorchScript users get the same output.
 """
@@ -36,11 +36,11 @@ def main(checkpoints: list[str]) -> None:
         torch.save(_state(Path(ckpt)), BUNDLE / "models" / name)
     config_path = BUNDLE / "configs" / "inference.json"
     config = json.loads(config_path.read_text())
-    config["ensemble"] = [f"models/{n}" for n in names[1:]]
+    config["models"]["anatomical"] = [f"models/{n}" for n in names]
     config_path.write_text(json.dumps(config, indent=4) + "\n")
     network = Predictor(BUNDLE, device="cpu").network
     torch.jit.script(network).save(str(BUNDLE / "models" / "model.ts"))
-    print(f"wrote {', '.join(names)} and model.ts; ensemble = {config['ensemble']}")
+    print(f"wrote {', '.join(names)} and model.ts; models = {config['models']['anatomical']}")
 
 
 if __name__ == "__main__":
