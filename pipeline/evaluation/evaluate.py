@@ -20,19 +20,23 @@ import io
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pipeline.evaluation.lung_field import decided_overlap
 from pipeline.evaluation.metrics import COUNTS, METRICS, RocAccumulator, case_metrics
 from pipeline.evaluation.stats import summarise
 from pipeline.io.atomic import write_text_atomic
 
 #: Columns of ``per_case.csv`` before the group columns and the metrics.
 CASE_FIELDS = ("case", "status", "reason", "pixel_spacing_mm")
+#: Metrics where the reference decides (:mod:`pipeline.evaluation.lung_field`), added for a
+#: model that outputs the anatomical lung field.
+DECIDED = ("dice_decided", "precision_decided", "recall_decided")
 
 
 @dataclass
@@ -66,10 +70,20 @@ class Evaluation:
         group_columns: case columns to group the statistics by (e.g. source, tuberculosis).
         worst: how many lowest-Dice cases to draw.
         resamples: bootstrap resamples for the confidence intervals.
+        anatomical_references: score :data:`DECIDED` too, every reference taken as drawn to
+            the visible convention except the cases named here (None: plain metrics only).
     """
 
-    def __init__(self, group_columns: Sequence[str] = (), worst: int = 8, resamples: int = 2000):
+    def __init__(
+        self,
+        group_columns: Sequence[str] = (),
+        worst: int = 8,
+        resamples: int = 2000,
+        anatomical_references: Collection[str] | None = None,
+    ):
         self.group_columns, self.worst, self.resamples = tuple(group_columns), worst, resamples
+        names = anatomical_references
+        self.anatomical = None if names is None else frozenset(names)
         self.rows: list[dict[str, Any]] = []
         self.roc: dict[tuple[str, str], RocAccumulator] = {}
         self._worst: list[_Worst] = []
@@ -88,6 +102,9 @@ class Evaluation:
         pred, truth = np.asarray(pred) > 0, np.asarray(truth) > 0
         spacing = None if spacing is None or any(math.isnan(s) for s in spacing) else spacing
         values = case_metrics(pred, truth, prob, spacing)
+        if self.anatomical is not None:
+            decided = decided_overlap(pred, truth, name in self.anatomical)
+            values.update({f"{k}_decided": decided[k] for k in ("dice", "precision", "recall")})
         sp = "" if spacing is None else "\\".join(f"{s:.6g}" for s in spacing)
         row = {"case": name, "status": "ok", "reason": "", "pixel_spacing_mm": sp}
         row.update({c: (groups or {}).get(c, "") for c in self.group_columns}, **values)
@@ -130,6 +147,11 @@ class Evaluation:
             heapq.heapreplace(self._worst, item)
 
     @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metric columns: :data:`METRICS`, and :data:`DECIDED` when scored."""
+        return METRICS if self.anatomical is None else (*METRICS, *DECIDED)
+
+    @property
     def ok_rows(self) -> list[dict[str, Any]]:
         """Rows of the evaluated cases."""
         return [r for r in self.rows if r["status"] == "ok"]
@@ -144,7 +166,7 @@ class Evaluation:
                 {"case": r["case"], "reason": r["reason"]} for r in self.rows if r["status"] != "ok"
             ],
             "group_columns": list(self.group_columns),
-            "statistics": summarise(ok, METRICS, self.group_columns, self.resamples),
+            "statistics": summarise(ok, self.metrics, self.group_columns, self.resamples),
             "confusion_matrix": confusion_matrix(counts),
             "pooled_auc": {
                 f"{c}={v}" if c != "all" else "all": acc.auc()
@@ -171,7 +193,7 @@ class Evaluation:
 
     def write_csv(self, path: Path) -> None:
         """``per_case.csv``: empty cells for NaN and for metrics of failed cases."""
-        fields = [*CASE_FIELDS, *self.group_columns, *METRICS, *COUNTS]
+        fields = [*CASE_FIELDS, *self.group_columns, *self.metrics, *COUNTS]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()

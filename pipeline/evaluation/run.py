@@ -205,6 +205,7 @@ def evaluate(
     worst: int = 8,
     overrides: dict[str, Any] | None = None,
     progress: bool = False,
+    lung_field_file: str | os.PathLike | None = None,
 ) -> dict[str, Any]:
     """Evaluate the bundle's model (or existing ``predictions``) on ``images`` vs ``masks``.
 
@@ -222,6 +223,11 @@ def evaluate(
         title: heading of ``summary.md``.
         worst: how many lowest-Dice cases to draw.
         overrides: ``inference.json`` config ids to set (a checkpoint trained elsewhere...).
+        lung_field_file: for a model that outputs the anatomical lung field, which
+            references are drawn to the anatomical convention (default: the shared data's);
+            ``dice_decided``, ``precision_decided`` and ``recall_decided`` are then scored
+            where the reference decides (:mod:`pipeline.evaluation.lung_field`), every
+            other reference taken as visible-convention.
         progress: show a progress bar.
 
     Returns:
@@ -246,9 +252,13 @@ def evaluate(
         _score_predictions(ev, cases, pixel_spacing, bar.update)
         about["predictions"] = str(predictions)
     else:
+        from pipeline.enums import LungField
+        from pipeline.evaluation.lung_field import anatomical_references
         from pipeline.inference.predictor import Predictor
 
         predictor = Predictor(bundle, device, overrides)
+        if predictor.lung_field is LungField.ANATOMICAL:
+            ev.anatomical = anatomical_references(lung_field_file)
         _score_model(ev, cases, predictor, pixel_spacing, batch_size, bar.update)
         about.update(model=predictor.identity.as_dict(), device=str(predictor.device))
     bar.close()

@@ -51,7 +51,13 @@ def _rows(summary: Mapping[str, Any]) -> list[tuple[str, Mapping[str, Any]]]:
 def results_table(
     summary: Mapping[str, Any], columns: Sequence[tuple[str, str, str]] = TABLE_COLUMNS
 ) -> str:
-    """Mean [95% CI] of each metric, overall and per group, as a Markdown table."""
+    """Mean [95% CI] of each metric, overall and per group, as a Markdown table.
+
+    Dice where the reference decides follows Dice when the summary has it.
+    """
+    if "dice_decided" in summary["statistics"]["overall"] and columns is TABLE_COLUMNS:
+        columns = (columns[0], ("dice_decided", "Dice, where the reference decides", ".4f"),
+                   *columns[1:])  # fmt: skip
     head = "| cases | n | " + " | ".join(title for _, title, _ in columns) + " |"
     lines = [head, "|---|---|" + "---|" * len(columns)]
     for label, block in _rows(summary):

@@ -122,6 +122,9 @@ def test_the_model_is_evaluated_with_probability_maps(tmp_path, data_dir):
     # every pixel, against references that mostly stop at the heart (the anatomical model
     # outlines the lung behind it): ~0.92 on the test split, 0.97 where they decide
     assert overall["dice"]["mean"] >= 0.9 and overall["auc"]["mean"] > 0.99
+    # ... and where the reference decides (the shipped model outputs the anatomical field)
+    assert overall["dice_decided"]["mean"] >= 0.95
+    assert overall["dice_decided"]["mean"] > overall["dice"]["mean"] + 0.02
     assert set(summary["statistics"]["groups"]["source"]) == {"montgomery", "shenzhen"}
     assert summary["pooled_auc"]["all"] > 0.99 and "roc.png" in summary["plots"]
     assert summary["model"]["checkpoint_sha256"]
@@ -184,3 +187,18 @@ def test_cli_evaluates_a_part_of_the_split_file_with_mlflow(tmp_path, data_dir, 
         run.data.metrics["dice_mean"] >= 0.95 and "source.montgomery.dice_mean" in run.data.metrics
     )
     assert (REPO_ROOT / "data" / "splits" / "montgomery-shenzhen.json").is_file()
+
+
+def test_decided_metrics_leave_out_what_a_visible_reference_leaves_undecided(data_dir):
+    from pipeline.evaluation.evaluate import Evaluation
+    from pipeline.transforms.lung_field import retrocardiac_region
+
+    truth = load_png(data_dir / "masks" / "MCUCXR_0001_0.png") > 127
+    pred = truth | retrocardiac_region(truth)  # the lung behind the heart outlined too
+    ev = Evaluation(anatomical_references={"drawn_with_it.png"})
+    visible = ev.add("visible.png", pred, truth)
+    anatomical = ev.add("drawn_with_it.png", pred, truth)
+    assert visible["dice_decided"] == 1.0 and visible["dice"] < 0.95
+    assert anatomical["dice_decided"] == anatomical["dice"] < 0.95
+    assert "dice_decided" in ev.summary()["statistics"]["overall"]
+    assert "dice_decided" not in Evaluation().add("x.png", pred, truth)
