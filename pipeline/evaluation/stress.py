@@ -4,7 +4,8 @@ Each test case of the split is segmented clean and under every **stress** at thr
 severities, seeded by case name, stress and severity (the same images on every machine and
 every run). The reference is the case's lung-field mask, moved with the image where the
 stress moves it (portable-film geometry). The tuberculosis-positive cases are reported as
-their own group of the clean run.
+their own group of the clean run. A model that outputs the anatomical lung field is scored
+where the reference decides (:mod:`pipeline.evaluation.lung_field`).
 
 The generator here is deliberately **not** the training augmentation's
 (:mod:`pipeline.transforms.pathology`, smooth random fields pulled towards the soft-tissue

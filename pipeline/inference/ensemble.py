@@ -2,7 +2,9 @@
 
 Both are options of ``inference.json``, so model work changes JSON, not modules:
 
-- ``"ensemble": ["models/fold1.pt", ...]`` adds checkpoints to ``models/model.pt``;
+- ``"models": {"anatomical": [...], "visible": [...]}`` lists the checkpoints of each lung
+  field and ``"lung_field"`` picks one (:func:`lung_field_models`); ``ckpt_path`` and
+  ``"ensemble": ["models/fold1.pt", ...]`` follow from it and can be set instead.
   :func:`load_networks` returns one network for one checkpoint and an :class:`Ensemble`
   for several, whose output is the logit of the mean probability.
 - ``"tta": ["hflip"]`` makes :class:`FlipInferer` run the network on the image and on each
