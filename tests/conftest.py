@@ -50,10 +50,9 @@ def dice_where_decided(pred: np.ndarray, truth: np.ndarray) -> float:
     included); most shared references stop at the heart's border
     (:mod:`pipeline.evaluation.lung_field`).
     """
-    from pipeline.evaluation.lung_field import undecided
+    from pipeline.evaluation.lung_field import decided_overlap
 
-    keep = ~undecided(truth, anatomical_reference=False)
-    return dice(pred & keep, truth & keep)
+    return decided_overlap(pred, truth, anatomical_reference=False)["dice"]
 
 
 def dicom_folder(folder: Path, pixels: np.ndarray, count: int = 1, variant: str = "mono2-16bit"):

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from pipeline.enums import LungField
 from pipeline.evaluation.metrics import overlap_metrics
 from pipeline.transforms.lung_field import retrocardiac_region
 
@@ -31,6 +32,16 @@ def anatomical_references(path: str | os.PathLike | None = None) -> frozenset[st
     from pipeline.training.data import read_lung_field_cases
 
     return frozenset(read_lung_field_cases(path or project_file(DEFAULT_FILE)))
+
+
+def references_for(
+    lung_field: LungField, path: str | os.PathLike | None = None
+) -> frozenset[str] | None:
+    """The anatomical references to score an anatomical-field model against, else None.
+
+    None means: score every pixel plainly (a visible-field model).
+    """
+    return anatomical_references(path) if lung_field is LungField.ANATOMICAL else None
 
 
 def undecided(truth: np.ndarray, anatomical_reference: bool) -> np.ndarray:

@@ -252,13 +252,11 @@ def evaluate(
         _score_predictions(ev, cases, pixel_spacing, bar.update)
         about["predictions"] = str(predictions)
     else:
-        from pipeline.enums import LungField
-        from pipeline.evaluation.lung_field import anatomical_references
+        from pipeline.evaluation.lung_field import references_for
         from pipeline.inference.predictor import Predictor
 
         predictor = Predictor(bundle, device, overrides)
-        if predictor.lung_field is LungField.ANATOMICAL:
-            ev.anatomical = anatomical_references(lung_field_file)
+        ev.anatomical = references_for(predictor.lung_field, lung_field_file)
         _score_model(ev, cases, predictor, pixel_spacing, batch_size, bar.update)
         about.update(model=predictor.identity.as_dict(), device=str(predictor.device))
     bar.close()

@@ -287,12 +287,13 @@ def run_stress(
     Returns:
         The summary.
     """
+    from pipeline.evaluation.lung_field import references_for
     from pipeline.evaluation.stress_report import write_report
     from pipeline.inference.predictor import Predictor
 
     cases = _cases(data, split_file, part, max_cases)
     predictor = Predictor(bundle, device, overrides)
-    anatomical = _anatomical_references(predictor, lung_field_file)
+    anatomical = references_for(predictor.lung_field, lung_field_file)
     rows, keep = [], []
     for stress, severity in conditions():
         rows += _score_condition(
@@ -302,16 +303,6 @@ def run_stress(
     about = {"model": predictor.identity.as_dict(), "cases": len(cases), "part": part,
              "scored": scored}  # fmt: skip
     return write_report(Path(out_dir), rows, keep, about)
-
-
-def _anatomical_references(predictor: Any, path: Any) -> frozenset[str] | None:
-    """The anatomical references, or None when the model outputs the visible lung field."""
-    from pipeline.enums import LungField
-    from pipeline.evaluation.lung_field import anatomical_references
-
-    if predictor.lung_field is LungField.ANATOMICAL:
-        return anatomical_references(path)
-    return None
 
 
 def _cases(data: Any, split_file: Any, part: str, max_cases: int | None) -> list[dict[str, Any]]:

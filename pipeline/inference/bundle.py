@@ -157,7 +157,11 @@ def bundle_metadata(bundle: Path) -> tuple[str, str]:
 
 
 def identity_of(
-    bundle: Path, checkpoints: list[Path], config: dict[str, Any], precision: str = "float32"
+    bundle: Path,
+    checkpoints: list[Path],
+    config: dict[str, Any],
+    precision: str = "float32",
+    lung_field: str = "visible",
 ) -> ModelIdentity:
     """The :class:`ModelIdentity` of a bundle's checkpoints under a resolved config."""
     name, version = bundle_metadata(bundle)
@@ -168,5 +172,5 @@ def identity_of(
         checkpoints_sha256=tuple(file_sha256(p) for p in checkpoints),
         config_sha256=config_sha256(config),
         precision=precision,
-        lung_field=str(config.get("lung_field", "visible")),
+        lung_field=lung_field,
     )

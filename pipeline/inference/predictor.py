@@ -118,7 +118,10 @@ class Predictor:
     def identity(self) -> ModelIdentity:
         """What this predictor runs (checkpoints hashed on first use, not by every worker)."""
         dtype = getattr(self.inferer, "dtype", torch.float32)
-        return identity_of(self.bundle, self.checkpoints, self._config, str(dtype).split(".")[-1])
+        precision = str(dtype).split(".")[-1]
+        return identity_of(
+            self.bundle, self.checkpoints, self._config, precision, str(self.lung_field)
+        )
 
     # --- the steps, for callers that pipeline them (the batch job's workers) ---------------
 

@@ -29,7 +29,8 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
-from scipy import ndimage
+
+from pipeline.transforms.pathology import lung_components
 
 #: Defaults of :func:`retrocardiac_region` (chosen on the shared data, see the module docstring).
 TOP_FRACTION = 0.35
@@ -37,16 +38,14 @@ MIDLINE_GAP = 0.02
 SLOPE = 1.5
 
 
-def _two_largest(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The two largest components, image-left one first (None when there are fewer)."""
-    labels, count = ndimage.label(mask)
-    if count < 2:
+def lungs_by_side(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two largest components, the image-left one first (None when there are fewer)."""
+    lungs = lung_components(mask)
+    if len(lungs) < 2:
         return None
-    sizes = ndimage.sum_labels(mask, labels, np.arange(1, count + 1))
-    first, second = (labels == k + 1 for k in np.argsort(sizes)[::-1][:2])
     column = np.arange(mask.shape[1])
-    centre = [column @ np.count_nonzero(c, axis=0) / np.count_nonzero(c) for c in (first, second)]
-    return (first, second) if centre[0] < centre[1] else (second, first)
+    centre = [column @ np.count_nonzero(c, axis=0) / np.count_nonzero(c) for c in lungs]
+    return (lungs[0], lungs[1]) if centre[0] < centre[1] else (lungs[1], lungs[0])
 
 
 def retrocardiac_region(
@@ -69,7 +68,7 @@ def retrocardiac_region(
     """
     mask = np.asarray(mask) > 0
     region = np.zeros_like(mask)
-    lungs = _two_largest(mask)
+    lungs = lungs_by_side(mask)
     if lungs is None:
         return region
     right, left = lungs

@@ -31,6 +31,14 @@ def test_results_table_has_a_row_per_group(summary):
     assert lines[2].startswith("| all | 2 | ") and lines[3].startswith("| source = x | 1 | 1.0000")
 
 
+def test_results_table_adds_dice_where_the_reference_decides(lung_mask, tmp_path, summary):
+    ev = Evaluation(anatomical_references=())
+    ev.add("a", lung_mask, lung_mask)
+    head = table_for(ev.write(tmp_path / "decided"))[1].splitlines()[0]
+    assert head.startswith("| cases | n | Dice | Dice, where the reference decides | IoU |")
+    assert "where the reference decides" not in table_for(summary)[1]
+
+
 def test_marked_block_is_replaced_and_checked(summary, tmp_path, capsys):
     doc = tmp_path / "doc.md"
     doc.write_text(

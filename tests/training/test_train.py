@@ -113,3 +113,25 @@ def test_cli_train_refuses_an_unknown_lung_field(capsys):
     with pytest.raises(SystemExit) as err:
         main(["train", "--lung-field", "whole"])
     assert err.value.code == 2 and "visible" in capsys.readouterr().err
+
+
+def test_cli_trains_towards_the_anatomical_field_with_the_ignore_map(
+    tmp_path, data_dir, monkeypatch
+):
+    from pipeline.io.datasets import REPO_ROOT
+    from pipeline.losses import IgnoreDiceCELoss
+
+    seen = []
+    forward = IgnoreDiceCELoss.forward
+
+    def spy(self, input, target):
+        seen.append((tuple(target.shape), float(target[:, 1].sum())))
+        return forward(self, input, target)
+
+    monkeypatch.setattr(IgnoreDiceCELoss, "forward", spy)
+    cases = REPO_ROOT / "data" / "splits" / "montgomery-shenzhen-lung-field.json"
+    argv = [*_tiny_train_args(data_dir, tmp_path, batch=4), "--no-mlflow"]
+    argv += ["--lung-field", "anatomical", "--lung-field-cases", str(cases)]
+    assert main([*argv, "--anatomical-repeat", "2"]) == EXIT_OK
+    assert seen and all(shape[1] == 2 for shape, _ in seen)  # label + ignore map
+    assert sum(ignored for _, ignored in seen) > 0  # visible-convention masks ignore some

@@ -5,9 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
 
-from pipeline.transforms.lung_field import LungFieldTargetd, retrocardiac_region
+from pipeline.transforms.lung_field import LungFieldTargetd, lungs_by_side, retrocardiac_region
 from tests.conftest import load_png
 
 #: a visible-convention mask (the left lung stops at the heart) and an anatomical one
@@ -20,17 +19,10 @@ def masks(data_dir) -> dict[str, np.ndarray]:
     return {n: load_png(data_dir / "masks" / n) > 127 for n in (VISIBLE, ANATOMICAL)}
 
 
-def _lungs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    labels, _ = ndimage.label(mask)
-    sizes = np.bincount(labels.ravel())[1:]
-    a, b = (labels == k + 1 for k in np.argsort(sizes)[::-1][:2])
-    return (a, b) if np.nonzero(a)[1].mean() < np.nonzero(b)[1].mean() else (b, a)
-
-
 def test_region_lies_medial_to_the_lower_left_lung(masks):
     mask = masks[VISIBLE]
     region = retrocardiac_region(mask)
-    right, left = _lungs(mask)
+    right, left = lungs_by_side(mask)
     rows, cols = np.nonzero(region)
     lung_rows = np.nonzero(left.any(1))[0]
     assert not (region & mask).any()
@@ -47,7 +39,7 @@ def test_region_covers_what_an_anatomical_mask_adds(masks):
     # the anatomical reference with its retrocardiac part cut at the heart's border (the
     # left lung's columns beyond its upper-half medial edge) looks like a visible mask
     anatomical = masks[ANATOMICAL]
-    _, left = _lungs(anatomical)
+    _, left = lungs_by_side(anatomical)
     rows = np.nonzero(left.any(1))[0]
     mid = (rows[0] + rows[-1]) // 2
     edge = np.nonzero(left[mid])[0][0] + 10

@@ -24,16 +24,14 @@ from pipeline.inference.predictor import Predictor
 from pipeline.io.reader import read_cxr
 from pipeline.training.data import read_split_file
 from pipeline.transforms import binarize_mask
+from pipeline.transforms.lung_field import lungs_by_side
 
 BUNDLE = Path(__file__).resolve().parents[1]
 
 
 def with_bubble(image: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The image with a bubble under the image-right (patient's left) lung, and the bubble."""
-    labels, count = ndimage.label(truth)
-    sizes = ndimage.sum_labels(truth, labels, np.arange(1, count + 1))
-    lungs = [labels == k + 1 for k in np.argsort(sizes)[::-1][:2]]
-    left = max(lungs, key=lambda c: np.nonzero(c)[1].mean())
+    _, left = lungs_by_side(truth)
     column = int(np.median(np.nonzero(left)[1]))
     bottom = int(np.nonzero(left[:, column])[0].max())
     h, w = image.shape

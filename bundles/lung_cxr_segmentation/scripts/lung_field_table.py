@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.evaluation.lung_field import decided_overlap, undecided
+from pipeline.evaluation.lung_field import undecided
 from pipeline.evaluation.metrics import overlap_metrics
 from pipeline.inference.predictor import Predictor
 from pipeline.io.reader import read_cxr
@@ -36,8 +36,8 @@ COLUMNS = ("dice", "dice_decided", "precision_decided", "recall_decided", "retro
 
 def score(pred: np.ndarray, truth: np.ndarray, anatomical: bool) -> dict[str, float]:
     """Plain Dice, and Dice/precision/recall where the reference decides."""
-    decided = decided_overlap(pred, truth, anatomical)
     region = undecided(truth, anatomical)
+    decided = overlap_metrics(pred & ~region, truth & ~region)
     return {
         "dice": overlap_metrics(pred, truth)["dice"],
         "dice_decided": decided["dice"],
