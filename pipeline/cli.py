@@ -284,10 +284,14 @@ def _cmd_split(args: argparse.Namespace) -> int:
 
 
 def _cmd_stress(args: argparse.Namespace) -> int:
-    from pipeline.evaluation.stress import run_stress
+    from pipeline.evaluation.stress import conditions, run_stress
     from pipeline.evaluation.stress_report import markdown
     from pipeline.io.datasets import default_data_dir
 
+    try:
+        conditions(args.stress)
+    except ValueError as err:
+        raise UsageError(f"--stress: {err}") from err
     summary = run_stress(
         args.data or default_data_dir(),
         args.output,
@@ -295,6 +299,7 @@ def _cmd_stress(args: argparse.Namespace) -> int:
         device=args.device,
         max_cases=args.max_eval_cases,
         overrides=_parse_set(args.set),
+        stresses=args.stress,
     )
     print(markdown(summary["table"]), end="")
     return EXIT_OK
@@ -552,6 +557,12 @@ def _add_evaluation_commands(sub: argparse._SubParsersAction) -> None:
     pr.add_argument("--folds", type=int, default=5, help="kfold: number of folds")
     pr.add_argument("--max-folds", type=int, help="kfold: run only the first folds")
     pr.add_argument("--max-eval-cases", type=int, help="cap the evaluated cases per run")
+    pr.add_argument(
+        "--stress",
+        action="append",
+        metavar="NAME",
+        help="stress: run only this condition (repeatable; clean always runs; default: all)",
+    )
     pr.add_argument("--epochs", type=int, help="maximum epochs per training")
     pr.add_argument("--network", help="network name (default: the bundle's)")
     pr.add_argument("--image-size", type=int, help="network input size")

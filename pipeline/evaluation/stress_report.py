@@ -29,8 +29,11 @@ COLUMNS = (
     "recall",
     "precision",
     "dice_reference",
+    "gas_claimed",
     "flags",
 )
+#: A case "claims" the simulated gas when its mask takes in more than this share of it.
+CLAIM_SHARE = 0.1
 
 
 def _stats(dice: np.ndarray, clean: np.ndarray) -> dict[str, float]:
@@ -55,6 +58,7 @@ def table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         base = np.array([clean[m["name"]] for m in members])
         line = {"stress": stress, "severity": severity, **_stats(dice, base)}
         line["recall"] = round(float(np.mean([m["recall"] for m in members])), 4)
+        line.update(_claimed(members))
         out.append(line)
     tb = [r for r in rows if r["stress"] == "clean" and str(r["tuberculosis"]) == "1"]
     if tb:
@@ -63,6 +67,17 @@ def table(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         line["recall"] = round(float(np.mean([r["recall"] for r in tb])), 4)
         out.append(line)
     return out
+
+
+def _claimed(members: Sequence[Mapping[str, Any]]) -> dict[str, float | int]:
+    """Mean share of the drawn gas inside the masks, and the cases above :data:`CLAIM_SHARE`."""
+    shares = np.array([float(m["gas_claimed"]) for m in members if m.get("gas_claimed", "") != ""])
+    if not shares.size:
+        return {}
+    return {
+        "gas_claimed": round(float(shares.mean()), 4),
+        "gas_claimed_cases": int((shares > CLAIM_SHARE).sum()),
+    }
 
 
 def targets(lines: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -80,14 +95,22 @@ def targets(lines: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def markdown(lines: Sequence[Mapping[str, Any]]) -> str:
-    """The table as Markdown."""
-    head = "| stress | severity | n | mean Dice | drop from clean | p10 Dice | min Dice | recall |"
-    out = [head, "|---|---|---|---|---|---|---|---|"]
+    """The table as Markdown (the gas columns: mean share claimed, cases above 10 %)."""
+    head = (
+        "| stress | severity | n | mean Dice | drop from clean | p10 Dice | min Dice | recall "
+        "| gas claimed | cases claiming > 10 % |"
+    )
+    out = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for ln in lines:
+        claimed = (
+            f"{ln['gas_claimed']:.3f} | {ln['gas_claimed_cases']}"
+            if "gas_claimed" in ln
+            else "- | -"
+        )
         out.append(
             f"| {ln['stress']} | {ln['severity']} | {ln['n']} | {ln['mean_dice']:.4f} | "
             f"{ln['drop']:+.4f} | {ln['p10_dice']:.4f} | {ln['min_dice']:.4f} | "
-            f"{ln['recall']:.4f} |"
+            f"{ln['recall']:.4f} | {claimed} |"
         )
     return "\n".join(out) + "\n"
 

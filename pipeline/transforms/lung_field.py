@@ -30,22 +30,12 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_dst_type
 
-from pipeline.transforms.pathology import lung_components
+from pipeline.transforms.pathology import lungs_by_side
 
 #: Defaults of :func:`retrocardiac_region` (chosen on the shared data, see the module docstring).
 TOP_FRACTION = 0.35
 MIDLINE_GAP = 0.02
 SLOPE = 1.5
-
-
-def lungs_by_side(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The two largest components, the image-left one first (None when there are fewer)."""
-    lungs = lung_components(mask)
-    if len(lungs) < 2:
-        return None
-    column = np.arange(mask.shape[1])
-    centre = [column @ np.count_nonzero(c, axis=0) / np.count_nonzero(c) for c in lungs]
-    return (lungs[0], lungs[1]) if centre[0] < centre[1] else (lungs[1], lungs[0])
 
 
 def retrocardiac_region(

@@ -45,6 +45,7 @@ class Lesion(StrEnum):
     OPACITY = "opacity"
     EFFUSION = "effusion"
     DEVICES = "devices"
+    GAS = "gas"
 
 
 def smooth_field(shape: tuple[int, int], grid: int, rng: np.random.Generator) -> np.ndarray:
@@ -61,6 +62,16 @@ def lung_components(lung: np.ndarray) -> list[np.ndarray]:
     sizes = ndimage.sum_labels(lung, labels, index=np.arange(1, n + 1))
     keep = np.argsort(sizes)[::-1][:2] + 1
     return [labels == k for k in keep]
+
+
+def lungs_by_side(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The two largest components, the image-left one first (None when there are fewer)."""
+    lungs = lung_components(mask)
+    if len(lungs) < 2:
+        return None
+    column = np.arange(mask.shape[1])
+    centre = [column @ np.count_nonzero(c, axis=0) / np.count_nonzero(c) for c in lungs]
+    return (lungs[0], lungs[1]) if centre[0] < centre[1] else (lungs[1], lungs[0])
 
 
 def soft_tissue_level(image: np.ndarray, lung: np.ndarray) -> float:
@@ -245,7 +256,86 @@ def simulate_lesion(
         return add_opacity(image, lung, rng, float(extent), rng.uniform(0.5, 1.0))
     if kind == Lesion.EFFUSION:
         return add_effusion(image, lung, rng, rng.uniform(0.1, 0.6), rng.uniform(0.6, 1.0))
+    if kind == Lesion.GAS:
+        return add_abdominal_gas(image, lung, rng, rng.uniform(0.3, 1.0), rng.uniform(0.6, 1.0))
     return add_devices(image, rng)
+
+
+def _base_profile(part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The columns of a lung that end on the diaphragm and, per column, the lung's lowest row.
+
+    Columns whose lowest lung pixel is more than 15 % of the lung's height above its lowest
+    row end on the heart (or the mediastinum), not on the diaphragm: they are left out.
+    """
+    rows = np.nonzero(part.any(axis=1))[0]
+    cols = np.nonzero(part.any(axis=0))[0]
+    lowest = part.shape[0] - 1 - np.argmax(part[::-1, cols], axis=0)
+    on_diaphragm = lowest >= rows[-1] - 0.15 * (rows[-1] - rows[0])
+    return cols[on_diaphragm], lowest[on_diaphragm]
+
+
+def gas_region(
+    lung: np.ndarray, rng: np.random.Generator, size: float, left_prob: float = 0.75
+) -> np.ndarray:
+    """Where sub-diaphragmatic gas goes: a dome-shaped pocket under one lung's base.
+
+    The pocket follows the diaphragm's curve, a band of diaphragm (1-3 % of the height) below
+    the lung; its depth is a half-ellipse over a random part of the lung's width, its edges
+    roughened by a smooth random field, and, half of the time, its floor cut flat (an
+    air-fluid level on an upright film). It never touches the lung field (dilated by 2 px).
+
+    Args:
+        lung: boolean lung-field mask.
+        rng: random generator.
+        size: 0 to 1, the pocket's size (width up to 0.9 of the lung's, depth up to 0.16 of
+            the image height).
+        left_prob: probability of the image-right lung (the patient's left on a PA film: the
+            gastric fundus and the splenic flexure); otherwise the other one.
+    """
+    sides = lungs_by_side(lung)
+    if sides is None:
+        return np.zeros_like(lung)
+    part = sides[1] if rng.random() < left_prob else sides[0]
+    h = lung.shape[0]
+    cols, lowest = _base_profile(part)
+    centre = rng.uniform(0.25, 0.75) * (cols.size - 1)
+    half = max(2.0, size * rng.uniform(0.3, 0.45) * cols.size)
+    offset = (np.arange(cols.size) - centre) / half
+    depth = size * rng.uniform(0.08, 0.16) * h * np.sqrt(np.clip(1 - offset**2, 0, 1))
+    top = lowest + rng.uniform(0.01, 0.03) * h
+    rows = np.arange(h, dtype=np.float32)[:, None]
+    rough = 0.25 * depth.max() * smooth_field((h, cols.size), int(rng.integers(4, 10)), rng)
+    inside = (rows >= top) & (rows <= top + depth + rough) & (depth > 0)
+    if rng.random() < 0.5:
+        inside &= rows <= np.quantile(top + depth, rng.uniform(0.3, 0.7))
+    region = np.zeros_like(lung)
+    region[:, cols] = inside
+    return region & ~ndimage.binary_dilation(lung, iterations=2)
+
+
+def add_abdominal_gas(
+    image: np.ndarray, lung: np.ndarray, rng: np.random.Generator, size: float, darkness: float
+) -> np.ndarray:
+    """Gastric or bowel gas under a hemidiaphragm, as dark as aerated lung (label unchanged).
+
+    The network must learn that a dark region *below* the diaphragm is not lung: on supine
+    and ICU films the stomach's air lies right under the left lung's base.
+
+    Args:
+        image: radiograph in [0, 1].
+        lung: boolean lung-field mask.
+        rng: random generator.
+        size: 0 to 1, see :func:`gas_region`.
+        darkness: 0 (unchanged) to 1 (down to the lung's level, a little below at most).
+    """
+    region = gas_region(lung, rng, size)
+    if not region.any():
+        return image
+    target = float(np.median(image[lung])) * rng.uniform(0.7, 1.1)
+    weight = ndimage.gaussian_filter(region.astype(np.float32), sigma=rng.uniform(0.7, 2.0))
+    texture = 1.0 + 0.2 * smooth_field(image.shape, int(rng.integers(12, 40)), rng)
+    weight = np.clip(darkness * weight * texture, 0.0, 1.0)
+    return np.minimum(image, image + weight * (target - image))
 
 
 def jpeg_artefacts(image: np.ndarray, quality: int) -> np.ndarray:
@@ -335,6 +425,8 @@ class RandPathologyd(RandomizableTransform, MapTransform):
         opacity_prob: given that, probability of an opacity.
         effusion_prob: likewise, of an effusion.
         devices_prob: likewise, of lines, tubes, electrodes and markers.
+        gas_prob: likewise, of gastric or bowel gas under a hemidiaphragm (outside the
+            lung field: the label stays as it is).
     """
 
     def __init__(
@@ -345,6 +437,7 @@ class RandPathologyd(RandomizableTransform, MapTransform):
         opacity_prob: float = 0.7,
         effusion_prob: float = 0.35,
         devices_prob: float = 0.4,
+        gas_prob: float = 0.35,
         allow_missing_keys: bool = False,
     ):
         MapTransform.__init__(self, keys, allow_missing_keys)
@@ -354,6 +447,7 @@ class RandPathologyd(RandomizableTransform, MapTransform):
             Lesion.OPACITY: opacity_prob,
             Lesion.EFFUSION: effusion_prob,
             Lesion.DEVICES: devices_prob,
+            Lesion.GAS: gas_prob,
         }
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:

@@ -7,10 +7,18 @@ import json
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
-from pipeline.cli import EXIT_OK, main
-from pipeline.evaluation.stress import SEVERITIES, Stress, apply_stress, conditions
-from pipeline.evaluation.stress_report import table, targets
+from pipeline.cli import EXIT_OK, EXIT_USAGE, main
+from pipeline.evaluation.stress import (
+    SEVERITIES,
+    Stress,
+    apply_stress,
+    conditions,
+    share_inside,
+    stress_region,
+)
+from pipeline.evaluation.stress_report import markdown, table, targets
 from tests.conftest import load_png
 
 
@@ -38,7 +46,13 @@ def test_each_stress_is_seeded_and_grows_with_severity(case, stress):
 
 def test_disease_keeps_the_reference_and_portable_films_move_it_with_the_image(case):
     image, lung = case
-    for stress in (Stress.CONSOLIDATION, Stress.BILATERAL, Stress.EFFUSION, Stress.DEVICES):
+    for stress in (
+        Stress.CONSOLIDATION,
+        Stress.BILATERAL,
+        Stress.EFFUSION,
+        Stress.DEVICES,
+        Stress.GAS,
+    ):
         assert np.array_equal(apply_stress(image, lung, stress, 3, "x")[1], lung)
     _, moved = apply_stress(image, lung, Stress.PORTABLE, 3, "x")
     assert (
@@ -56,6 +70,37 @@ def test_consolidation_raises_the_lung_to_the_cardiac_level(case):
     assert (out - image)[lung].mean() > 0.1
 
 
+def test_gas_is_drawn_below_the_lungs_outside_the_reference_where_stress_region_says(case):
+    image, lung = case
+    rows = np.nonzero(lung.any(axis=1))[0]
+    for severity in SEVERITIES:
+        out, _ = apply_stress(image, lung, Stress.GAS, severity, "x")
+        drawn = stress_region(lung, Stress.GAS, severity, "x")
+        assert drawn.any() and not (drawn & ndimage.binary_dilation(lung, iterations=3)).any()
+        assert np.nonzero(drawn.any(axis=1))[0].min() > rows[0] + 0.5 * (rows[-1] - rows[0])
+        changed = np.abs(out - image) > 0.05
+        assert (changed & ~ndimage.binary_dilation(drawn, iterations=6)).sum() == 0
+        assert changed[drawn].mean() > 0.5  # visibly darker where it says
+        assert (out - image)[drawn].mean() < 0  # air: darker, not brighter
+    assert stress_region(lung, Stress.EFFUSION, 3, "x") is None
+    assert share_inside(lung | drawn, drawn) == 1.0 and share_inside(lung, drawn) == 0.0
+    assert share_inside(lung, None) == ""
+
+
+def test_the_gas_rows_report_the_share_of_gas_the_masks_take_in():
+    rows = [
+        {"name": n, "stress": s, "severity": v, "dice": 0.97, "recall": 0.97, "tuberculosis": "0",
+         "gas_claimed": g}
+        for n, claimed in (("a", 0.0), ("b", 0.5))
+        for s, v, g in (("clean", 0, ""), ("gas", 3, claimed))
+    ]  # fmt: skip
+    lines = {(ln["stress"], ln["severity"]): ln for ln in table(rows)}
+    assert lines[("gas", 3)]["gas_claimed"] == 0.25 and lines[("gas", 3)]["gas_claimed_cases"] == 1
+    assert "gas_claimed" not in lines[("clean", 0)]
+    text = markdown(list(lines.values()))
+    assert "| 0.250 | 1 |" in text and "| - | - |" in text
+
+
 def test_the_table_pairs_each_case_with_its_clean_dice_and_checks_the_targets():
     rows = [
         {"name": n, "stress": s, "severity": v, "dice": d, "recall": d, "tuberculosis": t}
@@ -71,7 +116,16 @@ def test_the_table_pairs_each_case_with_its_clean_dice_and_checks_the_targets():
 
 def test_conditions_cover_every_stress_at_every_severity():
     got = conditions()
-    assert got[0] == (Stress.CLEAN, 0) and len(got) == 1 + 5 * len(SEVERITIES)
+    assert got[0] == (Stress.CLEAN, 0) and len(got) == 1 + 6 * len(SEVERITIES)
+    assert conditions(["GAS"]) == [(Stress.CLEAN, 0)] + [(Stress.GAS, v) for v in SEVERITIES]
+
+
+def test_an_unknown_stress_is_a_usage_error_naming_the_allowed_set(tmp_path, capsys):
+    with pytest.raises(ValueError, match="'smoke' is not one of: clean, consolidation"):
+        conditions(["smoke"])
+    argv = ["protocol", "stress", "-o", str(tmp_path), "--stress", "smoke"]
+    assert main(argv) == EXIT_USAGE
+    assert "--stress" in capsys.readouterr().err and not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow
@@ -91,6 +145,9 @@ def test_the_command_writes_every_case_of_every_condition(tmp_path):
     assert summary["scored"] == "where the reference decides"
     assert all(float(r["dice"]) >= float(r["dice_reference"]) - 1e-6 for r in rows)
     assert "where the reference decides" in (out / "summary.md").read_text()
+    gas = [r for r in rows if r["stress"] == "gas"]
+    assert gas and all(0.0 <= float(r["gas_claimed"]) <= 1.0 for r in gas)
+    assert all(r["gas_claimed"] == "" for r in rows if r["stress"] != "gas")
 
 
 def test_decided_overlap_leaves_out_only_the_region_behind_the_heart(case):

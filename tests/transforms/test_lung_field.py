@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.transforms.lung_field import LungFieldTargetd, lungs_by_side, retrocardiac_region
+from pipeline.transforms.lung_field import LungFieldTargetd, retrocardiac_region
+from pipeline.transforms.pathology import lungs_by_side
 from tests.conftest import load_png
 
 #: a visible-convention mask (the left lung stops at the heart) and an anatomical one

@@ -11,11 +11,14 @@ from pipeline.transforms.pathology import (
     Lesion,
     RandAcquisitiond,
     RandPathologyd,
+    add_abdominal_gas,
     add_effusion,
     add_opacity,
     collimate,
     degrade,
+    gas_region,
     lung_components,
+    lungs_by_side,
     soft_tissue_level,
 )
 from tests.conftest import load_png
@@ -99,3 +102,28 @@ def test_every_lesion_kind_is_reachable_from_the_enum(case):
     for kind in Lesion:
         out = simulate_lesion(image, lung, kind, np.random.default_rng(0))
         assert out.shape == image.shape and not np.array_equal(out, image), kind
+
+
+def test_gas_lies_under_the_diaphragm_of_the_chosen_lung_and_outside_the_field(case):
+    _, lung = case
+    right_image_lung = lungs_by_side(lung)[1]
+    for seed in range(8):
+        region = gas_region(lung, np.random.default_rng(seed), size=1.0, left_prob=1.0)
+        assert region.any(), seed
+        assert not (region & ndimage.binary_dilation(lung, iterations=2)).any()
+        cols = np.nonzero(region.any(axis=0))[0]
+        rows = np.nonzero(right_image_lung.any(axis=1))[0]  # under the diaphragm, not the heart
+        assert np.nonzero(region.any(axis=1))[0].min() >= rows[-1] - 0.15 * (rows[-1] - rows[0])
+        assert cols.min() >= np.nonzero(right_image_lung.any(axis=0))[0].min()
+        for c in cols:  # below the lung's lowest pixel in every column it occupies
+            assert np.nonzero(region[:, c])[0].min() > np.nonzero(right_image_lung[:, c])[0].max()
+
+
+def test_gas_only_darkens_towards_the_lung_level_and_leaves_the_lung_alone(case):
+    image, lung = case
+    out = add_abdominal_gas(image, lung, np.random.default_rng(2), size=1.0, darkness=1.0)
+    assert (out <= image + 1e-6).all()
+    assert np.array_equal(out[lung], image[lung])
+    pocket = (image - out) > 0.05
+    assert pocket.sum() > 0.002 * image.size  # a visible pocket, not a speck
+    assert np.median(out[pocket]) < 1.2 * np.median(image[lung])

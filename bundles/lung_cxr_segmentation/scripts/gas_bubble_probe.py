@@ -24,7 +24,7 @@ from pipeline.inference.predictor import Predictor
 from pipeline.io.reader import read_cxr
 from pipeline.training.data import read_split_file
 from pipeline.transforms import binarize_mask
-from pipeline.transforms.lung_field import lungs_by_side
+from pipeline.transforms.pathology import lungs_by_side
 
 BUNDLE = Path(__file__).resolve().parents[1]
 
