@@ -27,8 +27,11 @@ level): it measures generalisation, not memory of the augmentation.
   part cut by a flat air-fluid level, at 0.8 x the lung's median intensity; at severity 3
   also a chain of four round colonic gas loops under the other lung. All of it lies outside
   the reference (3-px margin), so besides Dice the protocol reports the share of the gas the
-  mask takes in (``gas_claimed``; the training simulation is a dome-following pocket,
-  :func:`pipeline.transforms.pathology.gas_region`).
+  mask takes in (``gas_claimed``) and the share of the same pixels that the mask of the
+  clean image takes in (``gas_claimed_clean``: a model that draws the lung base lower than
+  the reference does so without any gas); their difference is what the gas adds. The
+  training simulation is a dome-following pocket instead
+  (:func:`pipeline.transforms.pathology.gas_region`).
 """
 
 from __future__ import annotations
@@ -361,10 +364,10 @@ def run_stress(
     cases = _cases(data, split_file, part, max_cases)
     predictor = Predictor(bundle, device, overrides)
     anatomical = references_for(predictor.lung_field, lung_field_file)
-    rows, keep = [], []
+    rows, keep, clean = [], [], {}
     for stress, severity in plan:
         rows += _score_condition(
-            predictor, cases, stress, severity, batch_size, keep, worst, anatomical
+            predictor, cases, stress, severity, batch_size, keep, worst, anatomical, clean
         )
     scored = "all pixels" if anatomical is None else "where the reference decides"
     about = {"model": predictor.identity.as_dict(), "cases": len(cases), "part": part,
@@ -398,39 +401,55 @@ def _score_condition(
     keep: list,
     worst: int,
     anatomical: frozenset[str] | None = None,
+    clean: dict[str, np.ndarray] | None = None,
 ) -> list[dict[str, Any]]:
-    from pipeline.evaluation.lung_field import decided_overlap
-    from pipeline.evaluation.metrics import overlap_metrics
-
+    """Every case under one condition, scored; the clean masks are kept in ``clean``."""
+    clean = {} if clean is None else clean
     rows = []
     for first in range(0, len(cases), batch_size):
         batch = cases[first : first + batch_size]
         made = [apply_stress(*_load_case(c), stress, severity, str(c["name"])) for c in batch]
-        gas_drawn = [
-            stress_region(t, stress, severity, str(c["name"]))
-            for c, (_, t) in zip(batch, made, strict=True)
-        ]
         preds = predictor.predict_items([{"image": _tensor(img)} for img, _ in made])
-        for case, (img, truth), pred, drawn in zip(batch, made, preds, gas_drawn, strict=True):
-            m = plain = overlap_metrics(pred.mask, truth)
-            if anatomical is not None:
-                m = decided_overlap(pred.mask, truth, str(case["name"]) in anatomical)
-            row = {
-                "name": case["name"],
-                "source": case.get("source", ""),
-                "tuberculosis": case.get("tuberculosis", ""),
-                "stress": str(stress),
-                "severity": severity,
-                "dice": m["dice"],
-                "recall": m["recall"],
-                "precision": m["precision"],
-                "dice_reference": plain["dice"],
-                "gas_claimed": share_inside(pred.mask, drawn),
-                "flags": ";".join(map(str, pred.measures.flags)),
-            }
+        for case, (img, truth), pred in zip(batch, made, preds, strict=True):
+            name = str(case["name"])
+            if stress is Stress.CLEAN:
+                clean[name] = pred.mask
+            drawn = stress_region(truth, stress, severity, name)
+            row = _row(case, stress, severity, pred, truth, anatomical)
+            row["gas_claimed"] = share_inside(pred.mask, drawn)
+            row["gas_claimed_clean"] = share_inside(clean.get(name, pred.mask), drawn)
             rows.append(row)
             _keep_worst(keep, worst, row, img, pred.mask, truth)
     return rows
+
+
+def _row(
+    case: dict[str, Any],
+    stress: Stress,
+    severity: int,
+    pred: Any,
+    truth: np.ndarray,
+    anatomical: frozenset[str] | None,
+) -> dict[str, Any]:
+    """A case's CSV row: overlap where the reference decides (or plain), flags."""
+    from pipeline.evaluation.lung_field import decided_overlap
+    from pipeline.evaluation.metrics import overlap_metrics
+
+    m = plain = overlap_metrics(pred.mask, truth)
+    if anatomical is not None:
+        m = decided_overlap(pred.mask, truth, str(case["name"]) in anatomical)
+    return {
+        "name": case["name"],
+        "source": case.get("source", ""),
+        "tuberculosis": case.get("tuberculosis", ""),
+        "stress": str(stress),
+        "severity": severity,
+        "dice": m["dice"],
+        "recall": m["recall"],
+        "precision": m["precision"],
+        "dice_reference": plain["dice"],
+        "flags": ";".join(map(str, pred.measures.flags)),
+    }
 
 
 def share_inside(mask: np.ndarray, region: np.ndarray | None) -> float | str:

@@ -3,7 +3,8 @@
 The network should learn where the lung field *is* (its outline against the ribs, heart,
 diaphragm and chest wall), not where the lung is dark. This module makes training samples in
 which part of the lung field looks like soft tissue or fluid, or is crossed by devices, or
-was taken on a poor portable film, while the label keeps the whole lung field.
+was taken on a poor portable film, while the label keeps the whole lung field; and samples
+with air-dark gas *outside* it, under a hemidiaphragm, which the label leaves out.
 
 Array logic first (functions on ``rows x columns`` float arrays in [0, 1], a boolean lung
 mask and a ``numpy.random.Generator``), then the MONAI dictionary transforms
@@ -16,7 +17,10 @@ covers the drawn extent (patchy → lobar → whole lung), with a vertical bias 
 lobar patterns, soft edges and a mottled texture; the opacified pixels are pulled towards
 the soft-tissue level measured around the lungs. Effusions fill a lung from its base to a
 level that rises towards the lateral chest wall (a meniscus), denser below. Devices are Bézier
-lines and tubes, ECG electrodes with leads and bright text markers. The robustness protocol
+lines and tubes, ECG electrodes with leads and bright text markers. Sub-diaphragmatic gas is
+a pocket that follows the diaphragm's curve below one lung's base, a band of diaphragm
+between them, its outline roughened by a smooth field and its floor sometimes cut flat (an
+air-fluid level), darkened towards or below the lung's level. The robustness protocol
 (:mod:`pipeline.evaluation.stress`) uses a different generator on purpose, so that it
 measures generalisation rather than memory of this augmentation.
 """
@@ -257,7 +261,7 @@ def simulate_lesion(
     if kind == Lesion.EFFUSION:
         return add_effusion(image, lung, rng, rng.uniform(0.1, 0.6), rng.uniform(0.6, 1.0))
     if kind == Lesion.GAS:
-        return add_abdominal_gas(image, lung, rng, rng.uniform(0.3, 1.0), rng.uniform(0.6, 1.0))
+        return add_abdominal_gas(image, lung, rng, rng.uniform(0.3, 1.0), rng.uniform(0.7, 1.0))
     return add_devices(image, rng)
 
 
@@ -316,22 +320,24 @@ def gas_region(
 def add_abdominal_gas(
     image: np.ndarray, lung: np.ndarray, rng: np.random.Generator, size: float, darkness: float
 ) -> np.ndarray:
-    """Gastric or bowel gas under a hemidiaphragm, as dark as aerated lung (label unchanged).
+    """Gastric or bowel gas under a hemidiaphragm, as dark as aerated lung or darker.
 
-    The network must learn that a dark region *below* the diaphragm is not lung: on supine
-    and ICU films the stomach's air lies right under the left lung's base.
+    The label is unchanged: the network must learn that a dark region *below* the diaphragm
+    is not lung; on supine and ICU films the stomach's air lies right under the left lung's
+    base, and with no lung markings in front of it, it is often darker than the lung.
 
     Args:
         image: radiograph in [0, 1].
         lung: boolean lung-field mask.
         rng: random generator.
         size: 0 to 1, see :func:`gas_region`.
-        darkness: 0 (unchanged) to 1 (down to the lung's level, a little below at most).
+        darkness: 0 (unchanged) to 1 (all the way to a level drawn between 0.5 and 1 x the
+            lung's median intensity).
     """
     region = gas_region(lung, rng, size)
     if not region.any():
         return image
-    target = float(np.median(image[lung])) * rng.uniform(0.7, 1.1)
+    target = float(np.median(image[lung])) * rng.uniform(0.5, 1.0)
     weight = ndimage.gaussian_filter(region.astype(np.float32), sigma=rng.uniform(0.7, 2.0))
     texture = 1.0 + 0.2 * smooth_field(image.shape, int(rng.integers(12, 40)), rng)
     weight = np.clip(darkness * weight * texture, 0.0, 1.0)
@@ -437,7 +443,7 @@ class RandPathologyd(RandomizableTransform, MapTransform):
         opacity_prob: float = 0.7,
         effusion_prob: float = 0.35,
         devices_prob: float = 0.4,
-        gas_prob: float = 0.35,
+        gas_prob: float = 0.6,
         allow_missing_keys: bool = False,
     ):
         MapTransform.__init__(self, keys, allow_missing_keys)

@@ -87,18 +87,20 @@ def test_gas_is_drawn_below_the_lungs_outside_the_reference_where_stress_region_
     assert share_inside(lung, None) == ""
 
 
-def test_the_gas_rows_report_the_share_of_gas_the_masks_take_in():
+def test_the_gas_rows_report_the_share_of_gas_the_masks_take_in_beyond_the_clean_masks():
     rows = [
         {"name": n, "stress": s, "severity": v, "dice": 0.97, "recall": 0.97, "tuberculosis": "0",
-         "gas_claimed": g}
-        for n, claimed in (("a", 0.0), ("b", 0.5))
-        for s, v, g in (("clean", 0, ""), ("gas", 3, claimed))
+         "gas_claimed": g, "gas_claimed_clean": c}
+        for n, claimed, before in (("a", 0.3, 0.25), ("b", 0.5, 0.1))
+        for s, v, g, c in (("clean", 0, "", ""), ("gas", 3, claimed, before))
     ]  # fmt: skip
     lines = {(ln["stress"], ln["severity"]): ln for ln in table(rows)}
-    assert lines[("gas", 3)]["gas_claimed"] == 0.25 and lines[("gas", 3)]["gas_claimed_cases"] == 1
+    gas = lines[("gas", 3)]
+    assert gas["gas_claimed"] == 0.4 and gas["gas_claimed_clean"] == 0.175
+    assert gas["gas_claimed_cases"] == 1  # b adds 0.4; a adds 0.05
     assert "gas_claimed" not in lines[("clean", 0)]
     text = markdown(list(lines.values()))
-    assert "| 0.250 | 1 |" in text and "| - | - |" in text
+    assert "| 0.400 | 0.175 | 1 |" in text and "| - | - | - |" in text
 
 
 def test_the_table_pairs_each_case_with_its_clean_dice_and_checks_the_targets():
@@ -147,6 +149,7 @@ def test_the_command_writes_every_case_of_every_condition(tmp_path):
     assert "where the reference decides" in (out / "summary.md").read_text()
     gas = [r for r in rows if r["stress"] == "gas"]
     assert gas and all(0.0 <= float(r["gas_claimed"]) <= 1.0 for r in gas)
+    assert all(0.0 <= float(r["gas_claimed_clean"]) <= 1.0 for r in gas)
     assert all(r["gas_claimed"] == "" for r in rows if r["stress"] != "gas")
 
 
@@ -160,3 +163,29 @@ def test_decided_overlap_leaves_out_only_the_region_behind_the_heart(case):
     assert decided_overlap(filled, truth, anatomical_reference=False)["dice"] == 1.0
     assert decided_overlap(filled, truth, anatomical_reference=True)["dice"] < 0.95
     assert not undecided(truth, anatomical_reference=True).any()
+
+
+def test_gas_claimed_on_the_clean_image_comes_from_the_clean_run(data_dir):
+    from types import SimpleNamespace
+
+    from pipeline.evaluation.stress import _score_condition
+
+    name = "MCUCXR_0001_0.png"
+    cases = [
+        {"name": name, "image": data_dir / "images" / name, "label": data_dir / "masks" / name}
+    ]
+
+    class Stub:  # the clean image: its image-left half; under gas: everything
+        clean = True
+
+        def predict_items(self, items):
+            mask = np.ones(items[0]["image"].shape[-2:], bool)
+            if self.clean:
+                mask[:, mask.shape[1] // 2 :] = False
+            return [SimpleNamespace(mask=mask, measures=SimpleNamespace(flags=[]))]
+
+    stub, clean = Stub(), {}
+    _score_condition(stub, cases, Stress.CLEAN, 0, 1, [], 0, None, clean)
+    stub.clean = False
+    (row,) = _score_condition(stub, cases, Stress.GAS, 2, 1, [], 0, None, clean)
+    assert row["gas_claimed"] == 1.0 and row["gas_claimed_clean"] == 0.0  # bubble: image right
