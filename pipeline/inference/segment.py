@@ -359,18 +359,6 @@ def _timed(future: Future, started: float) -> Future:
     return future
 
 
-def _share_cores(workers: int, restore: int | None = None) -> int:
-    """Leave the cores the workers use to them: fewer torch threads here; return the old count."""
-    import torch
-
-    old = torch.get_num_threads()
-    if restore is not None:
-        torch.set_num_threads(restore)
-    elif workers:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - workers))
-    return old
-
-
 def software_versions() -> dict[str, str]:
     """Versions of the packages that shape the results."""
     from importlib.metadata import PackageNotFoundError, version
@@ -447,14 +435,12 @@ def segment(
     }
     tag = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
     journal = Journal(out, header, overwrite, tag)
-    threads = _share_cores(workers)
     keep_freed_memory()  # the forward passes reuse their pages (see its docstring)
     segmenter = Segmenter(model, out, formats, journal, batch_size, workers, progress, tb_model)
     try:
         run = segmenter.run(jobs)
     finally:
         journal.close()
-        _share_cores(0, threads)
     keys = {j.key for j in jobs}
     finished = {**journal.rows, **segmenter.retry_rows}
     rows = [row for key, row in finished.items() if key in keys]

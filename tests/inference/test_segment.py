@@ -595,3 +595,39 @@ def test_the_journal_is_fsynced_once_per_batch_and_stays_complete(tmp_path, pixe
     assert journal_fsyncs[-1] == 7  # the last fsync covers every input
     lines = (tmp_path / "out" / "journal.jsonl").read_text().splitlines()
     assert len(lines) == 1 + 7  # the header and every input
+
+
+def test_the_network_keeps_every_thread_and_the_workers_yield_to_it(
+    radiograph_folder, tmp_path, monkeypatch
+):
+    import torch
+
+    from pipeline.inference import segment as segment_module
+    from pipeline.inference import workers
+    from pipeline.inference.predictor import Predictor
+
+    threads, niceness = [], []
+    real_forward, real_decode = Predictor.forward, workers.decode
+    real_batches = segment_module.Segmenter._batches
+
+    def forward(self, images):  # main process
+        threads.append(torch.get_num_threads())
+        return real_forward(self, images)
+
+    def decode(*args):  # runs in the forked workers
+        return {**real_decode(*args), "niceness": os.nice(0)}
+
+    def batches(self, pool, todo):  # main process: what the workers sent back
+        for batch in real_batches(self, pool, todo):
+            niceness.extend(d.get("niceness") for _, d in batch)
+            yield batch
+
+    monkeypatch.setattr(Predictor, "forward", forward)
+    monkeypatch.setattr(workers, "decode", decode)
+    monkeypatch.setattr(segment_module.Segmenter, "_batches", batches)
+    before = torch.get_num_threads()
+    root = radiograph_folder["root"] / "png"
+    argv = ["segment", str(root), "-o", str(tmp_path / "o"), "--no-progress", "--formats", "mask"]
+    assert main([*argv, "--workers", "2"]) == EXIT_OK
+    assert threads and set(threads) == {before}  # not fewer threads for the workers' sake
+    assert niceness and set(niceness) == {min(19, os.nice(0) + workers.WORKER_NICENESS)}
