@@ -192,9 +192,9 @@ def augmentations(
 
     Args:
         preset: ``default`` (the method's), ``robust`` (the method's plus simulated
-            opacities, effusions, devices and poor films inside a larger rotation/scale
-            range: :mod:`pipeline.transforms.pathology`), ``light`` (affine only, for quick
-            runs) or ``none``.
+            opacities, effusions, devices, gas under the diaphragm and poor films inside a
+            larger rotation/scale range: :mod:`pipeline.transforms.pathology`), ``light``
+            (affine only, for quick runs) or ``none``.
         keys: image and label keys (geometric transforms apply to all of them).
         image_key: the key intensity transforms apply to.
         hflip: add random horizontal flips (off by default; see the module docstring).

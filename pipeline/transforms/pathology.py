@@ -291,8 +291,8 @@ def gas_region(
     Args:
         lung: boolean lung-field mask.
         rng: random generator.
-        size: 0 to 1, the pocket's size (width up to 0.9 of the lung's, depth up to 0.16 of
-            the image height).
+        size: 0 to 1, the pocket's size (width up to 0.9 of the lung's columns that end on
+            the diaphragm, depth up to 0.16 of the image height).
         left_prob: probability of the image-right lung (the patient's left on a PA film: the
             gastric fundus and the splenic flexure); otherwise the other one.
     """
