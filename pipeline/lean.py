@@ -1,26 +1,32 @@
 """Importing MONAI for inference alone, without the extras it loads eagerly.
 
-``import monai`` imports every ``monai.*`` module, and with them, when installed, PyTorch
-Ignite (which pulls in ``torch.distributed``, FSDP and sympy), MLflow, matplotlib, pandas,
-``scipy.signal`` and ``scipy.stats``: about 2.6 of the 3.8 s it takes on a 2-core CPU, none
-of it used by a batch job.
-MONAI imports them through its ``optional_import``, which treats a missing module as an
-absent optional dependency. :func:`import_monai_for_inference` hides them while MONAI
-itself is imported, so MONAI leaves them out; imported later (by lungseg or anything
-else), they load normally, but MONAI's engines, handlers, profiling and visualisation are
-unusable in that process. Its transforms, networks and bundle parser are unaffected. Only
-``lungseg segment`` uses it.
+``import monai`` imports every ``monai.*`` module (its ``load_submodules``: 430 modules,
+each executed twice), and with them, when installed, PyTorch Ignite (which pulls in
+``torch.distributed``, FSDP and sympy), MLflow, matplotlib, pandas, ``scipy.signal`` and
+``scipy.stats``: about 2.6 of the 3.8 s it takes on a 2-core CPU, none of it used by a
+batch job. :func:`import_monai_for_inference` imports MONAI's package without that walk,
+then only the sub-packages inference uses (:data:`FOR_INFERENCE`: transforms, data, bundle
+parser, networks; ~210 modules), with the extras hidden: MONAI imports them through its
+``optional_import``, which treats a missing module as an absent optional dependency.
+Imported later (by lungseg or anything else), every module loads normally, but MONAI's
+engines, handlers, profiling and visualisation are unusable in that process. Bundle
+configs name components by their dotted path or by a short name from the sub-packages
+loaded here. Only ``lungseg segment`` uses it.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.abc
+import pkgutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 #: Packages MONAI imports eagerly (as optional) that inference does not use.
 NOT_FOR_INFERENCE = ("ignite", "mlflow", "matplotlib", "pandas", "scipy.signal", "scipy.stats")
+#: MONAI's sub-packages a bundle's inference config uses, in an order free of import cycles
+#: (``monai.apps`` first, as ``import monai`` does).
+FOR_INFERENCE = ("monai.apps", "monai.transforms", "monai.data", "monai.bundle", "monai.networks")
 
 
 class _Hidden(importlib.abc.MetaPathFinder):
@@ -46,10 +52,28 @@ def import_monai_for_inference(names: Sequence[str] = NOT_FOR_INFERENCE) -> bool
     """
     if {"monai", *names} & set(sys.modules):
         return False
-    finder = _Hidden(names)
+    finder, walk = _Hidden(names), pkgutil.walk_packages
     sys.meta_path.insert(0, finder)
+    pkgutil.walk_packages = _outside_monai(walk)  # MONAI's module walk finds nothing
     try:
         importlib.import_module("monai")
+        for name in FOR_INFERENCE:
+            importlib.import_module(name)
     finally:
+        pkgutil.walk_packages = walk
         sys.meta_path.remove(finder)
+        module = sys.modules.get("monai.utils.module")
+        if getattr(module, "walk_packages", walk) is not walk:  # bound while patched
+            module.walk_packages = walk
     return True
+
+
+def _outside_monai(walk: object) -> object:
+    """``pkgutil.walk_packages`` that walks nothing under MONAI's own package folder."""
+
+    def walk_packages(path: object = None, prefix: str = "", onerror: object = None) -> Iterator:
+        if prefix.startswith("monai."):
+            return iter(())
+        return walk(path, prefix, onerror)
+
+    return walk_packages

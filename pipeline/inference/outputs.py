@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import time
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from pipeline.enums import OutputFormat, Status
 from pipeline.inference.bundle import ModelIdentity
 from pipeline.inference.lungs import LungMeasures
 from pipeline.inference.predictor import Prediction
+from pipeline.inference.timing import Stopwatch
 from pipeline.io.atomic import atomic_path
 from pipeline.io.png import save_png, to_uint8
 
@@ -909,9 +909,14 @@ class Context:
 
 
 def write_outputs(
-    path: Path, relative: Path, pred: Prediction, original: np.ndarray | None, ctx: Context
-) -> tuple[dict, dict]:
-    """Write one prediction's files under ``ctx.out_dir``; return its row and stage seconds.
+    path: Path,
+    relative: Path,
+    pred: Prediction,
+    original: np.ndarray | None,
+    ctx: Context,
+    clock: Stopwatch | None = None,
+) -> dict:
+    """Write one prediction's files under ``ctx.out_dir``; return its report row.
 
     Args:
         path: the input file.
@@ -919,35 +924,36 @@ def write_outputs(
         pred: the prediction.
         original: the decoded image: uint8 for the overlay, float32 in [0, 1] for TB inputs.
         ctx: output settings.
+        clock: times the stages ``write``, ``seg_encode`` and ``tb_inputs`` (from now).
     """
-    stages: dict[str, float] = {}
-    m, start = pred.measures, time.perf_counter()
+    clock = Stopwatch() if clock is None else clock
+    clock.restart()
+    m = pred.measures
     if OutputFormat.MASK in ctx.formats:
         write_mask(m, output_path(ctx.out_dir, relative, OutputFormat.MASK))
     if OutputFormat.OVERLAY in ctx.formats:
         write_overlay(original, m, output_path(ctx.out_dir, relative, OutputFormat.OVERLAY))
     if OutputFormat.NIFTI in ctx.formats:
         write_nifti(m, output_path(ctx.out_dir, relative, OutputFormat.NIFTI))
-    stages["write"] = time.perf_counter() - start
+    clock.lap("write")
     out = measured_row(path, pred.meta, m)
     if OutputFormat.SEG in ctx.formats and pred.meta.get("format") == "DICOM":
-        out["reason"] = _write_seg(path, relative, m, ctx, stages)
+        out["reason"] = _write_seg(path, relative, m, ctx, clock)
     if ctx.tb_inputs is not None:  # scored in batches by the main process, then dropped
-        start = time.perf_counter()
+        clock.restart()
         out["tb_input"] = ctx.tb_inputs(np.asarray(original, dtype=np.float32), m.right, m.left)
-        stages["tb_inputs"] = time.perf_counter() - start
-    return out, stages
+        clock.lap("tb_inputs")
+    return out
 
 
-def _write_seg(path: Path, relative: Path, m: LungMeasures, ctx: Context, stages: dict) -> str:
+def _write_seg(path: Path, relative: Path, m: LungMeasures, ctx: Context, clock: Stopwatch) -> str:
     """Write the SEG (and the SR, when asked); return a note for the report ("" or why not)."""
     import pydicom
 
-    start = time.perf_counter()
+    clock.restart()
     source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
     seg = seg_of(source, m, ctx.identity)
-    stages["seg_encode"] = time.perf_counter() - start
-    start = time.perf_counter()
+    clock.lap("seg_encode")
     write_seg(seg, output_path(ctx.out_dir, relative, OutputFormat.SEG), ctx.started)
     note = ""
     if OutputFormat.SR in ctx.formats:
@@ -956,5 +962,5 @@ def _write_seg(path: Path, relative: Path, m: LungMeasures, ctx: Context, stages
         else:
             sr = sr_of(source, seg, m, ctx.identity)
             write_seg(sr, output_path(ctx.out_dir, relative, OutputFormat.SR), ctx.started)
-    stages["write"] += time.perf_counter() - start
+    clock.lap("write")
     return note

@@ -24,6 +24,7 @@ from pipeline.enums import OutputFormat, Status
 from pipeline.inference.outputs import Context, load_standard_tables, output_path, row
 from pipeline.inference.predictor import Predictor
 from pipeline.inference.report import Journal, write_reports, write_summary
+from pipeline.inference.timing import Stopwatch, split
 from pipeline.inference.workers import (
     KeepImage,
     decode,
@@ -41,7 +42,8 @@ DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
 #: Worker processes are replaced after this many images: whatever a decoder leaks or leaves
 #: fragmented cannot pile up over an archive (a new pool costs well under a second).
 RECYCLE_EVERY = 256
-#: Stages timed per run (``summary.json`` → ``this_run.stage_seconds``).
+#: Stages timed per run (``summary.json`` → ``this_run.stage_seconds``, wall-clock, and
+#: ``stage_cpu_seconds``: :mod:`pipeline.inference.timing`).
 STAGES = (
     "decode",
     "preprocess",
@@ -152,10 +154,19 @@ class Summary:
     processed: int = 0
     seconds: float = 0.0
     stages: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    cpu: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
 
-    def add(self, stage: str, seconds: float) -> None:
-        """Accumulate time spent in a stage (summed over images, workers and threads)."""
-        self.stages[stage] += seconds
+    def add_all(self, stages: dict[str, float]) -> None:
+        """Accumulate a :class:`~.timing.Stopwatch`'s wall and CPU seconds per stage.
+
+        Summed over images, workers and threads; a stage's CPU seconds are the work it
+        did, its wall seconds include waiting for a core, the disk or its inputs.
+        """
+        wall, cpu = split(stages)
+        for stage, seconds in wall.items():
+            self.stages[stage] += seconds
+        for stage, seconds in cpu.items():
+            self.cpu[stage] += seconds
 
 
 class Segmenter:
@@ -289,9 +300,10 @@ class Segmenter:
     def _forward(self, batch: list[tuple[Job, dict]]) -> list[tuple[Job, dict]]:
         """Run the network on the decoded images of a batch; attach each one's logits."""
         ok = [d for _, d in batch if "error" not in d]
-        start = time.perf_counter()
+        clock = Stopwatch(whole_process=True)  # the network computes on a pool of threads
         logits = self.model.forward([d["item"]["image"] for d in ok]) if ok else []
-        self.summary.add("forward", time.perf_counter() - start)
+        clock.lap("forward")
+        self.summary.add_all(clock.stages)
         for d, lg in zip(ok, logits, strict=True):
             d["logits"] = lg
         return batch
@@ -305,8 +317,7 @@ class Segmenter:
             status, reason = decoded["error"]
             done.set_result((row(job.file.path, status, reason), {}))
         else:
-            self.summary.add("decode", decoded["decode"])
-            self.summary.add("preprocess", decoded["preprocess"])
+            self.summary.add_all(decoded["stages"])
             args = (job.file.path, job.file.relative, decoded, self.context)
             if isinstance(pool, ProcessPoolExecutor):
                 args = (job.file.path, job.file.relative, to_wire(decoded), self.context)
@@ -317,8 +328,7 @@ class Segmenter:
     def _record(self, job: Job, future: Future) -> None:
         result, stages = future.result()
         result["seconds"] = round(future.finished_at - future.started_at, 4)
-        for stage, seconds in stages.items():
-            self.summary.add(stage, seconds)
+        self.summary.add_all(stages)
         if "tb_input" in result:  # scored with others first (see _flush_tb)
             self._tb_pending.append((job, result))
             if len(self._tb_pending) >= self.batch_size:
@@ -330,9 +340,10 @@ class Segmenter:
         """Score the rows waiting for a TB score in one batch, then journal them."""
         if not self._tb_pending:
             return
-        start = time.perf_counter()
+        clock = Stopwatch(whole_process=True)
         scores = self.tb_model.scores([r.pop("tb_input") for _, r in self._tb_pending])
-        self.summary.add("tb", time.perf_counter() - start)
+        clock.lap("tb")
+        self.summary.add_all(clock.stages)
         for (job, result), score in zip(self._tb_pending, scores, strict=True):
             result.update(
                 tb_score=round(float(score), 4),
@@ -454,6 +465,7 @@ def segment(
             "seconds": round(run.seconds, 2),
             "images_per_second": round(run.processed / run.seconds, 3) if run.seconds else None,
             "stage_seconds": {k: round(v, 3) for k, v in run.stages.items()},
+            "stage_cpu_seconds": {k: round(v, 3) for k, v in run.cpu.items()},
         },
         "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
         "formats": header["formats"],

@@ -26,6 +26,7 @@ from typing import Any
 
 from pipeline.enums import Status, StrEnum
 from pipeline.inference.outputs import Context, row, write_outputs
+from pipeline.inference.timing import Stopwatch, count_whole_process
 from pipeline.io.errors import OutputError
 
 
@@ -42,13 +43,13 @@ def finish(
         predictor: a :class:`~pipeline.inference.predictor.Predictor` (network not needed).
 
     Returns:
-        ``(report row, seconds per stage)``.
+        ``(report row, wall and CPU seconds per stage)`` (:class:`~.timing.Stopwatch`).
     """
-    start = time.perf_counter()
+    clock = Stopwatch()
     pred = predictor.postprocess(decoded["item"], decoded["logits"])
-    post = time.perf_counter() - start
-    out, stages = write_outputs(path, relative, pred, decoded.get("original"), ctx)
-    return out, {"postprocess": post, **stages}
+    clock.lap("postprocess")
+    out = write_outputs(path, relative, pred, decoded.get("original"), ctx, clock)
+    return out, clock.stages
 
 
 #: ``errno`` values that say the environment failed, not the input: the batch stops.
@@ -99,13 +100,14 @@ def decode(path: Path, sidecar: bool, keep: KeepImage, predictor: Any) -> dict[s
 
     Returns:
         ``item`` (the preprocessed dictionary), ``original`` (the decoded image, as ``keep``
-        says), ``decode``/``preprocess`` seconds, ``start``; or ``error`` (status, reason).
+        says), ``stages`` (wall and CPU seconds of decode and preprocess), ``start``; or
+        ``error`` (status, reason).
     """
     from pipeline.io.errors import InputError
     from pipeline.io.png import to_uint8
 
-    start = time.perf_counter()
-    out: dict[str, Any] = {"start": start}
+    clock = Stopwatch()
+    out: dict[str, Any] = {"start": clock.started, "stages": clock.stages}
     if sidecar:
         out["error"] = (Status.SKIPPED.value, "not an image file (by its suffix)")
         return out
@@ -115,9 +117,9 @@ def decode(path: Path, sidecar: bool, keep: KeepImage, predictor: Any) -> dict[s
             out["original"] = loaded["image"].numpy()[0].astype("float32", copy=False)
         elif keep is KeepImage.UINT8:
             out["original"] = to_uint8(loaded["image"].numpy()[0])
-        out["decode"] = time.perf_counter() - start
+        clock.lap("decode")
         out["item"] = predictor.preprocess(loaded)
-        out["preprocess"] = time.perf_counter() - start - out["decode"]
+        clock.lap("preprocess")
     except InputError as err:
         out["error"] = (err.status, err.reason)
     except Exception as err:  # any decoder failure is reported, not fatal
@@ -246,6 +248,7 @@ def init_worker(bundle: str, overrides: dict[str, Any], parent: int | None = Non
         die_with_parent(parent)
     torch.set_num_threads(1)
     lower_priority()
+    count_whole_process()
     inherited = _WORKER.pop("inherited", None)
     if inherited is None:
         from pipeline.inference.predictor import Predictor

@@ -152,6 +152,17 @@ def test_overlays_nifti_and_summary(segmented):
     assert len(summary["model"]["checkpoint_sha256"]) == 64 and summary["software"]["monai"]
 
 
+def test_summary_times_every_stage_in_wall_and_cpu_seconds(segmented):
+    """Worker stages are timed by the worker's CPU (a sleep in a worker would not count)."""
+    run = json.loads((segmented["out"] / "summary.json").read_text())["this_run"]
+    wall, cpu = run["stage_seconds"], run["stage_cpu_seconds"]
+    assert set(wall) == set(cpu)
+    for stage in ("decode", "preprocess", "forward", "postprocess", "seg_encode", "write"):
+        assert cpu[stage] > 0, stage
+    assert cpu["forward"] > 0.2 * wall["forward"]  # the network's threads, not one thread
+    assert cpu["postprocess"] <= wall["postprocess"] + 0.05  # one thread per worker
+
+
 def test_inputs_are_never_modified(segmented):
     assert _digest(segmented["root"]) == segmented["before"]
 
