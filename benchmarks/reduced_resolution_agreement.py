@@ -8,6 +8,7 @@ on the original grid (0.3.0's path) — for DICOM files built from the shared im
 several sizes and encodings, and prints the Dice of the two masks (mean, min) per input.
 
     .venv/bin/python benchmarks/reduced_resolution_agreement.py [--max-cases 90]
+        [--decode-min-size N]   # the fast path with another decode_min_size than the bundle's
 """
 
 from __future__ import annotations
@@ -60,8 +61,12 @@ def main() -> None:
     parser.add_argument("--max-cases", type=int, default=90)
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--decode-min-size", type=int, help="override the bundle's")
     args = parser.parse_args()
-    fast = Predictor(device="cpu")
+    fast_overrides = (
+        {} if args.decode_min_size is None else {"decode_min_size": args.decode_min_size}
+    )
+    fast = Predictor(device="cpu", overrides=fast_overrides)
     full = Predictor(device="cpu", overrides=full_resolution_overrides())
     cases = load_split(default_data_dir(), "test", args.max_cases)
     results = {}

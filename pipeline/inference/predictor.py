@@ -82,7 +82,8 @@ class Predictor:
         device: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
         overrides: ``inference.json`` ids to set first (``ckpt_path`` of a model trained
             elsewhere and its ``image_size``, ``threshold``, ``tta``, ``ensemble``...).
-        network: load the network (False: pre- and post-processing only, for workers).
+        network: load the network now (False: pre- and post-processing only, for workers,
+            or until :meth:`load_network`).
 
     Raises:
         FileNotFoundError: no ``configs/inference.json`` or a checkpoint is missing.
@@ -112,7 +113,17 @@ class Predictor:
         self.device = parser.get_parsed_content("device")
         self.inferer = parser.get_parsed_content("inferer")
         self.micro_batch = int(parser.get("cpu_micro_batch", 0) or 0)
-        self.network = parser.get_parsed_content("network") if network else None
+        self._parser = parser
+        self.network: torch.nn.Module | None = None
+        if network:
+            self.load_network()
+
+    def load_network(self) -> torch.nn.Module:
+        """The network with its checkpoints, loaded on the first call (the batch job loads it
+        while its worker processes decode the first images)."""
+        if self.network is None:
+            self.network = self._parser.get_parsed_content("network")
+        return self.network
 
     @functools.cached_property
     def identity(self) -> ModelIdentity:
@@ -149,10 +160,10 @@ class Predictor:
         third of its time faulting fresh pages in (measured on res_unet at 256²).
 
         Raises:
-            RuntimeError: the predictor was built without its network.
+            RuntimeError: the predictor was built without its network, not loaded since.
         """
         if self.network is None:
-            raise RuntimeError("this Predictor was built with network=False")
+            raise RuntimeError("this Predictor was built with network=False (see load_network)")
         batch = torch.stack([_plain_tensor(img) for img in images]).to(self.device)
         batch = batch.contiguous(memory_format=torch.channels_last)  # the network's layout
         step = (

@@ -285,6 +285,7 @@ class Segmenter:
                     break
             if not ahead:
                 return
+            self.model.load_network()  # (once) while the workers decode the first images
             batch, ahead = ahead[: self.batch_size], ahead[self.batch_size :]
             yield [(job, future.result()) for job, future in batch]
 
@@ -435,7 +436,8 @@ def segment(
         overrides["precision"] = precision
     if lung_field is not None:
         overrides["lung_field"] = lung_field
-    model = Predictor(bundle, rank_device(device), overrides)
+    # the network is loaded once the workers are decoding (Segmenter._batches)
+    model = Predictor(bundle, rank_device(device), overrides, network=False)
     ident = model.identity.as_dict()
     header = {
         "started": time.strftime("%Y%m%d%H%M%S"),
