@@ -15,8 +15,8 @@ from pipeline.lean import NOT_FOR_INFERENCE, import_monai_for_inference
 assert import_monai_for_inference() is True
 assert import_monai_for_inference() is False  # already imported: nothing to hide
 print(sorted(m for m in NOT_FOR_INFERENCE if m in sys.modules))
-import pkgutil, monai.utils.module
-print("monai.apps.pathology" in sys.modules, monai.utils.module.walk_packages is pkgutil.walk_packages)
+import pkgutil, monai.utils.module as mod
+print("monai.apps.pathology" in sys.modules, mod.walk_packages is pkgutil.walk_packages)
 from pipeline.inference.predictor import Predictor
 pred = Predictor(device="cpu").predict_single_npy_array(__import__("numpy").load(sys.argv[1]))
 print(int(pred.mask.sum()), pred.measures.flags)

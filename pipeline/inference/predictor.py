@@ -119,8 +119,10 @@ class Predictor:
             self.load_network()
 
     def load_network(self) -> torch.nn.Module:
-        """The network with its checkpoints, loaded on the first call (the batch job loads it
-        while its worker processes decode the first images)."""
+        """The network with its checkpoints, loaded on the first call.
+
+        The batch job loads it while its worker processes decode the first images.
+        """
         if self.network is None:
             self.network = self._parser.get_parsed_content("network")
         return self.network
