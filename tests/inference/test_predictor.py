@@ -79,6 +79,18 @@ def test_identity_follows_every_pixel_setting_and_nothing_else(shipped_model):
     assert config_sha256(moved) == config_sha256(raw)
 
 
+def test_a_predictor_built_without_its_network_loads_it_later(shipped_model, held_out):
+    """The batch job's order: pre- and post-processing first, the network while workers decode."""
+    later = Predictor(device="cpu", network=False)
+    item = later.preprocess(later.load(held_out[0]["image"]))
+    with pytest.raises(RuntimeError, match="load_network"):
+        later.forward([item["image"]])
+    network = later.load_network()
+    assert later.load_network() is network  # loaded once
+    expected = shipped_model.forward([item["image"]])
+    assert torch.equal(later.forward([item["image"]]), expected)
+
+
 def test_unknown_override_is_refused_with_the_config_named():
     with pytest.raises(KeyError, match="thresold"):
         Predictor(device="cpu", overrides={"thresold": 0.4}, network=False)
