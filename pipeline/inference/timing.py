@@ -32,8 +32,8 @@ class Stopwatch:
     (a forward pass computes on a pool of threads), not only the calling one.
     """
 
-    def __init__(self, stages: dict[str, float] | None = None, whole_process: bool = False):
-        self.stages = {} if stages is None else stages
+    def __init__(self, whole_process: bool = False):
+        self.stages: dict[str, float] = {}
         self._clock = time.process_time if whole_process else _cpu_clock
         self.started = time.perf_counter()
         self._wall, self._cpu = self.started, self._clock()
