@@ -100,6 +100,7 @@ class QAFlag(StrEnum):
     IMPLAUSIBLE_AREA = "implausible_area"
     IMPLAUSIBLE_RATIO = "implausible_left_right_ratio"
     LOW_CONFIDENCE = "low_confidence"
+    SMALL_FOR_HEMITHORAX = "small_for_hemithorax"
 
 
 class LungField(StrEnum):

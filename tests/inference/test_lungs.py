@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from pipeline.enums import QAFlag
-from pipeline.inference.lungs import measure, right_on_image_left, split_lungs
+from pipeline.inference.lungs import (
+    hemithorax_shares,
+    measure,
+    measure_sides,
+    right_on_image_left,
+    split_lungs,
+)
 
 
 def _two_lungs(big_on_image_left: bool = True) -> np.ndarray:
@@ -55,6 +61,7 @@ def test_flags_raise_on_implausible_results():
         QAFlag.NOT_TWO_COMPONENTS,
         QAFlag.IMPLAUSIBLE_RATIO,
         QAFlag.LOW_CONFIDENCE,
+        QAFlag.SMALL_FOR_HEMITHORAX,  # the missing lung
     }
     tiny = np.zeros((200, 200), bool)
     tiny[50:60, 20:30] = tiny[50:60, 150:160] = True
@@ -89,6 +96,42 @@ def test_overlay_of_an_8bit_image_keeps_its_grey_levels(pixels, lung_mask):
     assert np.array_equal(as_float, as_uint8) and len(np.unique(as_uint8[..., 0])) > 100
 
 
+def _without_base(lung: np.ndarray, share: float) -> np.ndarray:
+    rows = np.flatnonzero(lung.any(axis=1))
+    out = lung.copy()
+    out[int(rows[0] + (1 - share) * (rows[-1] - rows[0])) :] = False
+    return out
+
+
+def test_a_lung_short_of_the_diaphragm_is_flagged_small_for_its_hemithorax(lung_mask):
+    right, left, _ = split_lungs(lung_mask, "L\\F")
+    assert QAFlag.SMALL_FOR_HEMITHORAX not in measure_sides(right, left, 2, 1.0).flags
+    # the opacified lower third of the left lung left out: the area ratio stays plausible
+    flags = measure_sides(right, _without_base(left, 0.35), 2, 1.0).flags
+    assert QAFlag.SMALL_FOR_HEMITHORAX in flags
+    assert QAFlag.IMPLAUSIBLE_RATIO not in flags
+
+
+def test_both_lungs_shrunk_to_their_apices_are_small_for_the_thorax_span(lung_mask):
+    right, left, _ = split_lungs(lung_mask, "L\\F")
+    height_share, fill = hemithorax_shares(right, left)
+    assert height_share > 0.8 and 0.35 < fill < 0.6
+    short = [_without_base(lung, 0.75) for lung in (right, left)]
+    height_share, fill = hemithorax_shares(*short)
+    assert height_share > 0.8 and fill < 0.2  # equal heights, but a quarter of the area
+    assert QAFlag.SMALL_FOR_HEMITHORAX in measure_sides(*short, 2, 1.0).flags
+
+
+def test_hemithorax_shares_are_taken_in_millimetres_proportions(lung_mask):
+    right, left, _ = split_lungs(lung_mask, "L\\F")
+    square = hemithorax_shares(right, left, (0.2, 0.2))
+    # the same radiograph stored with every other row: rows twice as far apart
+    halved = hemithorax_shares(right[::2], left[::2], (0.4, 0.2))
+    assert halved == pytest.approx(square, rel=0.02)
+    assert hemithorax_shares(right[::2], left[::2])[1] < 0.6 * square[1]  # spacing ignored
+    assert hemithorax_shares(right, np.zeros_like(left)) == (0.0, 0.0)
+
+
 def test_every_qa_flag_is_explained_with_its_limit():
     from pipeline.enums import QAFlag
     from pipeline.inference.lungs import describe_flag
@@ -97,6 +140,8 @@ def test_every_qa_flag_is_explained_with_its_limit():
     assert "8%-65%" in messages[QAFlag.IMPLAUSIBLE_AREA]
     assert "0.5-2.0" in messages[QAFlag.IMPLAUSIBLE_RATIO]
     assert "0.85" in messages[QAFlag.LOW_CONFIDENCE]
+    assert "70%" in messages[QAFlag.SMALL_FOR_HEMITHORAX]
+    assert "20%" in messages[QAFlag.SMALL_FOR_HEMITHORAX]
     assert describe_flag("not_two_components") == messages[QAFlag.NOT_TWO_COMPONENTS]
     with pytest.raises(ValueError, match="not_two_components"):
         describe_flag("blurry")
