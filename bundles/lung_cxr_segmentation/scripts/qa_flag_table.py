@@ -69,12 +69,16 @@ def failures(right: np.ndarray, left: np.ndarray) -> Iterator[tuple[str, np.ndar
     span = np.ptp(np.flatnonzero((right | left).any(axis=0))) + 1
     for share in (1 / 3, 1 / 2, 2 / 3):
         yield f"one lung's lower {share:.0%} left out", cut_base(right, share), left
-        yield f"both lungs' lower {share:.0%} left out", cut_base(right, share), cut_base(
-            left, share
+        yield (
+            f"both lungs' lower {share:.0%} left out",
+            cut_base(right, share),
+            cut_base(left, share),
         )
     for share in (0.03, 0.06):
-        yield f"both lungs shrunk by {share:.0%} of the span", shrink(right, share, span), shrink(
-            left, share, span
+        yield (
+            f"both lungs shrunk by {share:.0%} of the span",
+            shrink(right, share, span),
+            shrink(left, share, span),
         )
 
 
@@ -82,8 +86,11 @@ def reference_table(data: Path, split: dict, size: int) -> list[str]:
     """Table 1: the share of reference masks flagged, by split part."""
     lines = ["| part | cases | small_for_hemithorax | flagged cases |", "|---|---|---|---|"]
     for part in ("train", "validation", "test"):
-        hit = [n for n in split[part] if QAFlag.SMALL_FOR_HEMITHORAX in flags(
-            *split_lungs(reference(data, n, size))[:2])]  # fmt: skip
+        hit = [
+            n
+            for n in split[part]
+            if QAFlag.SMALL_FOR_HEMITHORAX in flags(*split_lungs(reference(data, n, size))[:2])
+        ]
         share = len(hit) / len(split[part])
         lines.append(f"| {part} | {len(split[part])} | {share:.1%} | {', '.join(hit)} |")
     return lines
@@ -97,8 +104,11 @@ def failure_table(data: Path, names: list[str], size: int) -> list[str]:
         for kind, r, lt in failures(right, left):
             found = flags(r, lt, 2 if r.any() and lt.any() else 1)
             caught.setdefault(kind, []).append(
-                (QAFlag.SMALL_FOR_HEMITHORAX in found, QAFlag.IMPLAUSIBLE_RATIO in found,
-                 bool(found))  # fmt: skip
+                (
+                    QAFlag.SMALL_FOR_HEMITHORAX in found,
+                    QAFlag.IMPLAUSIBLE_RATIO in found,
+                    bool(found),
+                )
             )
     lines = [
         "| simulated failure | small_for_hemithorax | implausible_left_right_ratio | any flag |",
@@ -145,8 +155,12 @@ def main() -> None:
     lines += ["## Simulated failures (test part)", ""]
     lines += [*failure_table(args.data, split["test"], args.size), ""]
     if args.model:
-        lines += ["## The shipped model's masks (test part)", "", *model_table(args.data,
-                  split["test"]), ""]  # fmt: skip
+        lines += [
+            "## The shipped model's masks (test part)",
+            "",
+            *model_table(args.data, split["test"]),
+            "",
+        ]
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
 
