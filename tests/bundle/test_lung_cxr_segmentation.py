@@ -333,6 +333,7 @@ def test_postprocessing_keeps_two_lungs_fills_holes_and_restores_the_grid(held_o
     logits[:, 40:200, 140:220] = 10.0  # left lung
     logits[:, 100:110, 60:70] = -10.0  # a hole
     logits[:, 230:236, 120:126] = 10.0  # a spurious blob
+    logits[:, 200:204, 110:114] = 10.0  # touching the right lung at one corner only
     post = parser.get_parsed_content("postprocessing")({**item, "pred": logits})
     out, prob = post["pred"], post["prob"]
     rows, cols = load_png(Path(held_out[0]["image"])).shape
@@ -347,7 +348,9 @@ def test_postprocessing_keeps_two_lungs_fills_holes_and_restores_the_grid(held_o
     assert set(np.unique(labels)) == {0, 1, 2}  # right lung 1 (the image's left), left 2
     assert labels[:, : cols // 2].max() == 1 and labels[:, cols // 2 :].max() == 2
     _, count = ndimage.label(labels > 0)
-    assert count == 2 and post["lung_components"] == 2
+    assert count == 2 and post["lung_components"] == 2  # the corner blob is not a lung's part
+    low = post["lungs_lowres"][0].numpy() > 0
+    assert low.sum() == 160 * 80 * 2 and ndimage.label(low)[1] == 2  # the hole filled
     assert not (ndimage.binary_fill_holes(labels > 0) ^ (labels > 0)).any()
 
 
