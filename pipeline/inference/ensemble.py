@@ -5,8 +5,10 @@ Both are options of ``inference.json``, so model work changes JSON, not modules:
 - ``"models": {"anatomical": [...], "visible": [...]}`` lists the checkpoints of each lung
   field and ``"lung_field"`` picks one (:func:`lung_field_models`); ``ckpt_path`` and
   ``"ensemble": ["models/fold1.pt", ...]`` follow from it and can be set instead.
-  :func:`load_networks` returns one network for one checkpoint and an :class:`Ensemble`
-  for several, whose output is the logit of the mean probability.
+  :func:`load_networks` returns one network for one checkpoint; for several, ``"combine"``
+  decides: ``soup`` averages their weights into one network (:func:`average_weights`; the
+  cost of one network), ``ensemble`` runs them all as an :class:`Ensemble`, whose output is
+  the logit of the mean probability.
 - ``"tta": ["hflip"]`` makes :class:`FlipInferer` run the network on the image and on each
   flipped copy, flip the outputs back and average the probabilities.
 
@@ -37,6 +39,20 @@ class Flip(StrEnum):
     def dims(self) -> tuple[int]:
         """The tensor dimension the flip reverses."""
         return (3,) if self is Flip.HFLIP else (2,)
+
+
+class Combine(StrEnum):
+    """How a bundle combines several checkpoints of one network (``combine`` in ``inference.json``).
+
+    ``soup``: their weights are averaged into one network (a uniform "model soup",
+    Wortsman et al., ICML 2022), which runs once. It works for checkpoints fine-tuned from one
+    starting point, which lie in one basin of the loss: for the shipped members it matched
+    their ensemble on the clean test part and under every stress (model card). ``ensemble``:
+    every checkpoint runs and their probabilities are averaged, at the cost of all of them.
+    """
+
+    SOUP = "soup"
+    ENSEMBLE = "ensemble"
 
 
 class Precision(StrEnum):
@@ -101,12 +117,11 @@ class Ensemble(nn.Module):
         return _logit(probs.mean(0))
 
 
-def load_weights(network: nn.Module, checkpoint: str | os.PathLike, device: torch.device) -> None:
-    """Load a checkpoint with ``weights_only``: a state dict, or one under ``model``/``state_dict``.
+def read_state(checkpoint: str | os.PathLike, device: torch.device) -> dict[str, torch.Tensor]:
+    """A checkpoint's state dict, read with ``weights_only`` (also under ``model``/``state_dict``).
 
     Raises:
         FileNotFoundError: the checkpoint is missing.
-        ValueError: its weights do not fit the network (the file and the mismatch quoted).
     """
     path = Path(checkpoint)
     if not path.is_file():
@@ -115,10 +130,69 @@ def load_weights(network: nn.Module, checkpoint: str | os.PathLike, device: torc
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
+    return state
+
+
+def load_weights(network: nn.Module, checkpoint: str | os.PathLike, device: torch.device) -> None:
+    """Load a checkpoint (see :func:`read_state`) into ``network``.
+
+    Raises:
+        FileNotFoundError: the checkpoint is missing.
+        ValueError: its weights do not fit the network (the file and the mismatch quoted).
+    """
+    _load_state(network, read_state(checkpoint, device), str(checkpoint))
+
+
+def _load_state(network: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     try:
         network.load_state_dict(state)
     except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not fit {type(network).__name__}: {err}") from err
+        raise ValueError(f"{source}: weights do not fit {type(network).__name__}: {err}") from err
+
+
+def average_weights(
+    checkpoints: Sequence[str | os.PathLike], device: torch.device | None = None
+) -> dict[str, torch.Tensor]:
+    """The uniform average of several checkpoints' weights (see :class:`Combine`).
+
+    Floating-point tensors are averaged (in float32 at least), BatchNorm running statistics
+    included; integer buffers (BatchNorm's ``num_batches_tracked``) are the first checkpoint's.
+
+    Raises:
+        FileNotFoundError: a checkpoint is missing.
+        ValueError: no checkpoint, or one whose tensors differ in names or shapes from the
+            first's (the file and the difference quoted).
+    """
+    if not checkpoints:
+        raise ValueError("no checkpoint to average")
+    device = device or torch.device("cpu")
+    first = read_state(checkpoints[0], device)
+    total = {k: _wide(v) if v.is_floating_point() else v for k, v in first.items()}
+    for ckpt in checkpoints[1:]:
+        state = read_state(ckpt, device)
+        _check_same_tensors(first, state, ckpt)
+        for key, value in state.items():
+            if value.is_floating_point():
+                total[key] += value
+    n = len(checkpoints)
+    return {k: (v / n).to(first[k].dtype) if v.is_floating_point() else v for k, v in total.items()}
+
+
+def _wide(value: torch.Tensor) -> torch.Tensor:
+    """A float32 (or wider) copy to sum into."""
+    return value.to(torch.promote_types(value.dtype, torch.float32), copy=True)
+
+
+def _check_same_tensors(first: dict, other: dict, source: str | os.PathLike) -> None:
+    if first.keys() != other.keys():
+        differ = sorted(first.keys() ^ other.keys())[:3]
+        raise ValueError(f"{source}: not the first checkpoint's network (tensors {differ} differ)")
+    for key, value in other.items():
+        if value.shape != first[key].shape:
+            raise ValueError(
+                f"{source}: {key} has shape {tuple(value.shape)}, the first checkpoint's "
+                f"{tuple(first[key].shape)}"
+            )
 
 
 def lung_field_models(models: Mapping[str, Sequence[str]], lung_field: str) -> list[str]:
@@ -142,20 +216,35 @@ def lung_field_models(models: Mapping[str, Sequence[str]], lung_field: str) -> l
 
 
 def load_networks(
-    network_def: nn.Module, checkpoints: Sequence[str | os.PathLike], device: torch.device
+    network_def: nn.Module,
+    checkpoints: Sequence[str | os.PathLike],
+    device: torch.device,
+    combine: str | Combine = Combine.ENSEMBLE,
 ) -> nn.Module:
-    """The network with its weights (eval mode), or an :class:`Ensemble` of one per checkpoint.
+    """The network with its weights (eval mode); several checkpoints combined by ``combine``.
 
     Weights are kept channels-last (NHWC), the layout oneDNN's convolutions run fastest in
     on the CPU (1.2-1.3x for res_unet at 256²) and cuDNN's tensor cores prefer; inputs in
     either layout work.
 
+    Args:
+        network_def: the network (its first member; copied for the others).
+        checkpoints: its weights, one or more.
+        device: where it runs.
+        combine: :class:`Combine`: one network of the averaged weights (``soup``), or an
+            :class:`Ensemble` of one network per checkpoint.
+
     Raises:
-        ValueError: no checkpoint given.
+        ValueError: no checkpoint given, an unknown ``combine`` (the allowed set quoted), or
+            weights that do not fit.
         FileNotFoundError: a checkpoint is missing.
     """
     if not checkpoints:
         raise ValueError("the bundle config lists no checkpoint (ckpt_path / ensemble)")
+    if Combine.parse(combine) is Combine.SOUP and len(checkpoints) > 1:
+        source = "the average of " + ", ".join(map(str, checkpoints))
+        _load_state(network_def, average_weights(checkpoints), source)
+        return network_def.to(device, memory_format=torch.channels_last).eval()
     members = []
     for i, ckpt in enumerate(checkpoints):
         net = network_def if i == 0 else copy.deepcopy(network_def)

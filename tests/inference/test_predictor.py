@@ -96,12 +96,14 @@ def test_unknown_override_is_refused_with_the_config_named():
         Predictor(device="cpu", overrides={"thresold": 0.4}, network=False)
 
 
-def test_an_ensemble_of_one_checkpoint_twice_gives_its_masks(shipped_model, held_out):
+@pytest.mark.parametrize("combine", ["ensemble", "soup"])
+def test_one_checkpoint_combined_with_itself_gives_its_masks(shipped_model, held_out, combine):
     paths = [c["image"] for c in held_out]
-    once = Predictor(device="cpu", overrides={"ensemble": []})
-    twice = Predictor(device="cpu", overrides={"ensemble": ["models/model.pt"]})
+    once = shipped_model  # one checkpoint
+    overrides = {"ensemble": ["models/model.pt"], "combine": combine}
+    twice = Predictor(device="cpu", overrides=overrides)
     assert twice.identity.checkpoints_sha256 == (once.identity.checkpoint_sha256,) * 2
-    assert len({once.identity.digest, twice.identity.digest, shipped_model.identity.digest}) == 3
+    assert twice.identity.digest != once.identity.digest
     for a, b in zip(twice.predict_from_files(paths), once.predict_from_files(paths), strict=True):
         assert np.array_equal(a.mask, b.mask)
         np.testing.assert_allclose(a.probability, b.probability, atol=1e-4)
