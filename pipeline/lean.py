@@ -23,7 +23,16 @@ import sys
 from collections.abc import Iterator, Sequence
 
 #: Packages MONAI imports eagerly (as optional) that inference does not use.
-NOT_FOR_INFERENCE = ("ignite", "mlflow", "matplotlib", "pandas", "scipy.signal", "scipy.stats")
+NOT_FOR_INFERENCE = (
+    "ignite",
+    "mlflow",
+    "matplotlib",
+    "pandas",
+    "scipy.signal",
+    "scipy.stats",
+    "requests",  # for monai.apps.tcia; lungseg imports its own when it reads DICOMweb
+    "nibabel",  # for MONAI's NIfTI reader and writer; lungseg reads and writes NIfTI itself
+)
 #: MONAI's sub-packages a bundle's inference config uses, in an order free of import cycles
 #: (``monai.apps`` first, as ``import monai`` does).
 FOR_INFERENCE = ("monai.apps", "monai.transforms", "monai.data", "monai.bundle", "monai.networks")

@@ -64,3 +64,25 @@ def test_lungseg_segment_runs_without_the_extras(tmp_path, pixels):
     ).stdout.splitlines()
     assert out[-1] == "0 []"
     assert (tmp_path / "out" / "masks" / "0.png").is_file()
+
+
+def test_nifti_in_and_out_work_with_monai_imported_lean(tmp_path, pixels):
+    """nibabel is hidden from MONAI's import only: lungseg's own NIfTI reader and writer work."""
+    import nibabel as nib
+    import numpy as np
+
+    (tmp_path / "in").mkdir()
+    nib.save(
+        nib.Nifti1Image(np.ascontiguousarray(pixels.T), np.eye(4)), tmp_path / "in" / "a.nii.gz"
+    )
+    script = (
+        "from pipeline.cli import main; "
+        f"print(main(['segment', {str(tmp_path / 'in')!r}, '-o', {str(tmp_path / 'out')!r}, "
+        "'--formats', 'mask,nifti', '--no-progress']))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
+    ).stdout.splitlines()
+    assert out[-1] == "0"
+    written = nib.load(tmp_path / "out" / "nifti" / "a.nii.gz").get_fdata()
+    assert written.shape[:2] == pixels.T.shape and written.max() > 0
