@@ -2,14 +2,16 @@
 
 ``import monai`` imports every ``monai.*`` module (its ``load_submodules``: 430 modules,
 each executed twice), and with them, when installed, PyTorch Ignite (which pulls in
-``torch.distributed``, FSDP and sympy), MLflow, matplotlib, pandas, ``scipy.signal`` and
-``scipy.stats``: about 2.6 of the 3.8 s it takes on a 2-core CPU, none of it used by a
-batch job. :func:`import_monai_for_inference` imports MONAI's package without that walk,
-then only the sub-packages inference uses (:data:`FOR_INFERENCE`: transforms, data, bundle
+``torch.distributed``, FSDP and sympy), MLflow, matplotlib, pandas, ``scipy.signal``,
+``scipy.stats``, requests and nibabel: about 2.8 of the 3.8 s it takes on a 2-core CPU, none
+of it used by a batch job (lungseg imports its own requests and nibabel when it needs them).
+:func:`import_monai_for_inference` imports MONAI's package without that walk, then only the
+sub-packages inference uses (:data:`FOR_INFERENCE`: transforms, data, bundle
 parser, networks; ~210 modules), with the extras hidden: MONAI imports them through its
 ``optional_import``, which treats a missing module as an absent optional dependency.
 Imported later (by lungseg or anything else), every module loads normally, but MONAI's
-engines, handlers, profiling and visualisation are unusable in that process. Bundle
+engines, handlers, profiling, visualisation, NIfTI reader/writer and TCIA download are
+unusable in that process. Bundle
 configs name components by their dotted path or by a short name from the sub-packages
 loaded here. Only ``lungseg segment`` uses it.
 """
