@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def reference(data: Path, name: str, size: int) -> np.ndarray:
-    """A case's reference mask, nearest-neighbour sampled to ``size`` columns."""
+    """A case's reference mask, nearest-neighbour sampled to at most ``size`` columns."""
     mask = binarize_mask(read_cxr(data / "masks" / name)[0]) > 0
     step = max(1, mask.shape[1] // size)
     return mask[::step, ::step]
@@ -126,12 +126,14 @@ def model_table(data: Path, names: list[str]) -> list[str]:
     from pipeline.inference.predictor import Predictor
 
     predictor = Predictor(device="cpu")
+    cases = {
+        name: (read_cxr(data / "images" / name)[0], reference(data, name, size=1 << 30))
+        for name in names
+    }  # read once, stressed three ways
     lines = ["| condition | cases | small_for_hemithorax | flagged cases |", "|---|---|---|---|"]
     for stress, severity in ((Stress.CLEAN, 0), (Stress.CONSOLIDATION, 3), (Stress.EFFUSION, 3)):
         hit = []
-        for name in names:
-            image = read_cxr(data / "images" / name)[0]
-            truth = binarize_mask(read_cxr(data / "masks" / name)[0]) > 0
+        for name, (image, truth) in cases.items():
             stressed, _ = apply_stress(image, truth, stress, severity, name)
             pred = predictor.predict_single_npy_array(stressed)
             if QAFlag.SMALL_FOR_HEMITHORAX in pred.measures.flags:
