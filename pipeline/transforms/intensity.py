@@ -12,6 +12,7 @@ its cost: numpy's selection-based percentile instead of ``torch.quantile``'s ful
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -100,6 +101,60 @@ def tophat_enhance(
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
+#: Every this many pixels one is sampled to find a threshold that isolates a tail.
+_TAIL_STRIDE = 64
+
+
+def tail_percentiles(arr: np.ndarray, percentiles: Sequence[float]) -> np.ndarray:
+    """``np.percentile(arr, percentiles)`` (linear method), the same values, faster in the tails.
+
+    A percentile near 0 or 100 needs only the few smallest or largest values. A sample of
+    the pixels gives a threshold that holds more of them than needed; only the values
+    beyond it are partitioned (a 512² image: ~0.3 ms against numpy's ~1.6 ms, which
+    partitions all of it). Where the sample's threshold is not enough, or the array holds a
+    NaN, numpy's whole-array percentile answers (it gives NaN).
+    """
+    flat = np.asarray(arr).ravel()
+    n = flat.size
+    q = np.asarray(percentiles, dtype=np.float64) / 100
+    if n < 16 * _TAIL_STRIDE or (flat.dtype.kind == "f" and np.isnan(flat).any()):
+        return np.percentile(flat, percentiles)
+    virtual = (n - 1) * q  # numpy's linear method
+    previous = np.floor(virtual)
+    gamma = virtual - previous
+    index = np.minimum(previous.astype(np.intp), n - 1)
+    below = [_order_statistic(flat, int(i)) for i in index]
+    above = [_order_statistic(flat, int(min(i + 1, n - 1))) for i in index]
+    if any(v is None for v in (*below, *above)):
+        return np.percentile(flat, percentiles)
+    a, b = np.array(below, dtype=flat.dtype), np.array(above, dtype=flat.dtype)
+    diff = b - a  # numpy's _lerp, to the bit
+    out = np.add(a, diff * gamma)
+    np.subtract(b, diff * (1 - gamma), out=out, where=gamma >= 0.5, casting="unsafe")
+    return out
+
+
+def _order_statistic(flat: np.ndarray, k: int) -> Any:
+    """The ``k``-th smallest value of ``flat`` (0-based) from its tail; None where unsure."""
+    n = flat.size
+    from_top = k >= n // 2
+    rank = n - 1 - k if from_top else k  # rank within the tail
+    sample = flat[::_TAIL_STRIDE]
+    # a sample rank with ~ twice the needed count (and at least 8 sample values) beyond it
+    j = min(sample.size - 1, 2 * (rank + 1) * sample.size // n + 8)
+    if from_top:
+        threshold = np.partition(sample, sample.size - 1 - j)[sample.size - 1 - j]
+        tail = flat[flat >= threshold]
+        if tail.size <= rank:
+            return None
+        return np.partition(tail, tail.size - 1 - rank)[tail.size - 1 - rank]
+    threshold = np.partition(sample, j)[j]
+    tail = flat[flat <= threshold]
+    if tail.size <= rank or np.isnan(threshold):
+        return None
+    return np.partition(tail, rank)[rank]
+
+
 def percentile_scale(image: np.ndarray, lower: float = 0.5, upper: float = 99.5) -> np.ndarray:
     """Map the ``lower``-th percentile to 0 and the ``upper``-th to 1, clipping outside.
 
@@ -116,7 +171,7 @@ def percentile_scale(image: np.ndarray, lower: float = 0.5, upper: float = 99.5)
             f"percentiles ({lower!r}, {upper!r}) must satisfy 0 <= lower < upper <= 100"
         )
     arr = np.asarray(image, dtype=np.float32)
-    lo, hi = np.percentile(arr, [lower, upper])
+    lo, hi = tail_percentiles(arr, (lower, upper))
     if hi <= lo:
         return np.zeros_like(arr)
     out = (arr - np.float32(lo)) * np.float32(1.0 / (hi - lo))

@@ -20,6 +20,7 @@ from pipeline.transforms import (
     percentile_scale,
     tophat_enhance,
 )
+from pipeline.transforms.intensity import tail_percentiles
 
 
 def _entropy(img: np.ndarray, bins: int = 64) -> float:
@@ -152,3 +153,19 @@ def test_percentile_scale_equals_monai_on_a_real_radiograph(image):
     np.testing.assert_allclose(out.numpy(), expected.numpy(), atol=1e-5)
     d = ScalePercentilesd("image")({"image": raw.numpy()})
     np.testing.assert_allclose(d["image"], expected.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("percentiles", [(0.5, 99.5), (0, 100), (2.5, 97.5), (50,)])
+def test_tail_percentiles_are_numpys_to_the_bit(case_pixels, percentiles):
+    rng = np.random.default_rng(0)
+    arrays = [p.astype(np.float32) / 255 for p in case_pixels.values()]
+    arrays += [p.astype(np.uint16) * 16 for p in case_pixels.values()]  # 12-bit, ties
+    arrays += [rng.random((1111, 1023)), rng.integers(0, 4096, (3000, 2500), dtype=np.int16)]
+    arrays += [np.zeros((512, 512), np.float32), np.arange(7.0)]  # constant; too small
+    nan = arrays[0].copy()
+    nan[200, 300] = np.nan  # outside the sampled pixels: numpy's NaN all the same
+    for arr in [*arrays, nan]:
+        expected = np.percentile(arr, percentiles)
+        got = tail_percentiles(arr, percentiles)
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
