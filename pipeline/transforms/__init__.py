@@ -5,6 +5,7 @@ from pipeline.transforms.dictionary import (
     CLAHEd,
     CropLetterboxd,
     FillHolesd,
+    KeepLargestComponentsd,
     Letterboxd,
     ScalePercentilesd,
     TopHatEnhanced,
@@ -32,7 +33,12 @@ from pipeline.transforms.intensity import (
     percentile_scale,
     tophat_enhance,
 )
-from pipeline.transforms.morphology import FillHoles, fill_holes
+from pipeline.transforms.morphology import (
+    FillHoles,
+    KeepLargestComponents,
+    fill_holes,
+    keep_largest_components,
+)
 
 __all__ = [
     "CLAHE",
@@ -43,6 +49,8 @@ __all__ = [
     "CropLetterboxd",
     "FillHoles",
     "FillHolesd",
+    "KeepLargestComponents",
+    "KeepLargestComponentsd",
     "Letterbox",
     "LetterboxParams",
     "Letterboxd",
@@ -57,6 +65,7 @@ __all__ = [
     "binarize_mask",
     "clahe",
     "fill_holes",
+    "keep_largest_components",
     "letterbox",
     "letterbox_params",
     "percentile_scale",

@@ -18,7 +18,7 @@ from pipeline.transforms.geometry import (
     UnletterboxLabels,
 )
 from pipeline.transforms.intensity import CLAHE, BinarizeMask, ScalePercentiles, TopHatEnhance
-from pipeline.transforms.morphology import FillHoles
+from pipeline.transforms.morphology import FillHoles, KeepLargestComponents
 
 
 class _Wrapped(MapTransform):
@@ -89,6 +89,21 @@ class FillHolesd(_Wrapped):
 
     def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
         super().__init__(keys, FillHoles(), allow_missing_keys)
+
+
+class KeepLargestComponentsd(_Wrapped):
+    """Dictionary wrapper of :class:`~pipeline.transforms.morphology.KeepLargestComponents`."""
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label: int = 1,
+        count: int = 1,
+        connectivity: int = 1,
+        allow_missing_keys: bool = False,
+    ):
+        keep = KeepLargestComponents(label, count, connectivity)
+        super().__init__(keys, keep, allow_missing_keys)
 
 
 class Letterboxd(MapTransform):

@@ -215,13 +215,13 @@ def upsample_labels(
     Returns:
         ``rows x columns`` uint8 labels.
     """
-    from scipy import ndimage
+    from pipeline.transforms.morphology import dilate_cross, erode_cross, max_3x3
 
     fg = labels > 0
-    near = ndimage.binary_dilation(fg)
-    code = np.where(fg, labels, ndimage.grey_dilation(labels, size=3)).astype(np.uint8)
+    near = dilate_cross(fg)
+    code = np.where(fg, labels, max_3x3(labels)).astype(np.uint8)
     code[~near] = 0
-    code[ndimage.binary_erosion(fg)] += 4
+    code[erode_cross(fg)] += 4
     rows, cols = (
         _nearest_index(fg.shape[0], int(shape[0])),
         _nearest_index(fg.shape[1], int(shape[1])),

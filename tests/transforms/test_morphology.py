@@ -7,6 +7,7 @@ import pytest
 import torch
 from monai.data import MetaTensor
 from monai.transforms import FillHoles as MonaiFillHoles
+from scipy import ndimage
 
 from pipeline.transforms import FillHoles, FillHolesd, fill_holes
 
@@ -61,3 +62,48 @@ def test_the_transforms_keep_type_dtype_and_metadata(lung_mask):
 def test_other_shapes_are_refused_with_the_shape():
     with pytest.raises(ValueError, match=r"\(2, 3, 4\)"):
         fill_holes(np.zeros((2, 3, 4)))
+
+
+def test_one_step_morphology_is_scipys(case_masks):
+    from pipeline.transforms.morphology import dilate_cross, erode_cross, max_3x3
+
+    rng = np.random.default_rng(0)
+    masks = [m[::2, ::2] for m in case_masks.values()]  # real lungs on the network's grid
+    masks += [rng.random(shape) < 0.5 for shape in ((1, 1), (1, 6), (5, 1), (2, 2), (37, 100))]
+    masks += [np.ones((4, 9), bool), np.zeros((3, 3), bool)]
+    for mask in masks:
+        labels = (mask * rng.integers(1, 3, mask.shape)).astype(np.uint8)
+        np.testing.assert_array_equal(dilate_cross(mask), ndimage.binary_dilation(mask))
+        np.testing.assert_array_equal(erode_cross(mask), ndimage.binary_erosion(mask))
+        np.testing.assert_array_equal(max_3x3(labels), ndimage.grey_dilation(labels, size=3))
+
+
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_keep_largest_components_is_monais(lung_mask, connectivity):
+    from monai.transforms import KeepLargestConnectedComponent
+
+    from pipeline.transforms import KeepLargestComponents, KeepLargestComponentsd
+
+    rng = np.random.default_rng(0)
+    masks = [_holed(lung_mask, rng) for _ in range(3)]  # real lungs with specks and notches
+    masks += [(rng.random((40, 60)) < d).astype(np.float32) * 2 for d in (0.3, 0.6)]
+    tied = np.zeros((9, 9), np.float32)
+    tied[0, 0] = tied[0, 4] = tied[4, 0] = tied[8, 8] = 1  # four equal components
+    masks.append(tied)
+    for mask in masks:
+        labels = mask.astype(np.float32)
+        labels[::7, ::5] = np.where(labels[::7, ::5] > 0, 2, labels[::7, ::5])  # another label
+        for count in (1, 2, 3):
+            monai = KeepLargestConnectedComponent(
+                applied_labels=[1], is_onehot=False, num_components=count, connectivity=connectivity
+            )
+            ours = KeepLargestComponents(1, count, connectivity)
+            tensor = MetaTensor(torch.from_numpy(labels[None].copy()), meta={"k": 1})
+            got = ours(tensor)
+            assert isinstance(got, MetaTensor) and got.meta["k"] == 1
+            np.testing.assert_array_equal(got.numpy(), np.asarray(monai(tensor.clone())))
+            np.testing.assert_array_equal(ours(labels[None].copy()), got.numpy())
+    d = KeepLargestComponentsd("pred", count=1)({"pred": torch.from_numpy(tied[None])})
+    assert int(d["pred"].sum()) == 1
+    with pytest.raises(ValueError, match=r"count 0 .* connectivity 3"):
+        KeepLargestComponents(1, 0, 3)(tied[None])
