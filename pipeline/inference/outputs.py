@@ -9,6 +9,7 @@ rerun or a resend produces the same instance).
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import os
@@ -527,17 +528,41 @@ class SegTemplates:
         if key not in self._templates:
             seg = build_seg(source, m, uids, algorithm)
             template = copy.deepcopy(seg)
-            self._templates[key] = (template, _constant_bytes(template, source))
+            constant = _constant_bytes(template, source)
+            encoded = _EncodedTemplate(template, source, constant) if constant else None
+            self._templates[key] = (template, constant, encoded)
             while len(self._templates) > self.maxsize:
                 self._templates.popitem(last=False)
             return seg
         self._templates.move_to_end(key)
-        template, constant = self._templates[key]
+        template, constant, _ = self._templates[key]
         seg = _fresh_copy(template)
         _fill_from_source(seg, source)
         _fill_own(seg, source, m, uids)
         seg._lungseg_constant_bytes = constant  # write_seg's fast path (see _encode_templated)
         return seg
+
+    def encode(
+        self,
+        source: Any,
+        m: LungMeasures,
+        uids: dict[str, str],
+        algorithm: dict[str, str],
+        datetime14: str,
+    ) -> bytes:
+        """The Part 10 bytes :func:`write_seg` writes of :meth:`build`'s SEG, dates pinned.
+
+        From a template's encoded pieces when one fits (:class:`_EncodedTemplate`: no
+        dataset is built), else through :meth:`build`.
+        """
+        complete = _complete_type2(source)
+        key = self._key(complete, m, algorithm)
+        if key not in self._templates or self._templates[key][2] is None:
+            seg = self.build(source, m, uids, algorithm)
+            pin_dates(seg, datetime14)
+            return _encode_templated(seg) or encode_dicom(seg)
+        self._templates.move_to_end(key)
+        return self._templates[key][2].encode(complete, m, uids, datetime14)
 
     @staticmethod
     def _key(source: Any, m: LungMeasures, algorithm: dict[str, str]) -> tuple:
@@ -629,6 +654,196 @@ def _encode_templated(seg: Any) -> bytes | None:
     return fp.getvalue()
 
 
+class _EncodedTemplate:
+    """A template's SEG as encoded pieces: most bytes kept, the rest encoded per source.
+
+    The pieces follow the template's elements in tag order: the bytes of those that never
+    change (:func:`_constant_bytes`); the template's reference sequences, encoded once and
+    parsed into a tree (:func:`_parse_elements`) whose leaves are kept bytes or the elements
+    that differ from SEG to SEG (the source's SOP Instance and Series UIDs, the dimension
+    organisation UID, the contribution date), so that only those and the lengths around
+    them are encoded again; and the attributes copied from the source or the SEG's own,
+    encoded each time. The result is what :func:`_encode_templated` gives for
+    :meth:`SegTemplates.build`'s SEG (tested), without building that dataset.
+    """
+
+    def __init__(self, template: Any, source: Any, constant: dict[Any, bytes]):
+        from pydicom.datadict import tag_for_keyword
+
+        copied = set(_copied_keywords(str(source.SOPClassUID)))
+        self.template, self.encodings = template, template.get("SpecificCharacterSet", "iso8859")
+        was = {
+            "ReferencedSOPInstanceUID": str(source.SOPInstanceUID),
+            "SeriesInstanceUID": str(source.SeriesInstanceUID),
+            "DimensionOrganizationUID": _dimension_uid(str(template.SOPInstanceUID)),
+            "ContributionDateTime": _contribution_datetime(template),
+        }
+        varying = {self._element_of(k, v): k for k, v in was.items() if v is not None}
+        self.pieces: list[tuple[str, Any]] = []
+        own = {tag_for_keyword(k) for k in _OWN_KEYWORDS}  # pin_dates adds absent dates
+        for tag in sorted(set(template.keys()) | own):
+            keyword = template[tag].keyword if tag in template else ""
+            if tag in own:
+                self.pieces.append(("own", tag))
+            elif tag in constant:
+                self.pieces.append(("bytes", constant[tag]))
+            elif keyword in _FILLED_SEQUENCES:
+                encoded = self._element(template[tag])
+                self.pieces.append(("tree", _parse_elements(encoded, varying)))
+            elif keyword in copied:
+                self.pieces.append(("source", tag))
+            else:  # an element of ambiguous VR: encoded each time, its VR resolved
+                self.pieces.append(("own", tag))
+
+    def _element(self, element: Any) -> bytes:
+        """One element as explicit VR little endian bytes (an ambiguous VR resolved)."""
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filewriter import correct_ambiguous_vr_element, write_data_element
+        from pydicom.valuerep import AMBIGUOUS_VR
+
+        if element.VR in AMBIGUOUS_VR:
+            element = correct_ambiguous_vr_element(copy.copy(element), self.template, True)
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        write_data_element(fp, element, self.encodings)
+        return fp.getvalue()
+
+    def _element_of(self, keyword: str, value: Any) -> bytes:
+        """The encoded element ``keyword`` with ``value`` (its dictionary VR)."""
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
+        from pydicom.dataelem import DataElement
+
+        tag = tag_for_keyword(keyword)
+        return self._element(DataElement(tag, dictionary_VR(tag), value))
+
+    def encode(self, source: Any, m: LungMeasures, uids: dict[str, str], datetime14: str) -> bytes:
+        """The Part 10 bytes of the SEG of ``source`` (Type 2 completed), dates pinned."""
+        from pydicom.filebase import DicomBytesIO
+        from pydicom.filewriter import write_file_meta_info
+
+        own = _own_values(source, m, uids, datetime14)
+        now = {
+            "ReferencedSOPInstanceUID": str(source.SOPInstanceUID),
+            "SeriesInstanceUID": str(source.SeriesInstanceUID),
+            "DimensionOrganizationUID": _dimension_uid(uids["sop_instance_uid"]),
+            "ContributionDateTime": datetime14,
+        }
+        encoded = {k: self._element_of(k, v) for k, v in now.items()}
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, False
+        fp.write(self.template.preamble or b"\x00" * 128)
+        fp.write(b"DICM")
+        meta = copy.deepcopy(self.template.file_meta)
+        meta.MediaStorageSOPInstanceUID = uids["sop_instance_uid"]
+        write_file_meta_info(fp, meta, enforce_standard=True)
+        for kind, value in self.pieces:
+            if kind == "bytes":
+                fp.write(value)
+            elif kind == "tree":
+                fp.write(b"".join(_render(node, encoded) for node in value))
+            else:
+                fp.write(self._element(self._value_element(kind, value, source, own)))
+        return fp.getvalue()
+
+    def _value_element(self, kind: str, tag: Any, source: Any, own: dict[str, Any]) -> Any:
+        """The element to encode at ``tag``: the source's, or the SEG's own value."""
+        from pydicom.datadict import dictionary_VR, keyword_for_tag
+        from pydicom.dataelem import DataElement
+
+        if kind == "source":
+            return source[tag]
+        keyword = keyword_for_tag(tag)
+        if keyword in own:
+            vr = self.template[tag].VR if tag in self.template else dictionary_VR(tag)
+            return DataElement(tag, vr, own[keyword])
+        return self.template[tag]
+
+
+#: Explicit VR little endian: the VRs whose length takes 4 bytes (after 2 reserved ones).
+_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN"})
+_LONG_VRS = _LONG_VRS | {b"UR", b"UT", b"UV"}
+_UNDEFINED = 0xFFFFFFFF
+_ITEM, _ITEM_END, _SEQUENCE_END = b"\xfe\xff\x00\xe0", b"\xfe\xff\x0d\xe0", b"\xfe\xff\xdd\xe0"
+
+
+@dataclass
+class _Nested:
+    """A sequence or item of defined length: its header, then its children (encoded again)."""
+
+    head: bytes
+    children: list
+
+
+def _parse_elements(buf: bytes, varying: dict[bytes, str]) -> list:
+    """Explicit VR little endian elements as a tree: bytes, varying keywords, :class:`_Nested`.
+
+    An element whose whole encoding is a key of ``varying`` becomes that keyword; sequences
+    and items of defined length become :class:`_Nested` (their lengths are recomputed);
+    everything else stays bytes (undefined lengths, delimiters included).
+    """
+    out: list = []
+    pos = 0
+    while pos < len(buf):
+        vr = buf[pos + 4 : pos + 6]
+        if buf[pos : pos + 4] in (_ITEM, _ITEM_END, _SEQUENCE_END):
+            head, length = 8, int.from_bytes(buf[pos + 4 : pos + 8], "little")
+            nested = buf[pos : pos + 4] == _ITEM
+        elif vr in _LONG_VRS:
+            head, length = 12, int.from_bytes(buf[pos + 8 : pos + 12], "little")
+            nested = vr == b"SQ"
+        else:
+            head, length = 8, int.from_bytes(buf[pos + 6 : pos + 8], "little")
+            nested = False
+        if length == _UNDEFINED or (nested and length == 0):
+            out.append(buf[pos : pos + head])  # children follow as siblings, then a delimiter
+            pos += head
+            continue
+        end = pos + head + length
+        if nested:
+            out.append(
+                _Nested(buf[pos : pos + head - 4], _parse_elements(buf[pos + head : end], varying))
+            )
+        else:
+            element = buf[pos:end]
+            out.append(varying.get(element, element))
+        pos = end
+    return out
+
+
+def _render(node: Any, encoded: dict[str, bytes]) -> bytes:
+    """A node of :func:`_parse_elements`' tree as bytes, ``encoded`` giving varying elements."""
+    if isinstance(node, bytes):
+        return node
+    if isinstance(node, str):
+        return encoded[node]
+    body = b"".join(_render(child, encoded) for child in node.children)
+    return node.head + len(body).to_bytes(4, "little") + body
+
+
+def _own_values(source: Any, m: LungMeasures, uids: dict[str, str], datetime14: str) -> dict:
+    """The values :func:`_fill_own` and :func:`pin_dates` give a templated SEG's own elements."""
+    frames = np.stack([m.right, m.left]).reshape(-1)
+    packed = np.packbits(frames, bitorder="little").tobytes()
+    out: dict[str, Any] = {
+        "SeriesInstanceUID": uids["series_instance_uid"],
+        "SOPInstanceUID": uids["sop_instance_uid"],
+        "InstanceNumber": int(source.get("InstanceNumber") or 1),
+        "PatientOrientation": source.get("PatientOrientation", ""),
+        "PixelData": packed + b"\x00" * (len(packed) % 2),
+    }
+    for prefix in ("Content", "Series", "InstanceCreation"):
+        out[f"{prefix}Date"], out[f"{prefix}Time"] = datetime14[:8], datetime14[8:14]
+    return out
+
+
+def _contribution_datetime(seg: Any) -> str | None:
+    """The Contribution DateTime of the SEG's first contributing equipment item, if any."""
+    for item in seg.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            return str(item.ContributionDateTime)
+    return None
+
+
 def _fresh_copy(template: Any) -> Any:
     """A new dataset sharing the template's unchanging elements (a deep copy costs 2 ms)."""
     import copy
@@ -699,11 +914,16 @@ def _fill_own(seg: Any, source: Any, m: LungMeasures, uids: dict[str, str]) -> N
     seg.PixelData = packed + b"\x00" * (len(packed) % 2)
 
 
-def _derive_dimension_uid(seg: Any, sop_uid: str) -> None:
-    """Replace highdicom's random Dimension Organization UID by one derived from the SEG's UID."""
+def _dimension_uid(sop_uid: str) -> str:
+    """The Dimension Organization UID of the SEG with this SOP Instance UID."""
     from pipeline.io.convert import make_uid
 
-    uid = make_uid("lungseg-seg-dimensions", sop_uid)
+    return make_uid("lungseg-seg-dimensions", sop_uid)
+
+
+def _derive_dimension_uid(seg: Any, sop_uid: str) -> None:
+    """Replace highdicom's random Dimension Organization UID by one derived from the SEG's UID."""
+    uid = _dimension_uid(sop_uid)
     for item in seg.get("DimensionOrganizationSequence", []):
         item.DimensionOrganizationUID = uid
     for item in seg.get("DimensionIndexSequence", []):
@@ -872,6 +1092,16 @@ def seg_of(source: Any, m: LungMeasures, identity: ModelIdentity) -> Any:
     return SEG_TEMPLATES.build(source, m, uids, identity.algorithm())
 
 
+def seg_bytes_of(source: Any, m: LungMeasures, identity: ModelIdentity, datetime14: str) -> bytes:
+    """:func:`seg_of`'s SEG as the Part 10 bytes :func:`write_seg` writes, dates pinned.
+
+    Encoded from the template's pieces (:meth:`SegTemplates.encode`) without building the
+    dataset: about half the time of :func:`seg_of` and :func:`write_seg`.
+    """
+    uids = seg_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), identity.digest)
+    return SEG_TEMPLATES.encode(source, m, uids, identity.algorithm(), datetime14)
+
+
 def sr_uids(series_uid: str, sop_uid: str, checksum: str) -> dict[str, str]:
     """Series, SOP Instance and observer device UIDs of the SR of a source under a model."""
     from pipeline.io.convert import make_uid
@@ -952,15 +1182,22 @@ def _write_seg(path: Path, relative: Path, m: LungMeasures, ctx: Context, clock:
 
     clock.restart()
     source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    target = output_path(ctx.out_dir, relative, OutputFormat.SEG)
+    if OutputFormat.SR not in ctx.formats:  # bytes straight from a template (no dataset)
+        encoded = seg_bytes_of(source, m, ctx.identity, ctx.started)
+        clock.lap("seg_encode")
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(encoded)
+        clock.lap("write")
+        return ""
     seg = seg_of(source, m, ctx.identity)
     clock.lap("seg_encode")
-    write_seg(seg, output_path(ctx.out_dir, relative, OutputFormat.SEG), ctx.started)
+    write_seg(seg, target, ctx.started)
     note = ""
-    if OutputFormat.SR in ctx.formats:
-        if math.isnan(m.spacing[0]):
-            note = "no SR: the pixel spacing is unknown, so areas in mm² are too"
-        else:
-            sr = sr_of(source, seg, m, ctx.identity)
-            write_seg(sr, output_path(ctx.out_dir, relative, OutputFormat.SR), ctx.started)
+    if math.isnan(m.spacing[0]):
+        note = "no SR: the pixel spacing is unknown, so areas in mm² are too"
+    else:
+        sr = sr_of(source, seg, m, ctx.identity)
+        write_seg(sr, output_path(ctx.out_dir, relative, OutputFormat.SR), ctx.started)
     clock.lap("write")
     return note

@@ -156,6 +156,7 @@ def test_seg_from_a_template_is_byte_for_byte_highdicoms(
     )
 
     templates, algorithm = SegTemplates(), shipped_model.identity.algorithm()
+    encoder = SegTemplates()  # SegTemplates.encode: bytes without a dataset
     masks, fast_ones = [*case_masks.values(), *case_masks.values()], 0
     for i, source in enumerate(_sources(case_pixels)):
         mask = masks[i // 2][:, : source.Columns]
@@ -166,6 +167,8 @@ def test_seg_from_a_template_is_byte_for_byte_highdicoms(
         for seg in (ours, theirs):
             pin_dates(seg, "20260102030405")
         assert encode_dicom(ours) == encode_dicom(theirs), (i, source.PatientName)
+        encoded = encoder.encode(source, m, uids, algorithm, "20260102030405")
+        assert encoded == encode_dicom(theirs), (i, source.PatientName)
         fast = _encode_templated(ours)  # write_seg's encoder for SEGs from a template
         assert fast is None or fast == encode_dicom(theirs), (i, source.PatientName)
         fast_ones += fast is not None
@@ -174,6 +177,7 @@ def test_seg_from_a_template_is_byte_for_byte_highdicoms(
         assert written.read_bytes()[128:132] == b"DICM"
     assert len(templates._templates) < len(_sources(case_pixels))  # templates were used
     assert fast_ones == len(_sources(case_pixels)) - len(templates._templates)
+    assert all(entry[2] is not None for entry in encoder._templates.values())
 
 
 def test_seg_and_sr_of_every_encoding_pass_dciodvfy_without_warnings(
