@@ -321,7 +321,8 @@ class Segmenter:
             self.summary.add_all(decoded["stages"])
             args = (job.file.path, job.file.relative, decoded, self.context)
             if isinstance(pool, ProcessPoolExecutor):
-                args = (job.file.path, job.file.relative, to_wire(decoded), self.context)
+                wire = to_wire(decoded, pixels=False)  # the network has had them
+                args = (job.file.path, job.file.relative, wire, self.context)
                 return _timed(pool.submit(finish_in_worker, *args), decoded["start"])
             return _timed(pool.submit(safe_finish, *args, self.model), decoded["start"])
         return _timed(done, decoded["start"])

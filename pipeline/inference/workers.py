@@ -257,13 +257,19 @@ def init_worker(bundle: str, overrides: dict[str, Any], parent: int | None = Non
     _WORKER["predictor"] = inherited
 
 
-def to_wire(decoded: dict[str, Any]) -> dict[str, Any]:
+def to_wire(decoded: dict[str, Any], pixels: bool = True) -> dict[str, Any]:
     """``decoded`` with every tensor as a numpy array, for sending to another process.
 
     Pickling a torch tensor between processes moves its storage to shared memory and passes
     a file descriptor over a socket (about ten system calls and a connection per tensor);
     a numpy array is copied through the pipe, far cheaper for the sizes sent here.
+
+    Args:
+        decoded: :func:`decode`'s output (with ``logits`` after the network).
+        pixels: send the preprocessed image's pixels; without them (for finishing: the
+            post-processing reads only the image's metadata) an empty array stands in.
     """
+    import numpy as np
     import torch
 
     def plain(value: Any) -> Any:
@@ -274,6 +280,8 @@ def to_wire(decoded: dict[str, Any]) -> dict[str, Any]:
         image = out["item"]["image"]
         meta = {k: plain(v) for k, v in getattr(image, "meta", {}).items()}
         out["item"] = {**out["item"], "image": plain(image), "image_meta": meta}
+    if not pixels and "item" in out:
+        out["item"] = {**out["item"], "image": np.zeros((1, 0, 0), dtype=np.float32)}
     if "logits" in out:
         out["logits"] = plain(out["logits"])
     return out

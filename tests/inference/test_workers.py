@@ -1,0 +1,34 @@
+"""The batch job's worker steps: decoding, the wire format between processes, finishing."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+
+from pipeline.enums import OutputFormat
+from pipeline.inference.outputs import Context
+from pipeline.inference.workers import KeepImage, decode, from_wire, safe_finish, to_wire
+from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
+
+
+def test_finishing_without_the_preprocessed_pixels_gives_the_same_outputs(
+    shipped_model, pixels, tmp_path
+):
+    path = write_dicom(build_dicom(pixels, DicomVariant.MONO2_16BIT), tmp_path / "in.dcm")
+    decoded = decode(path, False, KeepImage.UINT8, shipped_model)
+    decoded["logits"] = shipped_model.forward([decoded["item"]["image"]])[0]
+    full, lean = to_wire(decoded), to_wire(decoded, pixels=False)
+    assert lean["item"]["image"].size == 0 and lean["item"]["image_meta"]
+    assert len(pickle.dumps(lean)) < len(pickle.dumps(full)) - 200_000  # 256² float32 less
+    rows = []
+    for name, wire in (("full", full), ("lean", lean)):
+        ctx = Context(tmp_path / name, (OutputFormat.MASK,), shipped_model.identity, "20260101")
+        row, _ = safe_finish(path, path.relative_to(tmp_path), from_wire(wire), ctx, shipped_model)
+        rows.append(row)
+        assert row["status"] == "ok", row
+    assert rows[0]["right_area_px"] == rows[1]["right_area_px"] > 0
+    assert rows[0]["left_area_px"] == rows[1]["left_area_px"] > 0
+    masks = [(tmp_path / n / "masks" / "in.png").read_bytes() for n in ("full", "lean")]
+    assert masks[0] == masks[1]
+    assert np.asarray(from_wire(lean)["item"]["image"]).shape == (1, 0, 0)
