@@ -9,7 +9,9 @@ of it used by a batch job (lungseg imports its own requests and nibabel when it 
 sub-packages inference uses (:data:`FOR_INFERENCE`: transforms, data, bundle
 parser, networks; ~210 modules), with the extras hidden: MONAI imports them through its
 ``optional_import``, which treats a missing module as an absent optional dependency.
-Imported later (by lungseg or anything else), every module loads normally, but MONAI's
+scikit-image's measure, morphology and exposure modules are deferred (:func:`defer`): imported
+at their first use, not while MONAI loads (~0.4 s). Imported later (by lungseg or anything
+else), every module loads normally, but MONAI's
 engines, handlers, profiling, visualisation, NIfTI reader/writer and TCIA download are
 unusable in that process. Bundle
 configs name components by their dotted path or by a short name from the sub-packages
@@ -20,8 +22,10 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
+import importlib.machinery
 import pkgutil
 import sys
+import types
 from collections.abc import Iterator, Sequence
 
 #: Packages MONAI imports eagerly (as optional) that inference does not use.
@@ -35,6 +39,10 @@ NOT_FOR_INFERENCE = (
     "requests",  # for monai.apps.tcia; lungseg imports its own when it reads DICOMweb
     "nibabel",  # for MONAI's NIfTI reader and writer; lungseg reads and writes NIfTI itself
 )
+#: Modules MONAI imports eagerly and a bundle's inference may use: loaded on first use
+#: instead (:class:`_Deferred`). scikit-image's measure, morphology and exposure cost ~0.4 s
+#: to import; MONAI's KeepLargestConnectedComponent (measure) still works.
+DEFERRED = ("skimage.measure", "skimage.morphology", "skimage.exposure")
 #: MONAI's sub-packages a bundle's inference config uses, in an order free of import cycles
 #: (``monai.apps`` first, as ``import monai`` does).
 FOR_INFERENCE = ("monai.apps", "monai.transforms", "monai.data", "monai.bundle", "monai.networks")
@@ -55,14 +63,65 @@ class _Hidden(importlib.abc.MetaPathFinder):
             )
 
 
-def import_monai_for_inference(names: Sequence[str] = NOT_FOR_INFERENCE) -> bool:
-    """Import MONAI with ``names`` hidden; return whether they were (False: too late).
+class _Deferred(types.ModuleType):
+    """A stand-in for a module, imported for real at the first attribute it lacks.
 
-    Nothing is hidden when MONAI, or one of ``names``, is already imported: MONAI's
-    optional imports are then resolved, or about to be, the usual way.
+    It carries the real module's ``__spec__``, ``__file__`` and ``__path__`` (what MONAI's
+    ``optional_import`` reads); any other attribute imports the module, puts it in
+    ``sys.modules`` and on its parent package in the stand-in's place, copies its
+    namespace into the stand-in (for those who kept a reference to it) and answers.
+    """
+
+    def __init__(self, spec: importlib.machinery.ModuleSpec):
+        super().__init__(spec.name)
+        self.__spec__, self.__file__ = spec, spec.origin
+        if spec.submodule_search_locations is not None:
+            self.__path__ = list(spec.submodule_search_locations)
+
+    def __getattr__(self, attr: str) -> object:
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        real = importlib.import_module(self.__name__)
+        parent, _, child = self.__name__.rpartition(".")
+        if parent in sys.modules:
+            setattr(sys.modules[parent], child, real)
+        self.__dict__.update({k: v for k, v in vars(real).items() if k != "__class__"})
+        return getattr(real, attr)
+
+
+def defer(names: Sequence[str] = DEFERRED) -> list[str]:
+    """Put a :class:`_Deferred` stand-in in ``sys.modules`` for each installed, unimported name.
+
+    Returns:
+        The names deferred.
+    """
+    import importlib.util
+
+    out = []
+    for name in names:
+        if name in sys.modules:
+            continue
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            continue
+        if spec is not None:
+            sys.modules[name] = _Deferred(spec)
+            out.append(name)
+    return out
+
+
+def import_monai_for_inference(names: Sequence[str] = NOT_FOR_INFERENCE) -> bool:
+    """Import MONAI with ``names`` hidden and :data:`DEFERRED` deferred.
+
+    Returns:
+        Whether they were (False: too late). Nothing is hidden when MONAI, or one of
+        ``names``, is already imported: MONAI's optional imports are then resolved, or
+        about to be, the usual way.
     """
     if {"monai", *names} & set(sys.modules):
         return False
+    defer()
     finder, walk = _Hidden(names), pkgutil.walk_packages
     sys.meta_path.insert(0, finder)
     pkgutil.walk_packages = _outside_monai(walk)  # MONAI's module walk finds nothing

@@ -86,3 +86,33 @@ def test_nifti_in_and_out_work_with_monai_imported_lean(tmp_path, pixels):
     assert out[-1] == "0"
     written = nib.load(tmp_path / "out" / "nifti" / "a.nii.gz").get_fdata()
     assert written.shape[:2] == pixels.T.shape and written.max() > 0
+
+
+DEFERRED_SCRIPT = """
+import sys
+
+from pipeline.lean import import_monai_for_inference
+assert import_monai_for_inference() is True
+print("skimage.morphology.binary" in sys.modules, "skimage.measure._label" in sys.modules)
+import torch
+from monai.transforms import KeepLargestConnectedComponent  # uses skimage.measure on the CPU
+x = torch.zeros(1, 9, 9)
+x[0, :2, :2] = 1
+x[0, 4:, 4:] = 1
+print(int(KeepLargestConnectedComponent(applied_labels=[1])(x).sum()))
+from skimage import morphology
+print(int(morphology.disk(1).sum()), type(sys.modules["skimage.morphology"]).__name__)
+"""
+
+
+def test_scikit_image_loads_at_first_use_and_monai_still_uses_it():
+    out = subprocess.run(
+        [sys.executable, "-c", DEFERRED_SCRIPT],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout.splitlines()
+    assert out[0] == "False False"  # not imported while MONAI loaded
+    assert out[1] == "25"  # MONAI's component filter ran with the real skimage.measure
+    assert out[2] == "5 module"  # the real module replaced the stand-in
