@@ -1,0 +1,138 @@
+"""``lungseg segment`` of two commits on the same files, runs alternated: one run, ratios.
+
+This machine's speed drifts by up to ±30 % between runs, more than most single changes
+gain; alternating the base commit and the working tree within one run compares them under
+the same conditions. The base is checked out in a temporary git worktree and run with the
+same virtual environment (``PYTHONPATH`` puts its ``pipeline`` first; its own bundle is
+used). Each run is a whole ``python -m pipeline.cli segment`` process (default outputs: SEG,
+mask, overlay): wall seconds, the steady-state rate from ``summary.json`` and the CPU
+seconds of the process tree.
+
+    .venv/bin/python benchmarks/segment_ab.py --base cc0b3ee [--inputs 512] [--counts 100 1000]
+
+The DICOM folders are the ones ``segment_throughput.py`` builds (same ``--work``). Prints a
+Markdown table; ``--out`` also writes the runs as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from segment_throughput import INPUTS, ROOT, build_folder
+
+
+def worktree(rev: str, where: Path) -> Path:
+    """Check out ``rev`` in a detached worktree under ``where``."""
+    path = where / "base"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(path), rev], check=True
+    )
+    return path
+
+
+def run_once(code: Path, folder: Path, out: Path) -> dict:
+    """One whole ``lungseg segment`` of ``folder`` with the package under ``code``."""
+    shutil.rmtree(out, ignore_errors=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline.cli",
+            "segment",
+            str(folder),
+            "-o",
+            str(out),
+            "--no-progress",
+        ],
+        cwd=code,
+        env={**os.environ, "PYTHONPATH": str(code)},
+        check=True,
+        capture_output=True,
+    )
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    summary = json.loads((out / "summary.json").read_text())
+    return {
+        "wall_s": round(wall, 2),
+        "steady": summary["this_run"]["images_per_second"],
+        "cpu_s": round(cpu, 2),
+        "version": summary["model"]["version"],
+    }
+
+
+def compare(base: Path, folder: Path, repeats: int, scratch: Path) -> dict[str, list[dict]]:
+    """Alternate base and working tree ``repeats`` times each on ``folder``."""
+    runs: dict[str, list[dict]] = {"base": [], "new": []}
+    for _ in range(repeats):
+        for name, code in (("base", base), ("new", ROOT)):
+            runs[name].append(run_once(code, folder, scratch / f"out-{name}"))
+    return runs
+
+
+def row(label: str, count: int, runs: dict[str, list[dict]]) -> str:
+    """A table row: medians of base and new, and new / base."""
+    med = {
+        k: {m: statistics.median(r[m] for r in v) for m in ("wall_s", "steady", "cpu_s")}
+        for k, v in runs.items()
+    }
+    b, n = med["base"], med["new"]
+    return (
+        f"| {label} | {count} | {len(runs['new'])} | {b['wall_s']:.2f} | {n['wall_s']:.2f} | "
+        f"{b['wall_s'] / n['wall_s']:.2f} | {b['steady']:.1f} | {n['steady']:.1f} | "
+        f"{n['steady'] / b['steady']:.2f} | {b['cpu_s']:.1f} | {n['cpu_s']:.1f} | "
+        f"{n['cpu_s'] / b['cpu_s']:.2f} |"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", required=True, help="the commit to compare against")
+    parser.add_argument("--inputs", nargs="+", default=["512"], choices=list(INPUTS))
+    parser.add_argument("--counts", type=int, nargs="+", default=[100])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--distinct", type=int, default=100)
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-segment")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    lines = [
+        f"Base {args.base} against the working tree, runs alternated, medians.",
+        "",
+        "| input | N | runs each | base whole (s) | new whole (s) | speed-up | base steady "
+        "(img/s) | new steady (img/s) | new / base | base CPU (s) | new CPU (s) | new / base |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        base = worktree(args.base, Path(tmp))
+        try:
+            for name in args.inputs:
+                for count in args.counts:
+                    folder = build_folder(name, count, args.distinct, args.work)
+                    runs = compare(base, folder, args.repeats, Path(tmp))
+                    lines.append(row(INPUTS[name][3], count, runs))
+                    results.append({"input": name, "count": count, "runs": runs})
+        finally:
+            subprocess.run(
+                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False
+            )
+    print("\n".join(lines))
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
