@@ -94,6 +94,22 @@ def is_running(pid: int) -> bool:
     return "Z" not in state.split(":", 1)[1].split()[0]
 
 
+def dcmtk(tool: str) -> str | None:
+    """The path of dcmtk's ``tool`` on PATH, or None.
+
+    pynetdicom installs Python apps of the same names (storescu, storescp, ...) into the
+    virtual environment, which shadow dcmtk's once it is activated; those are skipped (a
+    dcmtk tool is a compiled program, not a script).
+    """
+    for folder in os.environ.get("PATH", "").split(os.pathsep):
+        candidate = Path(folder) / tool
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            with candidate.open("rb") as f:
+                if f.read(2) != b"#!":
+                    return str(candidate)
+    return None
+
+
 def free_port() -> int:
     """A TCP port free on the loopback interface now."""
     with socket.socket() as s:

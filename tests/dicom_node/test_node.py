@@ -12,9 +12,9 @@ import pytest
 
 from pipeline.dicom_node import Destination, Node, NodeConfig
 from pipeline.dicom_node.config import ConfigError, load_config, parse_config
-from tests.conftest import free_port
+from tests.conftest import dcmtk, free_port
 
-DCMTK = all(shutil.which(tool) for tool in ("storescp", "storescu", "echoscu"))
+DCMTK = all(dcmtk(tool) for tool in ("storescp", "storescu", "echoscu"))
 needs_dcmtk = pytest.mark.skipif(
     not DCMTK and not os.environ.get("CI"), reason="dcmtk not installed (make test-deps)"
 )
@@ -25,7 +25,7 @@ def pacs(tmp_path):
     """dcmtk storescp as the destination PACS; yields (Destination, its output folder)."""
     port, out = free_port(), tmp_path / "pacs"
     out.mkdir()
-    proc = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(out), "+xa", str(port)])
+    proc = subprocess.Popen([dcmtk("storescp"), "-aet", "PACS", "-od", str(out), "+xa", str(port)])
     time.sleep(0.5)
     yield Destination("PACS", "127.0.0.1", port), out
     proc.terminate()
@@ -36,7 +36,7 @@ def storescu(port: int, files, aet: str = "MODALITY", syntax: str = "-xv"):
     """dcmtk storescu; ``syntax`` picks the compressed transfer syntax proposed besides the
     uncompressed ones (-xv JPEG 2000 lossless, -xr RLE), as a modality configured for it."""
     cmd = [
-        "storescu",
+        dcmtk("storescu"),
         syntax,
         "-aet",
         aet,
@@ -70,7 +70,7 @@ def test_node_segments_a_study_sent_by_storescu_and_delivers_seg_to_storescp(
     node.start()
     try:
         echo = subprocess.run(
-            ["echoscu", "-aet", "MODALITY", "-aec", "LUNGSEG", "127.0.0.1", str(port)],
+            [dcmtk("echoscu"), "-aet", "MODALITY", "-aec", "LUNGSEG", "127.0.0.1", str(port)],
             capture_output=True,
             text=True,
             timeout=30,
@@ -186,7 +186,8 @@ def test_killed_node_delivers_every_result_exactly_once_after_restart(tmp_path, 
         assert _wait_for(
             lambda: (
                 subprocess.run(
-                    ["echoscu", "-aec", "LUNGSEG", "127.0.0.1", str(node_port)], capture_output=True
+                    [dcmtk("echoscu"), "-aec", "LUNGSEG", "127.0.0.1", str(node_port)],
+                    capture_output=True,
                 ).returncode
                 == 0
             ),
@@ -204,7 +205,7 @@ def test_killed_node_delivers_every_result_exactly_once_after_restart(tmp_path, 
     node.wait(10)
     assert not _events(spool, "sent")
     pacs = subprocess.Popen(
-        ["storescp", "-aet", "PACS", "-od", str(pacs_dir), "+xa", str(pacs_port)]
+        [dcmtk("storescp"), "-aet", "PACS", "-od", str(pacs_dir), "+xa", str(pacs_port)]
     )
     try:
         node = start_node()
@@ -268,7 +269,8 @@ def test_concurrent_associations_are_all_acknowledged_and_delivered(
     try:
         senders = [
             subprocess.Popen(
-                ["storescu", "-aec", "LUNGSEG", "127.0.0.1", str(port), *map(str, files[i::4])],
+                [dcmtk("storescu"), "-aec", "LUNGSEG", "127.0.0.1", str(port)]
+                + [str(f) for f in files[i::4]],
                 stderr=subprocess.PIPE,
             )
             for i in range(4)
