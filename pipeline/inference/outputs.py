@@ -760,8 +760,9 @@ class _EncodedTemplate:
 
 
 #: Explicit VR little endian: the VRs whose length takes 4 bytes (after 2 reserved ones).
-_LONG_VRS = frozenset({b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN"})
-_LONG_VRS = _LONG_VRS | {b"UR", b"UT", b"UV"}
+_LONG_VRS = frozenset(
+    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
+)
 _UNDEFINED = 0xFFFFFFFF
 _ITEM, _ITEM_END, _SEQUENCE_END = b"\xfe\xff\x00\xe0", b"\xfe\xff\x0d\xe0", b"\xfe\xff\xdd\xe0"
 
@@ -821,7 +822,7 @@ def _render(node: Any, encoded: dict[str, bytes]) -> bytes:
 
 
 def _own_values(source: Any, m: LungMeasures, uids: dict[str, str], datetime14: str) -> dict:
-    """The values :func:`_fill_own` and :func:`pin_dates` give a templated SEG's own elements."""
+    """A templated SEG's own top-level values: UIDs, instance number, orientation, frames, dates."""
     frames = np.stack([m.right, m.left]).reshape(-1)
     packed = np.packbits(frames, bitorder="little").tobytes()
     out: dict[str, Any] = {
@@ -903,15 +904,12 @@ def _fill_own(seg: Any, source: Any, m: LungMeasures, uids: dict[str, str]) -> N
     """The SEG's own UIDs, instance number, orientation, creation times and frames."""
     import datetime
 
-    seg.SeriesInstanceUID = uids["series_instance_uid"]
-    seg.SOPInstanceUID = seg.file_meta.MediaStorageSOPInstanceUID = uids["sop_instance_uid"]
-    seg.InstanceNumber = int(source.get("InstanceNumber") or 1)
-    seg.PatientOrientation = source.get("PatientOrientation", "")
+    now = datetime.datetime.now().strftime("%Y%m%d%H%M%S")
+    for keyword, value in _own_values(source, m, uids, now).items():
+        setattr(seg, keyword, value)
+    seg.file_meta.MediaStorageSOPInstanceUID = uids["sop_instance_uid"]
     _derive_dimension_uid(seg, uids["sop_instance_uid"])
-    pin_dates(seg, datetime.datetime.now().strftime("%Y%m%d%H%M%S"))
-    frames = np.stack([m.right, m.left]).reshape(-1)
-    packed = np.packbits(frames, bitorder="little").tobytes()
-    seg.PixelData = packed + b"\x00" * (len(packed) % 2)
+    pin_dates(seg, now)  # also the contributing equipment's date-time
 
 
 def _dimension_uid(sop_uid: str) -> str:
