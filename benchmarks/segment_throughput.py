@@ -10,7 +10,8 @@ Lossless SV1 and HTJ2K), N files each, and for each folder, in one run:
   sampled in that second run only (sampling slows the job: :func:`run_segment`);
 - the hand-written loop of ``benchmarks/handwritten_loop.py`` (pydicom + LUTs, resize,
   TorchScript at batch 1, mask PNG), as a whole process too;
-- the network's forward pass alone at the same batch size (the shipped ensemble).
+- the network's forward pass alone at the same batch size (the shipped model), measured
+  before and after the job and averaged (this machine's speed drifts within a run).
 
 Stage columns are CPU milliseconds per image (``summary.json``'s ``stage_cpu_seconds``: the
 work done); the wall time outside the network also counts the workers' waits for a core
@@ -169,11 +170,12 @@ def handwritten_loop(folder: Path, out: Path, limit: int = 100) -> float:
 def measure(name: str, count: int, args: argparse.Namespace) -> dict:
     """One row: ``lungseg segment``, the loop and the forward pass on one folder."""
     folder = build_folder(name, count, args.distinct, args.work)
+    forward_before = forward_only(folder, args)  # measured around the job: the machine drifts
     summary = run_segment(folder, args.work / f"out-{name}-{count}", args)
     sampled = run_segment(folder, args.work / f"out-{name}-{count}-memory", args, memory=True)
     run = summary["this_run"]
     loop = handwritten_loop(folder, args.work / "loop") if count <= 100 else None
-    forward = forward_only(folder, args)
+    forward = (forward_before + forward_only(folder, args)) / 2
     per_image = {s: 1000 * run["stage_seconds"][s] / count for s in STAGES}
     cpu = {s: 1000 * run["stage_cpu_seconds"][s] / count for s in STAGES}
     return {
