@@ -255,6 +255,29 @@ def repeat_cases(
     return list(items) + extra
 
 
+def repeat_sources(
+    items: Sequence[dict[str, Any]], times: dict[str, int] | None
+) -> list[dict[str, Any]]:
+    """``items`` with the cases of each source in ``times`` present that many times.
+
+    Rebalances collections of unequal size (e.g. ``{"montgomery": 3}``); sources not named
+    stay once.
+
+    Raises:
+        ValueError: a count below 1, or a source no case has (the allowed ones are quoted).
+    """
+    times = dict(times or {})
+    sources = sorted({str(item.get("source")) for item in items})
+    unknown = sorted(set(times) - set(sources))
+    if unknown:
+        raise ValueError(f"source_repeat: no case has source {unknown[0]!r}; sources: {sources}")
+    out = list(items)
+    for source, count in times.items():
+        names = [str(i.get("name")) for i in items if str(i.get("source")) == source]
+        out = repeat_cases(out, names, count)
+    return out
+
+
 def _interleave(items: Sequence[dict[str, Any]], column: str) -> list[dict[str, Any]]:
     """Alternate the groups of ``column`` so that a short prefix covers every group."""
     groups: dict[Any, list[dict[str, Any]]] = {}

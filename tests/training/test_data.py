@@ -141,3 +141,16 @@ def test_lung_field_file_errors_name_the_file(tmp_path):
     bad.write_text('{"train": []}')
     with pytest.raises(ValueError, match=r"split\.json: not a lung-field file"):
         read_lung_field_cases(bad)
+
+
+def test_repeat_sources_rebalances_collections(items):
+    from pipeline.training.data import repeat_sources
+
+    repeated = repeat_sources(items, {"montgomery": 3})
+    assert Counter(i["source"] for i in repeated) == {"shenzhen": 486, "montgomery": 342}
+    assert Counter(i["name"] for i in repeated)["MCUCXR_0001_0.png"] == 3
+    assert repeat_sources(items, {}) == items
+    with pytest.raises(ValueError, match=r"'padchest'.*\['montgomery', 'shenzhen'\]"):
+        repeat_sources(items, {"padchest": 2})
+    with pytest.raises(ValueError, match="repeat 0"):
+        repeat_sources(items, {"montgomery": 0})
