@@ -823,8 +823,7 @@ def _render(node: Any, encoded: dict[str, bytes]) -> bytes:
 
 def _own_values(source: Any, m: LungMeasures, uids: dict[str, str], datetime14: str) -> dict:
     """A templated SEG's own top-level values: UIDs, instance number, orientation, frames, dates."""
-    frames = np.stack([m.right, m.left]).reshape(-1)
-    packed = np.packbits(frames, bitorder="little").tobytes()
+    packed = _packed_frames((m.right, m.left))
     out: dict[str, Any] = {
         "SeriesInstanceUID": uids["series_instance_uid"],
         "SOPInstanceUID": uids["sop_instance_uid"],
@@ -835,6 +834,17 @@ def _own_values(source: Any, m: LungMeasures, uids: dict[str, str], datetime14: 
     for prefix in ("Content", "Series", "InstanceCreation"):
         out[f"{prefix}Date"], out[f"{prefix}Time"] = datetime14[:8], datetime14[8:14]
     return out
+
+
+def _packed_frames(frames: tuple[np.ndarray, ...]) -> bytes:
+    """Binary frames as a SEG's Pixel Data: one bit a pixel, little-endian bit order, no gaps.
+
+    Frames of whole bytes are packed one by one (no stacked copy: 8 MiB at 2048²); others
+    together, since a frame then starts inside a byte.
+    """
+    if frames[0].size % 8:
+        return np.packbits(np.stack(frames).reshape(-1), bitorder="little").tobytes()
+    return b"".join(np.packbits(f.reshape(-1), bitorder="little").tobytes() for f in frames)
 
 
 def _contribution_datetime(seg: Any) -> str | None:

@@ -206,3 +206,17 @@ def test_seg_and_sr_of_every_encoding_pass_dciodvfy_without_warnings(
             lines = (proc.stdout + proc.stderr).splitlines()
             problems = [x for x in lines if x.startswith(("Error", "Warning"))]
             assert not problems, f"{variant} {kind}: {problems}"
+
+
+@pytest.mark.parametrize("shape", [None, (3, 5), (7, 9), (2, 4)])
+def test_seg_frames_pack_without_gaps_between_frames(lung_mask, shape):
+    """Whole-byte frames (a real mask; 2 x 4) and frames that end inside a byte."""
+    from pipeline.inference.outputs import _packed_frames
+
+    rng = np.random.default_rng(0)
+    right = lung_mask if shape is None else rng.random(shape) > 0.5
+    left = rng.random(right.shape) > 0.5
+    bits = np.concatenate([right.reshape(-1), left.reshape(-1)])
+    packed = np.frombuffer(_packed_frames((right, left)), dtype=np.uint8)
+    assert len(packed) == -(-bits.size // 8)
+    assert np.array_equal(np.unpackbits(packed, bitorder="little")[: bits.size], bits)
