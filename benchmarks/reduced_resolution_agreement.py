@@ -9,6 +9,7 @@ several sizes and encodings, and prints the Dice of the two masks (mean, min) pe
 
     .venv/bin/python benchmarks/reduced_resolution_agreement.py [--max-cases 90]
         [--decode-min-size N]   # the fast path with another decode_min_size than the bundle's
+        [--bundle DIR]          # another bundle (e.g. a network input size other than 256)
 """
 
 from __future__ import annotations
@@ -62,12 +63,14 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--decode-min-size", type=int, help="override the bundle's")
+    parser.add_argument("--bundle", type=Path, help="bundle folder (default: the shipped one)")
     args = parser.parse_args()
     fast_overrides = (
         {} if args.decode_min_size is None else {"decode_min_size": args.decode_min_size}
     )
-    fast = Predictor(device="cpu", overrides=fast_overrides)
-    full = Predictor(device="cpu", overrides=full_resolution_overrides())
+    bundle = {} if args.bundle is None else {"bundle": args.bundle}
+    fast = Predictor(**bundle, device="cpu", overrides=fast_overrides)
+    full = Predictor(**bundle, device="cpu", overrides=full_resolution_overrides())
     cases = load_split(default_data_dir(), "test", args.max_cases)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
