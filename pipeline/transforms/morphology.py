@@ -136,10 +136,12 @@ class FillHoles(Transform):
     """MONAI transform for :func:`fill_holes` on a ``(1, H, W)`` 0/1 mask (type and dtype kept)."""
 
     def __call__(self, img: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-        """Fill the holes of channel 0's foreground."""
-        if isinstance(img, np.ndarray):
-            return fill_holes(img[0])[None].astype(img.dtype)
-        filled = torch.from_numpy(fill_holes(img[0].detach().cpu().numpy()))
-        out = img.clone()
-        out[0] = filled.to(img.dtype)
-        return out
+        """Fill the holes of channel 0's foreground (``img`` itself when it has none)."""
+        arr = convert_to_numpy(img)
+        fg = arr[0] > 0
+        holes = fill_holes(fg) & ~fg
+        if not holes.any():
+            return img
+        out = arr.copy()
+        out[0][holes] = 1
+        return convert_to_dst_type(out, dst=img)[0]
