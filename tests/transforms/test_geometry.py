@@ -142,16 +142,35 @@ def test_upsampling_no_labels_gives_an_empty_grid():
     assert out.shape == (301, 250) and not out.any()
 
 
-@pytest.mark.parametrize(("coarse", "fine"), [((16, 12), (64, 48)), ((17, 13), (100, 61))])
-def test_edge_points_are_the_fine_pixels_of_coarse_edge_pixels(coarse, fine):
-    from pipeline.transforms.geometry import _edge_points, _nearest_index
+@pytest.mark.parametrize(
+    ("coarse", "fine"), [((16, 12), (64, 48)), ((17, 13), (100, 61)), ((40, 30), (23, 17))]
+)
+def test_edge_tiles_are_the_fine_pixels_of_coarse_edge_pixels(coarse, fine):
+    from pipeline.transforms.geometry import _edge_tiles, _nearest_index
 
     code = np.random.default_rng(3).integers(0, 7, coarse).astype(np.uint8)
     rows, cols = _nearest_index(coarse[0], fine[0]), _nearest_index(coarse[1], fine[1])
     window_rows, window_cols = rows[5:-3], cols[2:-4]  # a window inside the fine grid
-    (r, c), value = _edge_points(code, window_rows, window_cols)
+    ci, cj, tile_rows, tile_cols = _edge_tiles(code, window_rows, window_cols)
+    r = np.broadcast_to(tile_rows[:, :, None], (len(ci), *tile_rows.shape[1:], tile_cols.shape[1]))
+    c = np.broadcast_to(tile_cols[:, None, :], r.shape)
     upsampled = code[np.ix_(window_rows, window_cols)]
     expected = np.nonzero((upsampled == 1) | (upsampled == 2))
-    got = sorted(zip(r.tolist(), c.tolist(), strict=True))
-    assert got == sorted(zip(*(e.tolist() for e in expected), strict=True))
-    np.testing.assert_array_equal(value, upsampled[r, c])
+    got = set(zip(r.ravel().tolist(), c.ravel().tolist(), strict=True))  # padding repeats
+    assert got == set(zip(*(e.tolist() for e in expected), strict=True))
+    np.testing.assert_array_equal(
+        np.broadcast_to(code[ci, cj][:, None, None], r.shape), upsampled[r, c]
+    )
+
+
+def test_upsampling_onto_a_coarser_grid_thresholds_the_resized_probability():
+    """A grid smaller than the labels' (a small image letterboxed up) is handled too."""
+    from pipeline.transforms.geometry import resize_to, upsample_labels
+
+    yy, xx = np.mgrid[:96, :80]
+    prob = (1 - np.hypot(yy - 48, xx - 40) / 40).clip(0, 1).astype(np.float32)
+    labels = (prob > 0.5).astype(np.uint8)
+    for shape in ((61, 50), (96, 80), (250, 201)):
+        np.testing.assert_array_equal(
+            upsample_labels(labels, prob, shape) > 0, resize_to(prob, shape) > 0.5
+        )
