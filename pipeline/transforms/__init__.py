@@ -8,6 +8,8 @@ from pipeline.transforms.dictionary import (
     KeepLargestComponentsd,
     Letterboxd,
     ScalePercentilesd,
+    Sigmoidd,
+    Thresholdd,
     TopHatEnhanced,
     Unletterboxd,
     UnletterboxLabelsd,
@@ -39,6 +41,7 @@ from pipeline.transforms.morphology import (
     fill_holes,
     keep_largest_components,
 )
+from pipeline.transforms.prediction import Sigmoid, Threshold, sigmoid, threshold
 
 __all__ = [
     "CLAHE",
@@ -56,6 +59,10 @@ __all__ = [
     "Letterboxd",
     "ScalePercentiles",
     "ScalePercentilesd",
+    "Sigmoid",
+    "Sigmoidd",
+    "Threshold",
+    "Thresholdd",
     "TopHatEnhance",
     "TopHatEnhanced",
     "Unletterbox",
@@ -69,6 +76,8 @@ __all__ = [
     "letterbox",
     "letterbox_params",
     "percentile_scale",
+    "sigmoid",
+    "threshold",
     "tophat_enhance",
     "unletterbox",
     "upsample_labels",

@@ -19,6 +19,7 @@ from pipeline.transforms.geometry import (
 )
 from pipeline.transforms.intensity import CLAHE, BinarizeMask, ScalePercentiles, TopHatEnhance
 from pipeline.transforms.morphology import FillHoles, KeepLargestComponents
+from pipeline.transforms.prediction import Sigmoid, Threshold
 
 
 class _Wrapped(MapTransform):
@@ -82,6 +83,22 @@ class BinarizeMaskd(_Wrapped):
         self, keys: KeysCollection, fraction: float = 0.5, allow_missing_keys: bool = False
     ):
         super().__init__(keys, BinarizeMask(fraction), allow_missing_keys)
+
+
+class Sigmoidd(_Wrapped):
+    """Dictionary wrapper of :class:`~pipeline.transforms.prediction.Sigmoid`."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, Sigmoid(), allow_missing_keys)
+
+
+class Thresholdd(_Wrapped):
+    """Dictionary wrapper of :class:`~pipeline.transforms.prediction.Threshold`."""
+
+    def __init__(
+        self, keys: KeysCollection, threshold: float = 0.5, allow_missing_keys: bool = False
+    ):
+        super().__init__(keys, Threshold(threshold), allow_missing_keys)
 
 
 class FillHolesd(_Wrapped):
