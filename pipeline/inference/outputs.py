@@ -30,7 +30,7 @@ from pipeline.inference.lungs import LungMeasures
 from pipeline.inference.predictor import Prediction
 from pipeline.inference.timing import Stopwatch
 from pipeline.io.atomic import atomic_path
-from pipeline.io.png import save_png, to_uint8
+from pipeline.io.png import RowFilter, save_png, to_uint8
 
 #: Colours (RGB) of the patient's right and left lung: overlay outlines and viewer fills.
 RIGHT_COLOUR, LEFT_COLOUR = (0, 200, 255), (255, 160, 0)
@@ -179,8 +179,10 @@ class SaveMaskd(MapTransform):
 
 
 def write_mask(m: LungMeasures, path: str | os.PathLike) -> Path:
-    """Both lungs as one 0/255 PNG of the input's size (fast deflate: masks are mostly 0)."""
-    return save_png(mask_to_uint8(m.right | m.left), path, compress_level=1)
+    """Both lungs as one 0/255 PNG of the input's size (fast deflate of unfiltered rows)."""
+    return save_png(
+        mask_to_uint8(m.right | m.left), path, compress_level=1, row_filter=RowFilter.NONE
+    )
 
 
 def label_outlines(labels: np.ndarray, width: int = 1) -> np.ndarray:
@@ -267,6 +269,24 @@ _OUTLINE_INDEX = np.array([0, RIGHT_INDEX, LEFT_INDEX], dtype=np.uint8)
 _GREY_INDEX = np.rint(np.arange(256) * (GREY_LEVELS - 1) / 255).astype(np.uint8)
 
 
+def _centre_index(full: int, size: int) -> np.ndarray:
+    """For each of ``size`` pixels spanning ``full``, the full-grid pixel at its centre."""
+    return (np.arange(size) * 2 + 1) * full // (2 * size)
+
+
+def display_labels(m: LungMeasures, shape: tuple[int, int]) -> np.ndarray:
+    """:meth:`LungMeasures.labelmap` on the ``shape`` grid (nearest: each pixel's centre).
+
+    Picked from the masks directly: a full-resolution label map (4 M pixels at 2048²)
+    is never built for a display grid a sixteenth its size.
+    """
+    if m.right.shape == tuple(shape):
+        return m.labelmap()
+    rows, cols = (_centre_index(f, n) for f, n in zip(m.right.shape, shape, strict=True))
+    right, left = (mask.take(rows, axis=0).take(cols, axis=1) for mask in (m.right, m.left))
+    return right.view(np.uint8) + 2 * left.view(np.uint8)  # rows, then columns: ~3 x np.ix_
+
+
 def overlay_indexed(image: np.ndarray, m: LungMeasures) -> np.ndarray:
     """:func:`overlay_image` as uint8 indices into :data:`OVERLAY_PALETTE`.
 
@@ -276,7 +296,7 @@ def overlay_indexed(image: np.ndarray, m: LungMeasures) -> np.ndarray:
 
     shape = display_shape(image.shape, OVERLAY_MAX_SIZE)
     gray = _resized(to_uint8(image), shape, Image.Resampling.BOX)
-    labels = _resized(m.labelmap(), shape, Image.Resampling.NEAREST)
+    labels = display_labels(m, shape)
     outline = label_outlines(labels, max(1, round(max(shape) / 400)))
     indices = _GREY_INDEX[gray]
     lines = outline > 0

@@ -95,13 +95,13 @@ def input_error(err: Exception, name: str) -> UploadError:
 def render(original: np.ndarray, m: Any, max_size: int = DISPLAY_MAX_SIZE) -> dict:
     """The page's image, its overlay (both at most ``max_size``) and the full-size mask PNG."""
     from pipeline.inference.outputs import fit_for_display, label_overlay, mask_to_uint8
-    from pipeline.io.png import encode_png
+    from pipeline.io.png import RowFilter, encode_png
 
     grey, right, left = fit_for_display(original, m.right, m.left, max_size)
     return {
         ResultFile.IMAGE: encode_png(grey, compress_level=1),
         ResultFile.OVERLAY: encode_png(label_overlay(right, left), compress_level=1),
-        ResultFile.MASK: encode_png(mask_to_uint8(m.right | m.left)),
+        ResultFile.MASK: encode_png(mask_to_uint8(m.right | m.left), row_filter=RowFilter.NONE),
     }
 
 

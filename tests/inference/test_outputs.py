@@ -220,3 +220,16 @@ def test_seg_frames_pack_without_gaps_between_frames(lung_mask, shape):
     packed = np.frombuffer(_packed_frames((right, left)), dtype=np.uint8)
     assert len(packed) == -(-bits.size // 8)
     assert np.array_equal(np.unpackbits(packed, bitorder="little")[: bits.size], bits)
+
+
+def test_overlay_labels_are_the_nearest_pick_of_the_full_grid():
+    from PIL import Image
+
+    from pipeline.inference.lungs import LungMeasures
+    from pipeline.inference.outputs import display_labels
+
+    labels = np.random.default_rng(0).integers(0, 3, (2048, 1536)).astype(np.uint8)
+    m = LungMeasures(labels == 1, labels == 2, 2, 0.9)
+    for shape in ((512, 384), (1024, 768), (2048, 1536)):
+        pil = Image.fromarray(labels).resize(shape[::-1], Image.Resampling.NEAREST)
+        np.testing.assert_array_equal(display_labels(m, shape), np.asarray(pil))

@@ -60,3 +60,13 @@ def test_fast_levels_round_trip_with_and_without_isal(monkeypatch, pixels):
     assert with_isal != without  # two encoders, one image
     for data in (with_isal, without):
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), pixels)
+
+
+def test_unfiltered_rows_round_trip(lung_mask, pixels):
+    from pipeline.io.png import RowFilter
+
+    mask = np.where(lung_mask, 255, 0).astype(np.uint8)
+    for arr in (mask, pixels):
+        for level in (1, 6):
+            data = encode_png(arr, level, row_filter=RowFilter.NONE)
+            np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(data))), arr)
