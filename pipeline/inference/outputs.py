@@ -22,7 +22,6 @@ import numpy as np
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_numpy
-from scipy import ndimage
 
 from pipeline.enums import OutputFormat, Status
 from pipeline.inference.bundle import ModelIdentity
@@ -31,6 +30,7 @@ from pipeline.inference.predictor import Prediction
 from pipeline.inference.timing import Stopwatch
 from pipeline.io.atomic import atomic_path
 from pipeline.io.png import RowFilter, save_png, to_uint8
+from pipeline.transforms.morphology import max_square
 
 #: Colours (RGB) of the patient's right and left lung: overlay outlines and viewer fills.
 RIGHT_COLOUR, LEFT_COLOUR = (0, 200, 255), (255, 160, 0)
@@ -196,7 +196,7 @@ def label_outlines(labels: np.ndarray, width: int = 1) -> np.ndarray:
         lead[axis] = slice(None, -1)
         edge[tuple(lead)] |= step
     out = np.where(edge, labels, 0).astype(labels.dtype)
-    return ndimage.grey_dilation(out, size=2 * width - 1) if width > 1 else out
+    return max_square(out, 2 * width - 1)
 
 
 def _area_text(m: LungMeasures) -> str:
@@ -298,7 +298,7 @@ def overlay_indexed(image: np.ndarray, m: LungMeasures) -> np.ndarray:
     gray = _resized(to_uint8(image), shape, Image.Resampling.BOX)
     labels = display_labels(m, shape)
     outline = label_outlines(labels, max(1, round(max(shape) / 400)))
-    indices = _GREY_INDEX[gray]
+    indices = _GREY_INDEX.take(gray)  # take: ~2 x fancy indexing
     lines = outline > 0
     indices[lines] = _OUTLINE_INDEX[outline[lines]]
     pil = Image.fromarray(indices, mode="L")

@@ -107,3 +107,16 @@ def test_keep_largest_components_is_monais(lung_mask, connectivity):
     assert int(d["pred"].sum()) == 1
     with pytest.raises(ValueError, match=r"count 0 .* connectivity 3"):
         KeepLargestComponents(1, 0, 3)(tied[None])
+
+
+@pytest.mark.parametrize("size", [1, 3, 5, 7])
+def test_square_maxima_are_scipys_grey_dilation(size):
+    from pipeline.transforms.morphology import max_square
+
+    rng = np.random.default_rng(size)
+    for shape in ((1, 1), (2, 9), (6, 1), (40, 33)):
+        labels = ((rng.random(shape) < 0.1) * rng.integers(1, 3, shape)).astype(np.uint8)
+        expected = ndimage.grey_dilation(labels, size=size)
+        np.testing.assert_array_equal(max_square(labels, size), expected)
+    with pytest.raises(ValueError, match="odd and positive, got 4"):
+        max_square(labels, 4)
