@@ -131,9 +131,8 @@ def hemithorax_shares(
         ``(0.0, 0.0)`` when a side is empty.
     """
     step = max(1, max(right.shape) // _HEMITHORAX_GRID)
-    r, lt = (
-        np.ascontiguousarray(m[::step, ::step]) for m in (right, left)
-    )  # ~3 x faster reductions
+    # contiguous copies: the reductions below run ~3 x faster than on strided views
+    r, lt = (np.ascontiguousarray(m[::step, ::step]) for m in (right, left))
     aspect = spacing[0] / spacing[1] if all(s > 0 for s in spacing) else 1.0  # NaN: False
     heights = [_extent(side, 1) * aspect for side in (r, lt)]
     span = _extent(np.stack((r.any(axis=0), lt.any(axis=0))), 0)
@@ -228,7 +227,7 @@ class LungSides(Transform):
 
     def __call__(
         self, mask: Any, patient_orientation: str | None = None
-    ) -> tuple[torch.Tensor, int]:
+    ) -> tuple[torch.Tensor | np.ndarray, int]:
         """Label the sides of ``mask`` (a numpy array stays numpy, a tensor gives a tensor)."""
         arr = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask)[0]
         right, left, count = split_lungs(arr > 0.5, patient_orientation)
