@@ -30,6 +30,7 @@ from pipeline.inference.predictor import Prediction
 from pipeline.inference.timing import Stopwatch
 from pipeline.io.atomic import atomic_path
 from pipeline.io.png import RowFilter, save_png, to_uint8
+from pipeline.transforms.geometry import nearest_index
 from pipeline.transforms.morphology import max_square
 
 #: Colours (RGB) of the patient's right and left lung: overlay outlines and viewer fills.
@@ -269,11 +270,6 @@ _OUTLINE_INDEX = np.array([0, RIGHT_INDEX, LEFT_INDEX], dtype=np.uint8)
 _GREY_INDEX = np.rint(np.arange(256) * (GREY_LEVELS - 1) / 255).astype(np.uint8)
 
 
-def _centre_index(full: int, size: int) -> np.ndarray:
-    """For each of ``size`` pixels spanning ``full``, the full-grid pixel at its centre."""
-    return (np.arange(size) * 2 + 1) * full // (2 * size)
-
-
 def display_labels(m: LungMeasures, shape: tuple[int, int]) -> np.ndarray:
     """:meth:`LungMeasures.labelmap` on the ``shape`` grid (nearest: each pixel's centre).
 
@@ -282,7 +278,7 @@ def display_labels(m: LungMeasures, shape: tuple[int, int]) -> np.ndarray:
     """
     if m.right.shape == tuple(shape):
         return m.labelmap()
-    rows, cols = (_centre_index(f, n) for f, n in zip(m.right.shape, shape, strict=True))
+    rows, cols = (nearest_index(f, n) for f, n in zip(m.right.shape, shape, strict=True))
     right, left = (mask.take(rows, axis=0).take(cols, axis=1) for mask in (m.right, m.left))
     return right.view(np.uint8) + 2 * left.view(np.uint8)  # rows, then columns: ~3 x np.ix_
 

@@ -156,8 +156,12 @@ def resize_to(img: torch.Tensor | np.ndarray, shape: Sequence[int], mode: str = 
     return _resize(_plain(img), shape, Interpolation.parse(mode))
 
 
-def _nearest_index(low: int, high: int) -> np.ndarray:
-    """For each of ``high`` pixel centres, the ``low``-grid pixel it falls in."""
+def nearest_index(low: int, high: int) -> np.ndarray:
+    """For each of ``high`` pixel centres spanning a ``low``-pixel grid, the pixel it falls in.
+
+    Nearest-neighbour resampling either way: upsampling labels, or picking an overlay's
+    pixels from a finer mask (Pillow's ``NEAREST`` at whole ratios).
+    """
     return np.minimum((np.arange(high) * 2 + 1) * low // (2 * high), low - 1)
 
 
@@ -200,16 +204,16 @@ def upsample_labels(
     Returns:
         ``rows x columns`` uint8 labels.
     """
-    from pipeline.transforms.morphology import dilate_cross, erode_cross, max_3x3
+    from pipeline.transforms.morphology import dilate_cross, erode_cross, max_square
 
     fg = labels > 0
     near = dilate_cross(fg)
-    code = np.where(fg, labels, max_3x3(labels)).astype(np.uint8)
+    code = np.where(fg, labels, max_square(labels, 3)).astype(np.uint8)
     code[~near] = 0
     code[erode_cross(fg)] += 4
     rows, cols = (
-        _nearest_index(fg.shape[0], int(shape[0])),
-        _nearest_index(fg.shape[1], int(shape[1])),
+        nearest_index(fg.shape[0], int(shape[0])),
+        nearest_index(fg.shape[1], int(shape[1])),
     )
     out = np.zeros((int(shape[0]), int(shape[1])), dtype=np.uint8)
     window = _window(near, rows, cols)

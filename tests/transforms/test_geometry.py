@@ -146,10 +146,10 @@ def test_upsampling_no_labels_gives_an_empty_grid():
     ("coarse", "fine"), [((16, 12), (64, 48)), ((17, 13), (100, 61)), ((40, 30), (23, 17))]
 )
 def test_edge_tiles_are_the_fine_pixels_of_coarse_edge_pixels(coarse, fine):
-    from pipeline.transforms.geometry import _edge_tiles, _nearest_index
+    from pipeline.transforms.geometry import _edge_tiles, nearest_index
 
     code = np.random.default_rng(3).integers(0, 7, coarse).astype(np.uint8)
-    rows, cols = _nearest_index(coarse[0], fine[0]), _nearest_index(coarse[1], fine[1])
+    rows, cols = nearest_index(coarse[0], fine[0]), nearest_index(coarse[1], fine[1])
     window_rows, window_cols = rows[5:-3], cols[2:-4]  # a window inside the fine grid
     ci, cj, tile_rows, tile_cols = _edge_tiles(code, window_rows, window_cols)
     r = np.broadcast_to(tile_rows[:, :, None], (len(ci), *tile_rows.shape[1:], tile_cols.shape[1]))

@@ -65,7 +65,7 @@ def test_other_shapes_are_refused_with_the_shape():
 
 
 def test_one_step_morphology_is_scipys(case_masks):
-    from pipeline.transforms.morphology import dilate_cross, erode_cross, max_3x3
+    from pipeline.transforms.morphology import dilate_cross, erode_cross, max_square
 
     rng = np.random.default_rng(0)
     masks = [m[::2, ::2] for m in case_masks.values()]  # real lungs on the network's grid
@@ -75,7 +75,7 @@ def test_one_step_morphology_is_scipys(case_masks):
         labels = (mask * rng.integers(1, 3, mask.shape)).astype(np.uint8)
         np.testing.assert_array_equal(dilate_cross(mask), ndimage.binary_dilation(mask))
         np.testing.assert_array_equal(erode_cross(mask), ndimage.binary_erosion(mask))
-        np.testing.assert_array_equal(max_3x3(labels), ndimage.grey_dilation(labels, size=3))
+        np.testing.assert_array_equal(max_square(labels, 3), ndimage.grey_dilation(labels, size=3))
 
 
 @pytest.mark.parametrize("connectivity", [1, 2])
