@@ -1,4 +1,4 @@
-"""Importing MONAI for inference alone, without the extras it loads eagerly.
+"""The batch job's start-up: MONAI for inference alone, OpenMP threads that sleep when idle.
 
 ``import monai`` imports every ``monai.*`` module (its ``load_submodules``: 430 modules,
 each executed twice), and with them, when installed, PyTorch Ignite (which pulls in
@@ -15,7 +15,12 @@ else), every module loads normally, but MONAI's
 engines, handlers, profiling, visualisation, NIfTI reader/writer and TCIA download are
 unusable in that process. Bundle
 configs name components by their dotted path or by a short name from the sub-packages
-loaded here. Only ``lungseg segment`` uses it.
+loaded here.
+
+:func:`let_idle_threads_sleep` makes the network's OpenMP threads sleep as soon as they run
+out of work, instead of spinning for ~300,000 iterations (libgomp's default) on cores the
+worker processes are waiting for: on 2 cores, 512² radiographs went ~10 % faster (5 runs
+of 1000 alternated, README *Throughput*). Only ``lungseg segment`` uses this module.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from __future__ import annotations
 import importlib
 import importlib.abc
 import importlib.machinery
+import os
 import pkgutil
 import sys
 import types
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 
 #: Packages MONAI imports eagerly (as optional) that inference does not use.
 NOT_FOR_INFERENCE = (
@@ -46,6 +52,9 @@ DEFERRED = ("skimage.measure", "skimage.morphology", "skimage.exposure")
 #: MONAI's sub-packages a bundle's inference config uses, in an order free of import cycles
 #: (``monai.apps`` first, as ``import monai`` does).
 FOR_INFERENCE = ("monai.apps", "monai.transforms", "monai.data", "monai.bundle", "monai.networks")
+#: OpenMP variables that decide how long a thread out of work spins before it sleeps; the
+#: first is the standard one, the second libgomp's own (it wins when set).
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
 class _Hidden(importlib.abc.MetaPathFinder):
@@ -147,3 +156,25 @@ def _outside_monai(walk: object) -> object:
         return walk(path, prefix, onerror)
 
     return walk_packages
+
+
+def let_idle_threads_sleep(env: MutableMapping[str, str] | None = None) -> bool:
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` unless the user chose a wait policy or torch is loaded.
+
+    OpenMP reads it once, when torch loads its runtime, so this must run before torch is
+    imported. A passive thread sleeps when a parallel region ends instead of spinning, so
+    the cores go to the worker processes (decoding, writing) between and inside forward
+    passes; the forward pass itself gets a little slower, the batch faster.
+
+    Args:
+        env: the environment to set it in (default: this process's, which children inherit).
+
+    Returns:
+        Whether it was set (False: one of :data:`WAIT_VARIABLES` is set, or torch is
+        imported already and would not read it).
+    """
+    env = os.environ if env is None else env
+    if "torch" in sys.modules or any(name in env for name in WAIT_VARIABLES):
+        return False
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True

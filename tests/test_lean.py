@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
-from pipeline.lean import NOT_FOR_INFERENCE
+import pytest
+
+from pipeline.lean import NOT_FOR_INFERENCE, WAIT_VARIABLES, let_idle_threads_sleep
 from tests.conftest import dicom_folder
 
 SCRIPT = """
@@ -59,11 +62,32 @@ def test_lungseg_segment_runs_without_the_extras(tmp_path, pixels):
         "'--no-progress']); "
         f"print(code, sorted(m for m in {NOT_FOR_INFERENCE!r} if m in sys.modules))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
-    ).stdout.splitlines()
-    assert out[-1] == "0 []"
+    env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
+    env["OMP_DISPLAY_ENV"] = "VERBOSE"  # OpenMP prints the settings it read as torch loaded
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+        env=env,
+    )
+    assert done.stdout.splitlines()[-1] == "0 []"
     assert (tmp_path / "out" / "masks" / "0.png").is_file()
+    if "OPENMP DISPLAY ENVIRONMENT" not in done.stderr:
+        pytest.skip("torch's OpenMP runtime does not display its settings (not libgomp)")
+    assert "GOMP_SPINCOUNT = '0'" in done.stderr  # threads out of work sleep at once
+
+
+def test_idle_threads_sleep_unless_the_user_chose(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch", raising=False)  # as before torch is imported
+    env = {"PATH": "/usr/bin"}
+    assert let_idle_threads_sleep(env) is True and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    for chosen in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "10000"}):
+        assert let_idle_threads_sleep(dict(chosen)) is False
+    monkeypatch.undo()  # torch imported: too late, the runtime has read its settings
+    env = {}
+    assert let_idle_threads_sleep(env) is False and env == {}
 
 
 def test_nifti_in_and_out_work_with_monai_imported_lean(tmp_path, pixels):
