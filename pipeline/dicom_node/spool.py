@@ -67,12 +67,14 @@ class Spool:
     """The folders of :mod:`pipeline.dicom_node.spool` under ``root``."""
 
     def __init__(self, root: str | os.PathLike):
+        from pipeline.io.atomic import make_folders
+
         self.root = Path(root)
         self.incoming, self.outbox, self.failed = (
             self.root / d for d in ("incoming", "outbox", "failed")
         )
         for folder in (self.incoming, self.outbox, self.failed):
-            folder.mkdir(parents=True, exist_ok=True)
+            make_folders(folder)
         self._audit_lock = threading.Lock()
 
     # --- receiving ------------------------------------------------------------------------

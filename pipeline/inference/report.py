@@ -76,8 +76,7 @@ class Journal:
         if self.resumed:
             self._load(header)
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with atomic_path(self.path) as tmp:
+            with atomic_path(self.path) as tmp:  # creates OUT, durably
                 Path(tmp).write_text(json.dumps({"run": self.header}) + "\n")
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for appends)
         self._unsynced = False

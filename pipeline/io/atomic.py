@@ -3,15 +3,16 @@
 :func:`atomic_path` is the one implementation every writer uses (batch outputs, reports,
 journals' headers, the DICOM node's spool): readers never see a half-written file, and once
 it returns the file and its name survive a power loss (the file is fsync'ed before the
-rename, its folder after), so a journal line written next can never claim an output that is
-empty on disk. Files get the mode the process's umask gives (``0666 & ~umask``), not
-``mkstemp``'s private 0600, so shards of one batch and other users of a shared folder can read
-each other's outputs.
+rename, its folder after, and a folder it creates is fsync'ed into its parent), so a journal
+line written next can never claim an output that is empty or unnamed on disk. Files get the
+mode the process's umask gives (``0666 & ~umask``), not ``mkstemp``'s private 0600, so shards
+of one batch and other users of a shared folder can read each other's outputs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -43,6 +44,30 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def make_folders(folder: str | os.PathLike, durable: bool = True) -> None:
+    """Create ``folder`` and its missing parents, each new name durable with ``durable``.
+
+    A folder's name lives in its parent: fsync'ing a file and the folder holding it does not
+    make that folder's own entry survive a power loss (POSIX; ext4 happens to, XFS and
+    network file systems need not), so each parent is fsync'ed once its new folder exists.
+    A folder that exists already costs one ``stat``.
+
+    Raises:
+        NotADirectoryError: a file has the name of a folder to create (named).
+    """
+    missing, folder = [], Path(folder)
+    while not folder.is_dir() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    for new in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another worker or shard
+            new.mkdir()
+        if not new.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, "a file is in the way of a folder", str(new))
+        if durable:  # also when another made it: its entry must be on disk before ours
+            fsync_path(new.parent)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success make it ``path``, durably.
@@ -51,11 +76,12 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
     removes the temporary file.
 
     Args:
-        path: the final file; its folder is created when missing.
-        durable: fsync the file before the rename and the folder after it.
+        path: the final file; its folder is created when missing (:func:`make_folders`).
+        durable: fsync the file before the rename and the folder after it (and the parent
+            of each folder created).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folders(path.parent, durable)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:

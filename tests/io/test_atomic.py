@@ -46,3 +46,29 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
         tmp.write_text("half")
         raise RuntimeError("disk went away")
     assert target.read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_folder_it_creates_is_synced_into_its_parent(tmp_path, monkeypatch):
+    synced = []
+    real = atomic.fsync_path
+    monkeypatch.setattr(atomic, "fsync_path", lambda p: (synced.append(str(p)), real(p)))
+    (tmp_path / "out").mkdir()
+    target = tmp_path / "out" / "masks" / "study" / "a.png"
+    atomic.write_bytes_atomic(target, b"png")
+    # the new folders' names (in out, then masks), the file, then the folder holding it
+    new_names = [str(tmp_path / "out"), str(tmp_path / "out" / "masks")]
+    assert synced[:2] == new_names and synced[2].endswith(".tmp")
+    assert synced[3:] == [str(target.parent)] and target.read_bytes() == b"png"
+    synced.clear()
+    atomic.write_bytes_atomic(target.with_name("b.png"), b"png")  # folders there: no extra
+    assert len(synced) == 2
+    synced.clear()
+    with atomic.atomic_path(tmp_path / "scratch" / "c.txt", durable=False) as tmp:
+        tmp.write_text("c")
+    assert synced == [] and (tmp_path / "scratch" / "c.txt").is_file()
+
+
+def test_a_file_in_the_way_of_a_folder_is_named(tmp_path):
+    (tmp_path / "masks").write_text("not a folder")
+    with pytest.raises(NotADirectoryError, match="masks"):
+        atomic.write_bytes_atomic(tmp_path / "masks" / "a.png", b"png")
