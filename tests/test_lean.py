@@ -11,6 +11,21 @@ import pytest
 from pipeline.lean import NOT_FOR_INFERENCE, WAIT_VARIABLES, let_idle_threads_sleep
 from tests.conftest import dicom_folder
 
+
+def python(
+    script: str, *args: str, timeout: int = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run ``script`` in a fresh interpreter (nothing imported yet); its output as text."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
 SCRIPT = """
 import sys
 
@@ -32,13 +47,7 @@ def test_the_extras_stay_out_and_the_predictor_still_segments(tmp_path, pixels, 
     import numpy as np
 
     np.save(tmp_path / "x.npy", pixels)
-    out = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(tmp_path / "x.npy")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout.splitlines()
+    out = python(SCRIPT, str(tmp_path / "x.npy")).stdout.splitlines()
     assert out[0] == "[]" and out[-1] == "later imports ok"
     assert out[1] == "False True"  # MONAI's walk over all its modules skipped, then restored
     area, flags = out[2].split(" ", 1)
@@ -64,14 +73,7 @@ def test_lungseg_segment_runs_without_the_extras(tmp_path, pixels):
     )
     env = {k: v for k, v in os.environ.items() if k not in WAIT_VARIABLES}
     env["OMP_DISPLAY_ENV"] = "VERBOSE"  # OpenMP prints the settings it read as torch loaded
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=300,
-        env=env,
-    )
+    done = python(script, timeout=300, env=env)
     assert done.stdout.splitlines()[-1] == "0 []"
     assert (tmp_path / "out" / "masks" / "0.png").is_file()
     if "OPENMP DISPLAY ENVIRONMENT" not in done.stderr:
@@ -104,9 +106,7 @@ def test_nifti_in_and_out_work_with_monai_imported_lean(tmp_path, pixels):
         f"print(main(['segment', {str(tmp_path / 'in')!r}, '-o', {str(tmp_path / 'out')!r}, "
         "'--formats', 'mask,nifti', '--no-progress']))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=300
-    ).stdout.splitlines()
+    out = python(script, timeout=300).stdout.splitlines()
     assert out[-1] == "0"
     written = nib.load(tmp_path / "out" / "nifti" / "a.nii.gz").get_fdata()
     assert written.shape[:2] == pixels.T.shape and written.max() > 0
@@ -130,13 +130,7 @@ print(int(morphology.disk(1).sum()), type(sys.modules["skimage.morphology"]).__n
 
 
 def test_scikit_image_loads_at_first_use_and_monai_still_uses_it():
-    out = subprocess.run(
-        [sys.executable, "-c", DEFERRED_SCRIPT],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout.splitlines()
+    out = python(DEFERRED_SCRIPT).stdout.splitlines()
     assert out[0] == "False False"  # not imported while MONAI loaded
     assert out[1] == "25"  # MONAI's component filter ran with the real skimage.measure
     assert out[2] == "5 module"  # the real module replaced the stand-in
