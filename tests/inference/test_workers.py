@@ -7,6 +7,7 @@ import pickle
 import numpy as np
 
 from pipeline.enums import OutputFormat
+from pipeline.inference import workers
 from pipeline.inference.outputs import Context
 from pipeline.inference.workers import KeepImage, decode, from_wire, safe_finish, to_wire
 from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
@@ -32,3 +33,23 @@ def test_finishing_without_the_preprocessed_pixels_gives_the_same_outputs(
     masks = [(tmp_path / n / "masks" / "in.png").read_bytes() for n in ("full", "lean")]
     assert masks[0] == masks[1]
     assert np.asarray(from_wire(lean)["item"]["image"]).shape == (1, 0, 0)
+
+
+def test_a_worker_trims_its_heap_every_few_large_images_not_after_each(
+    shipped_model, pixels, tmp_path, monkeypatch
+):
+    """Each trim made the next image fault its pages in again (~5-7 ms at 2048²)."""
+    trims = []
+    monkeypatch.setattr(workers, "release_memory", lambda: trims.append(1))
+    monkeypatch.setattr(workers, "LARGE_IMAGE", pixels.size)  # this image counts as large
+    monkeypatch.setattr(workers, "_WORKER", {"predictor": shipped_model})
+    path = write_dicom(build_dicom(pixels, DicomVariant.MONO2_16BIT), tmp_path / "in.dcm")
+    for _ in range(workers.TRIM_EVERY - 1):
+        workers.decode_in_worker(path, False, KeepImage.NONE)
+    assert trims == []
+    workers.decode_in_worker(path, False, KeepImage.NONE)
+    assert trims == [1]
+    monkeypatch.setattr(workers, "LARGE_IMAGE", pixels.size + 1)  # small: never counted
+    for _ in range(2 * workers.TRIM_EVERY):
+        workers.decode_in_worker(path, False, KeepImage.NONE)
+    assert trims == [1]
