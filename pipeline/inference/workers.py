@@ -152,8 +152,8 @@ def release_memory() -> None:
         trim(0)
 
 
-def trim_now_and_then(every: int = TRIM_EVERY) -> bool:
-    """:func:`release_memory` at every ``every``-th call in this process; whether it did.
+def trim_now_and_then(every: int = TRIM_EVERY) -> None:
+    """:func:`release_memory` at every ``every``-th call in this process.
 
     Trimming after each step of each large image handed back the pages the next image
     needed, which it then faulted in again, zero-filled: at 2048² JPEG 2000 every image
@@ -163,10 +163,8 @@ def trim_now_and_then(every: int = TRIM_EVERY) -> bool:
     :data:`pipeline.inference.segment.RECYCLE_EVERY` images).
     """
     count = _WORKER["large_steps"] = _WORKER.get("large_steps", 0) + 1
-    if count % every:
-        return False
-    release_memory()
-    return True
+    if count % every == 0:
+        release_memory()
 
 
 #: glibc ``mallopt`` parameters (malloc.h) and the values :func:`keep_freed_memory` sets.

@@ -19,8 +19,8 @@ import itertools
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_CONVOLUTIONS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, *_TRANSPOSED)
 _BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -50,7 +50,7 @@ def _fold_in(sequence: nn.Sequential) -> int:
     names = list(sequence._modules)
     for name, following in itertools.pairwise(names):
         conv = sequence._modules[name]
-        if not isinstance(conv, _CONVOLUTIONS + _TRANSPOSED):
+        if not isinstance(conv, _CONVOLUTIONS):
             continue
         holder, norm_name = _first_leaf(sequence, following)
         norm = holder._modules[norm_name]
@@ -72,7 +72,7 @@ def _first_leaf(parent: nn.Module, name: str) -> tuple[nn.Module, str]:
     return parent, name
 
 
-def _foldable(module: nn.Module | None) -> bool:
+def _foldable(module: nn.Module) -> bool:
     """A BatchNorm in eval mode with running statistics."""
     return (
         isinstance(module, _BATCH_NORMS)
