@@ -182,6 +182,7 @@ def measure(name: str, count: int, args: argparse.Namespace) -> dict:
         "input": name,
         "count": count,
         "device": summary["device"],
+        "resources": summary.get("resources", {}),
         "precision": summary["model"]["precision"],
         "whole_process": count / summary["wall_seconds"],
         "steady_state": run["images_per_second"],
@@ -206,7 +207,7 @@ def main() -> None:
     parser.add_argument("--inputs", nargs="+", default=list(INPUTS), choices=list(INPUTS))
     parser.add_argument("--counts", type=int, nargs="+", default=[100])
     parser.add_argument("--distinct", type=int, default=100)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", default="auto", help="lungseg's --workers (default: auto)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", help="lungseg's --precision (default: the bundle's)")
@@ -228,9 +229,12 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
     """The results as a Markdown table."""
     device = results[0]["device"] if results else "?"
     precision = results[0]["precision"] if results else "?"
+    used = results[0].get("resources", {}) if results else {}
     head = (
-        f"Device: {device}, {os.cpu_count()} CPU cores, batch {args.batch_size}, "
-        f"{args.workers} workers, {precision}; formats seg, mask, overlay.\n\n"
+        f"Device: {device}, {os.cpu_count()} CPU cores ({used.get('usable_cpus', '?')} usable), "
+        f"batch {args.batch_size}, {used.get('workers', args.workers)} workers "
+        f"(--workers {args.workers}), {used.get('network_threads', '?')} network threads, "
+        f"{precision}; formats seg, mask, overlay.\n\n"
         "| input | N | whole process (img/s) | steady state (img/s) | hand-written loop, "
         "whole process (img/s) | forward only (img/s) | steady / forward | whole / loop | "
         "outside the network, CPU (ms/img) | outside the network, wall (ms/img) | "

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipeline import __version__
+from pipeline.cpus import fit_threads_to_cpus
 from pipeline.enums import LungField, NetworkName, TBNetworkName
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -151,7 +152,7 @@ def _parse_query(items: list[str]) -> dict[str, str]:
 
 
 def _cmd_segment(args: argparse.Namespace) -> int:
-    from pipeline.inference.segment import parse_shard, segment
+    from pipeline.inference.segment import parse_shard, resolve_workers, segment
 
     if args.tb:  # TB sits above inference: its package wraps the batch job
         from pipeline.tb.screen import segment_and_screen as segment
@@ -159,8 +160,12 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         shard = parse_shard(args.shard)
     except ValueError as err:
         raise UsageError(str(err)) from err
-    if args.batch_size < 1 or args.workers < 0:
-        raise UsageError("--batch-size must be >= 1 and --workers >= 0")
+    if args.batch_size < 1:
+        raise UsageError(f"--batch-size {args.batch_size} must be >= 1")
+    try:
+        resolve_workers(args.workers, "cpu", cpus=1)  # the value checked before anything loads
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     summary = segment(
         args.inputs,
         args.output,
@@ -704,7 +709,11 @@ def build_parser() -> argparse.ArgumentParser:
         "left lung stops at the heart's border, as most Montgomery/Shenzhen masks)",
     )
     seg.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
-    seg.add_argument("--workers", type=int, default=2, help="worker processes (0: none)")
+    seg.add_argument(
+        "--workers",
+        default="auto",
+        help="worker processes (0: none; default auto: one per usable CPU, one fewer with a GPU)",
+    )
     seg.add_argument("--overwrite", action="store_true", help="redo inputs already done")
     seg.add_argument(
         "--shard", help="I/N: the I-th of N deterministic parts; auto: from Slurm or torchrun"
@@ -784,6 +793,7 @@ def main(argv: Sequence[str] | None = None, fast_exit: bool = False) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    fit_threads_to_cpus()  # before torch loads: a container's CPU quota, not its host's cores
     if args.command in LEAN_COMMANDS:  # before anything imports torch or MONAI
         from pipeline.lean import import_monai_for_inference, let_idle_threads_sleep
 

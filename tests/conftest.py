@@ -125,6 +125,20 @@ def torchrun(*args: str, nproc: int = 2) -> list[str]:
     return [*head, "--master_addr=127.0.0.1", f"--master_port={free_port()}", "-m", *args]
 
 
+@pytest.fixture()
+def one_cpu_quota(tmp_path, monkeypatch) -> None:
+    """This process, as far as :mod:`pipeline.cpus` can tell, in a cgroup v2 limited to 1 CPU
+    of the 4 in its affinity mask (a container run with ``--cpus 1``)."""
+    import pipeline.cpus as cpus
+
+    (tmp_path / "cg" / "job").mkdir(parents=True)
+    (tmp_path / "cg" / "job" / "cpu.max").write_text("100000 100000\n")
+    (tmp_path / "proc-cgroup").write_text("0::/job\n")
+    monkeypatch.setattr(cpus, "CGROUP_ROOT", tmp_path / "cg")
+    monkeypatch.setattr(cpus, "PROC_CGROUP", tmp_path / "proc-cgroup")
+    monkeypatch.setattr(cpus, "affinity_cpus", lambda: 4)
+
+
 @pytest.fixture(scope="session")
 def shipped_model():
     """The shipped bundle's model on the CPU, loaded once per test session."""

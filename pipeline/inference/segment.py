@@ -56,6 +56,39 @@ STAGES = (
 )
 
 
+#: ``--workers auto`` starts at most this many worker processes (each keeps its own decoded
+#: images and output buffers: ~60-90 MiB at 2048², README *Throughput*).
+MAX_AUTO_WORKERS = 16
+
+
+def resolve_workers(workers: int | str, device: str | Any, cpus: int | None = None) -> int:
+    """The number of worker processes ``workers`` (``"auto"`` or a count >= 0) means on ``device``.
+
+    ``auto`` is one worker per usable CPU (:func:`pipeline.cpus.usable_cpus`: the affinity
+    mask and the cgroup's CPU quota) when the network runs on the CPU, where the workers run
+    at the lowest priority and take only what the network leaves; one fewer beside a GPU,
+    where the main process needs a core to feed it. At least 1, at most
+    :data:`MAX_AUTO_WORKERS`. On 2 CPUs that is 2 (the former fixed default).
+
+    Raises:
+        ValueError: neither ``auto`` nor a whole number >= 0 (the value quoted).
+    """
+    if str(workers).strip().lower() != "auto":
+        try:
+            count = int(str(workers))
+        except ValueError:
+            count = -1
+        if count < 0:
+            raise ValueError(f"--workers {workers!r} must be auto or a whole number >= 0")
+        return count
+    if cpus is None:
+        from pipeline.cpus import usable_cpus
+
+        cpus = usable_cpus()
+    on_gpu = str(getattr(device, "type", device)).startswith("cuda")
+    return max(1, min(MAX_AUTO_WORKERS, cpus - 1 if on_gpu else cpus))
+
+
 def auto_shard(env: dict[str, str] | None = None) -> tuple[int, int]:
     """``(I, N)`` from a Slurm array task or torchrun's ranks (``--shard auto``).
 
@@ -198,6 +231,9 @@ class Segmenter:
         self.model, self.out_dir, self.formats = model, out_dir, tuple(formats)
         self.tb_model, self._tb_pending = tb_model, []
         self.journal, self.batch_size, self.workers = journal, batch_size, workers
+        #: Images decoded ahead of the network, and finishing behind it, at most: enough to
+        #: keep every worker busy, bounded so memory stays flat.
+        self.depth = max(2 * batch_size, 2 * workers)
         self.progress = progress
         self.summary = Summary()
         self.retry_rows: dict[str, dict[str, Any]] = {}
@@ -231,7 +267,7 @@ class Segmenter:
             for batch in self._batches(pool, jobs):
                 for job, decoded in self._forward(batch):
                     pending.append((job, self._submit(pool, job, decoded)))
-                while len(pending) > 2 * self.batch_size:  # bounded: memory stays flat
+                while len(pending) > self.depth:  # bounded: memory stays flat
                     self._record(*pending.pop(0))
                     bar.update()
                 self.journal.sync()  # one fsync per batch, not per input
@@ -275,13 +311,13 @@ class Segmenter:
         return done
 
     def _batches(self, pool: Executor, todo: list[Job]):
-        """Decoded batches, in order, with up to one batch decoding ahead."""
+        """Decoded batches, in order, with up to :attr:`depth` images decoding ahead."""
         ahead: list[tuple[Job, Future]] = []
         jobs = iter(todo)
         while True:
             for job in jobs:
                 ahead.append((job, self._decode(pool, job)))
-                if len(ahead) >= 2 * self.batch_size:
+                if len(ahead) >= self.depth:
                     break
             if not ahead:
                 return
@@ -392,7 +428,7 @@ def segment(
     bundle: str | os.PathLike | None = None,
     device: str = "auto",
     batch_size: int = 8,
-    workers: int = 2,
+    workers: int | str = "auto",
     overwrite: bool = False,
     shard: tuple[int, int] | None = None,
     progress: bool = True,
@@ -404,6 +440,9 @@ def segment(
     lung_field: str | None = None,
 ) -> dict[str, Any]:
     """Segment every radiograph under ``inputs`` into ``out_dir``; return the summary.
+
+    ``workers``: worker processes, or ``auto`` (:func:`resolve_workers`: one per usable CPU,
+    one fewer beside a GPU); ``summary.json`` → ``resources`` records what ran.
 
     ``lung_field`` overrides the bundle's (``anatomical``): ``visible`` runs the model
     trained to the visible-lung convention (the left lung stopping at the heart).
@@ -439,6 +478,7 @@ def segment(
         overrides["lung_field"] = lung_field
     # the network is loaded once the workers are decoding (Segmenter._batches)
     model = Predictor(bundle, rank_device(device), overrides, network=False)
+    workers = resolve_workers(workers, model.device)
     ident = model.identity.as_dict()
     header = {
         "started": time.strftime("%Y%m%d%H%M%S"),
@@ -473,6 +513,7 @@ def segment(
         "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
         "formats": header["formats"],
         "device": str(model.device),
+        "resources": resources(workers),
         "model": ident,
         "software": software_versions(),
         "started": journal.header["started"],
@@ -484,6 +525,19 @@ def segment(
         summary["stored_back"] = _store_back(sources, out)
     write_summary(out, summary, tag)
     return summary
+
+
+def resources(workers: int) -> dict[str, int]:
+    """What the run had: usable CPUs, worker processes, the network's threads."""
+    import torch
+
+    from pipeline.cpus import usable_cpus
+
+    return {
+        "usable_cpus": usable_cpus(),
+        "workers": workers,
+        "network_threads": torch.get_num_threads(),
+    }
 
 
 def _fetch_dicomweb(

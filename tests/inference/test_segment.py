@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from pipeline.inference.segment import parse_shard, plan
+from pipeline.inference.segment import MAX_AUTO_WORKERS, parse_shard, plan, resolve_workers
 from tests.conftest import child_pids, dice, dice_where_decided, dicom_folder, is_running, load_png
 
 
@@ -251,6 +251,9 @@ def test_shards_partition_the_inputs(radiograph_folder):
         (["--shard", "0/4"], "I must be between 1 and N"),
         (["--shard", "half"], "must be I/N"),
         (["--formats", "seg,jpeg"], "OutputFormat 'jpeg' is not one of: seg, mask, overlay, nifti"),
+        (["--workers", "many"], "--workers 'many' must be auto or a whole number >= 0"),
+        (["--workers", "-1"], "--workers '-1' must be auto or a whole number >= 0"),
+        (["--batch-size", "0"], "--batch-size 0 must be >= 1"),
     ],
 )
 def test_usage_errors_quote_the_value(tmp_path, option, message, capsys):
@@ -642,3 +645,48 @@ def test_the_network_keeps_every_thread_and_the_workers_yield_to_it(
     assert main([*argv, "--workers", "2"]) == EXIT_OK
     assert threads and set(threads) == {before}  # not fewer threads for the workers' sake
     assert niceness and set(niceness) == {min(19, os.nice(0) + workers.WORKER_NICENESS)}
+
+
+def test_auto_workers_are_one_per_usable_cpu_one_fewer_beside_a_gpu():
+    assert resolve_workers("auto", "cpu", cpus=2) == 2
+    assert resolve_workers("auto", "cuda:1", cpus=16) == 15
+    assert resolve_workers("AUTO", "cuda", cpus=1) == 1  # at least one
+    assert resolve_workers("auto", "cpu", cpus=96) == MAX_AUTO_WORKERS
+    assert resolve_workers("0", "cuda", cpus=8) == 0 and resolve_workers(3, "cpu", cpus=8) == 3
+
+
+def test_a_cpu_quota_sizes_the_workers_and_the_summary_says_so(one_cpu_quota, tmp_path, pixels):
+    dicom_folder(tmp_path / "in", pixels, count=3, variant="mono2-8bit")
+    argv = ["segment", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress"]
+    assert main([*argv, "--formats", "mask"]) == EXIT_OK
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["counts"]["ok"] == 3
+    assert summary["resources"]["usable_cpus"] == 1 and summary["resources"]["workers"] == 1
+
+
+@pytest.mark.parametrize(("workers", "batch_size", "ahead"), [(2, 8, 16), (12, 4, 24), (0, 3, 6)])
+def test_enough_images_decode_ahead_to_keep_every_worker_busy(
+    tmp_path, workers, batch_size, ahead, monkeypatch
+):
+    from concurrent.futures import Future
+
+    from pipeline.inference.predictor import Predictor
+    from pipeline.inference.report import Journal
+    from pipeline.inference.segment import Segmenter
+
+    model = Predictor(device="cpu", network=False)
+    monkeypatch.setattr(model, "load_network", lambda: None)
+    journal = Journal(tmp_path, {"started": "20260101000000"}, False, "")
+    seg = Segmenter(model, tmp_path, ["mask"], journal, batch_size, workers, progress=False)
+    submitted = []
+
+    def decode(pool, job):  # a decode already done
+        submitted.append(job)
+        done: Future = Future()
+        done.set_result({"error": ("skipped", "a stand-in")})
+        return done
+
+    monkeypatch.setattr(seg, "_decode", decode)
+    first = next(seg._batches(None, list(range(100))))
+    journal.close()
+    assert len(first) == batch_size and len(submitted) == ahead
