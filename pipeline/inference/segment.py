@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +39,9 @@ from pipeline.inference.workers import (
 from pipeline.io.discovery import InputFile, iter_inputs
 
 DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
-#: Worker processes are replaced after this many images: whatever a decoder leaks or leaves
-#: fragmented cannot pile up over an archive (a new pool costs well under a second).
-RECYCLE_EVERY = 256
+#: Worker processes are replaced after this many images per worker: whatever a decoder leaks
+#: or leaves fragmented cannot pile up over an archive (:class:`PoolRotation`).
+RECYCLE_EVERY = 128
 #: Stages timed per run (``summary.json`` → ``this_run.stage_seconds``, wall-clock, and
 #: ``stage_cpu_seconds``: :mod:`pipeline.inference.timing`).
 STAGES = (
@@ -254,28 +254,28 @@ class Segmenter:
             self._remove_stale_temporaries(todo)
         start = time.perf_counter()
         bar = tqdm(total=len(todo), unit="img", disable=not self.progress, dynamic_ncols=True)
-        for first in range(0, len(todo), RECYCLE_EVERY):
-            self._run_chunk(todo[first : first + RECYCLE_EVERY], bar)
+        every = RECYCLE_EVERY * self.workers  # 0 (no workers): one thread, never replaced
+        with PoolRotation(self._pool, every) as pools:
+            self._stream(pools, todo, bar)
         bar.close()
         self.summary.seconds = time.perf_counter() - start
         return self.summary
 
-    def _run_chunk(self, jobs: list[Job], bar: Any) -> None:
-        """Process ``jobs`` with a fresh pool of workers (see :data:`RECYCLE_EVERY`)."""
-        with self._pool() as pool:
-            pending: list[tuple[Job, Future]] = []
-            for batch in self._batches(pool, jobs):
-                for job, decoded in self._forward(batch):
-                    pending.append((job, self._submit(pool, job, decoded)))
-                while len(pending) > self.depth:  # bounded: memory stays flat
-                    self._record(*pending.pop(0))
-                    bar.update()
-                self.journal.sync()  # one fsync per batch, not per input
-            for job, future in pending:
-                self._record(job, future)
+    def _stream(self, pools: PoolRotation, jobs: list[Job], bar: Any) -> None:
+        """Decode, run the network on and finish ``jobs``, in order, journalling each."""
+        pending: list[tuple[Job, Future]] = []
+        for batch in self._batches(pools, jobs):
+            for job, decoded in self._forward(batch):
+                pending.append((job, self._submit(pools.current, job, decoded)))
+            while len(pending) > self.depth:  # bounded: memory stays flat
+                self._record(*pending.pop(0))
                 bar.update()
-            self._flush_tb()
-            self.journal.sync()
+            self.journal.sync()  # one fsync per batch, not per input
+        for job, future in pending:
+            self._record(job, future)
+            bar.update()
+        self._flush_tb()
+        self.journal.sync()
 
     def _pool(self) -> Executor:
         """Worker processes for decoding and finishing (a thread when workers is 0)."""
@@ -310,13 +310,13 @@ class Segmenter:
         done.set_result(decode(*args, self.model))
         return done
 
-    def _batches(self, pool: Executor, todo: list[Job]):
+    def _batches(self, pools: PoolRotation, todo: list[Job]):
         """Decoded batches, in order, with up to :attr:`depth` images decoding ahead."""
         ahead: list[tuple[Job, Future]] = []
         jobs = iter(todo)
         while True:
             for job in jobs:
-                ahead.append((job, self._decode(pool, job)))
+                ahead.append((job, self._decode(pools.for_next_image(), job)))
                 if len(ahead) >= self.depth:
                     break
             if not ahead:
@@ -398,6 +398,42 @@ class Segmenter:
             self.journal.record(job.key, result, sync=False)
         self.summary.counts[result["status"]] += 1
         self.summary.processed += 1
+
+
+class PoolRotation:
+    """Pools of workers used in turn, a fresh one after every ``every`` images.
+
+    The pool being replaced is shut down without waiting: its workers finish what was
+    given to them (their futures stay valid) and then exit, while the new pool's workers
+    already decode the next images, so the stream never drains at a replacement.
+
+    Args:
+        make: creates a pool.
+        every: images per pool (0: one pool for the whole run).
+    """
+
+    def __init__(self, make: Callable[[], Executor], every: int):
+        self.make, self.every = make, every
+        self.current: Executor | None = None
+        self.used = 0
+        self.replaced = 0
+
+    def for_next_image(self) -> Executor:
+        """The pool for the next image, replacing the current one once it has had ``every``."""
+        if self.current is None or (self.every and self.used >= self.every):
+            if self.current is not None:
+                self.current.shutdown(wait=False)
+                self.replaced += 1
+            self.current, self.used = self.make(), 0
+        self.used += 1
+        return self.current
+
+    def __enter__(self) -> PoolRotation:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.current is not None:
+            self.current.shutdown(wait=True)
 
 
 def _timed(future: Future, started: float) -> Future:

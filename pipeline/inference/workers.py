@@ -160,7 +160,7 @@ def trim_now_and_then(every: int = TRIM_EVERY) -> None:
     paid ~5-7 ms of CPU for it (53 against 59-61 ms outside the network, three alternated
     runs, README *Throughput*). Trimming at every 8th step bounds what a worker keeps to a
     few images' worth (the workers are also replaced every
-    :data:`pipeline.inference.segment.RECYCLE_EVERY` images).
+    :data:`pipeline.inference.segment.RECYCLE_EVERY` images each).
     """
     count = _WORKER["large_steps"] = _WORKER.get("large_steps", 0) + 1
     if count % every == 0:

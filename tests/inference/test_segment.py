@@ -18,7 +18,13 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from pipeline.inference.segment import MAX_AUTO_WORKERS, parse_shard, plan, resolve_workers
+from pipeline.inference.segment import (
+    MAX_AUTO_WORKERS,
+    PoolRotation,
+    parse_shard,
+    plan,
+    resolve_workers,
+)
 from tests.conftest import child_pids, dice, dice_where_decided, dicom_folder, is_running, load_png
 
 
@@ -38,7 +44,7 @@ def _report(out: Path) -> dict[str, dict]:
 @pytest.fixture(scope="module")
 def segmented(radiograph_folder, tmp_path_factory):
     """One uninterrupted run over the folder (two workers, batches of 3, and a fresh pool of
-    workers every 5 inputs, so the results below also prove that recycling loses nothing)."""
+    workers every 4 inputs, so the results below also prove that recycling loses nothing)."""
     import pipeline.inference.segment as segment_module
 
     root = radiograph_folder["root"]
@@ -46,7 +52,7 @@ def segmented(radiograph_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("segmented")
     argv = ["segment", str(root), "-o", str(out), "--workers", "2", "--batch-size", "3"]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(segment_module, "RECYCLE_EVERY", 5)
+        mp.setattr(segment_module, "RECYCLE_EVERY", 2)  # images per worker
         code = main([*argv, "--no-progress", "--formats", "seg,mask,overlay,nifti"])
     return {"out": out, "code": code, "before": before, **radiograph_folder}
 
@@ -687,6 +693,28 @@ def test_enough_images_decode_ahead_to_keep_every_worker_busy(
         return done
 
     monkeypatch.setattr(seg, "_decode", decode)
-    first = next(seg._batches(None, list(range(100))))
+    first = next(seg._batches(PoolRotation(object, 0), list(range(100))))
     journal.close()
     assert len(first) == batch_size and len(submitted) == ahead
+
+
+def test_a_pool_is_replaced_without_waiting_for_what_it_still_runs():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    release, made = threading.Event(), []
+
+    def make():
+        made.append(ThreadPoolExecutor(1))
+        return made[-1]
+
+    with PoolRotation(make, 2) as pools:
+        slow = pools.for_next_image().submit(release.wait, 30)  # the first pool, still busy
+        assert pools.for_next_image() is made[0]
+        fresh = pools.for_next_image()  # the third image: a new pool, the old one not awaited
+        assert fresh is made[1] and pools.replaced == 1
+        assert fresh.submit(lambda: "decoded").result(timeout=5) == "decoded"
+        assert not slow.done()  # the old pool still works on what it was given...
+        release.set()
+        assert slow.result(timeout=5) is True  # ...and its future is answered
+    assert len(made) == 2
