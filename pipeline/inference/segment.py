@@ -34,6 +34,8 @@ from pipeline.inference.workers import (
     keep_freed_memory,
     safe_finish,
     share_with_forked_workers,
+    start_forkserver,
+    start_method,
     to_wire,
 )
 from pipeline.io.discovery import InputFile, iter_inputs
@@ -255,6 +257,8 @@ class Segmenter:
         start = time.perf_counter()
         bar = tqdm(total=len(todo), unit="img", disable=not self.progress, dynamic_ncols=True)
         every = RECYCLE_EVERY * self.workers  # 0 (no workers): one thread, never replaced
+        if self.workers and self.model.device.type == "cuda":
+            start_forkserver()  # its imports run beside the first pool's work (start_method)
         with PoolRotation(self._pool, every) as pools:
             self._stream(pools, todo, bar)
         bar.close()
@@ -285,16 +289,18 @@ class Segmenter:
 
         import torch
 
-        method = "spawn" if torch.cuda.is_initialized() else "fork"
+        method = start_method(torch.cuda.is_initialized())
         if method == "fork":  # workers inherit what is imported and built here
             share_with_forked_workers(self.model)
             if OutputFormat.SEG in self.formats:  # loaded once here, not in every worker
                 load_standard_tables()
+        else:  # forked by the fork server; they watch this process (workers.die_with)
+            start_forkserver()
         return ProcessPoolExecutor(
             self.workers,
             mp_context=multiprocessing.get_context(method),
             initializer=init_worker,
-            initargs=(str(self.model.bundle), self.model.overrides, os.getpid()),
+            initargs=(str(self.model.bundle), self.model.overrides, os.getpid(), method != "fork"),
         )
 
     def _decode(self, pool: Executor, job: Job) -> Future:

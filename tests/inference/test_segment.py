@@ -718,3 +718,70 @@ def test_a_pool_is_replaced_without_waiting_for_what_it_still_runs():
         release.set()
         assert slow.result(timeout=5) is True  # ...and its future is answered
     assert len(made) == 2
+
+
+#: ``lungseg segment`` as it runs once CUDA is up (every pool then comes from the fork
+#: server), on the CPU: ``torch.cuda.is_initialized`` made to say so.
+AS_ON_CUDA = """
+import sys
+import torch
+import pipeline.inference.segment as segment
+torch.cuda.is_initialized = lambda: True
+segment.RECYCLE_EVERY = 2
+from pipeline.cli import run
+sys.argv = ["lungseg", *sys.argv[1:]]
+run()
+"""
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (children, their children...)."""
+    out, stack = set(), [pid]
+    while stack:
+        found = child_pids(stack.pop())
+        out |= found
+        stack += found
+    return out
+
+
+def test_pools_started_once_cuda_is_up_are_forked_by_the_fork_server(segmented, tmp_path):
+    from pipeline.inference.workers import start_method
+
+    assert start_method(False) == "fork" and start_method(True) == "forkserver"
+    out = tmp_path / "out"
+    args = ["segment", str(segmented["root"]), "-o", str(out), "--workers", "2"]
+    proc = subprocess.run(
+        [sys.executable, "-c", AS_ON_CUDA, *args, "--batch-size", "3", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == segmented["code"], proc.stdout + proc.stderr  # (some inputs fail)
+    statuses = {k: row["status"] for k, row in _report(segmented["out"]).items()}
+    assert {k: row["status"] for k, row in _report(out).items()} == statuses
+    for path in (segmented["out"] / "masks").rglob("*.png"):  # the same masks as forked workers'
+        same = out / "masks" / path.relative_to(segmented["out"] / "masks")
+        assert np.array_equal(load_png(path), load_png(same)), path
+
+
+def test_workers_of_the_fork_server_end_with_a_killed_run(radiograph_folder, tmp_path):
+    args = ["segment", str(radiograph_folder["root"]), "-o", str(tmp_path / "out")]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", AS_ON_CUDA, *args, "--workers", "2", "--batch-size", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and len(descendants(proc.pid)) < 3:  # server, tracker, workers
+        time.sleep(0.05)
+    below = descendants(proc.pid)
+    assert proc.poll() is None and len(below) >= 3, "no fork server and workers seen"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(is_running(p) for p in below):
+        time.sleep(0.1)
+    alive = [p for p in below if is_running(p)]
+    for p in alive:  # do not leave them behind if the assertion fails
+        os.kill(p, signal.SIGKILL)
+    assert not alive, f"processes {alive} outlived the killed run"
