@@ -12,6 +12,11 @@ taking cores from them, and when they fall behind the network waits for their in
 they get the cores. On 2 cores this ran 512² radiographs ~20 % faster than one network
 thread beside two equal-priority workers (README, *Throughput*). With the network on a GPU
 the main process mostly waits and the workers have the CPU to themselves.
+
+Workers are forked from the batch job's process and inherit its imports and predictor; once
+the network has initialised CUDA, pools are forked by a fork server instead
+(:func:`start_method`). Either way a worker ends with the batch job's process, however that
+dies (:func:`die_with_parent`, :func:`die_with`).
 """
 
 from __future__ import annotations

@@ -659,6 +659,9 @@ def test_auto_workers_are_one_per_usable_cpu_one_fewer_beside_a_gpu():
     assert resolve_workers("AUTO", "cuda", cpus=1) == 1  # at least one
     assert resolve_workers("auto", "cpu", cpus=96) == MAX_AUTO_WORKERS
     assert resolve_workers("0", "cuda", cpus=8) == 0 and resolve_workers(3, "cpu", cpus=8) == 3
+    torchrun = {"LOCAL_WORLD_SIZE": "8", "LOCAL_RANK": "3"}  # 8 GPUs sharing 32 CPUs
+    assert resolve_workers("auto", "cuda:3", cpus=32, env=torchrun) == 3
+    assert resolve_workers("auto", "cuda:3", cpus=4, env=torchrun) == 1
 
 
 def test_a_cpu_quota_sizes_the_workers_and_the_summary_says_so(one_cpu_quota, tmp_path, pixels):
@@ -785,3 +788,20 @@ def test_workers_of_the_fork_server_end_with_a_killed_run(radiograph_folder, tmp
     for p in alive:  # do not leave them behind if the assertion fails
         os.kill(p, signal.SIGKILL)
     assert not alive, f"processes {alive} outlived the killed run"
+
+
+def test_a_pool_can_be_replaced_only_once_it_has_finished():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    release, made = threading.Event(), []
+
+    def make():
+        made.append(ThreadPoolExecutor(1))
+        return made[-1]
+
+    with PoolRotation(make, 1, drain_first=lambda: True) as pools:
+        slow = pools.for_next_image().submit(release.wait, 30)
+        threading.Timer(0.3, release.set).start()
+        pools.for_next_image()  # waits for the first pool's work
+        assert slow.done() and len(made) == 2
