@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,30 @@ def test_deploy_app_writes_the_seg_lungseg_segment_writes(deploy_python, study_f
         ref = theirs.ReferencedSeriesSequence[0].ReferencedInstanceSequence[0]
         assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
         assert [s.SegmentLabel for s in theirs.SegmentSequence] == ["Right lung", "Left lung"]
+
+
+FAKE_APP = """
+import os, runpy, sys, types
+from pathlib import Path
+import pipeline.cpus as cpus
+cpus.CGROUP_ROOT, cpus.PROC_CGROUP = Path(sys.argv[1]), Path(sys.argv[2])
+cpus.affinity_cpus = lambda: 4
+app = types.ModuleType("pipeline.deploy.app")
+class LungSegApp:
+    def run(self):
+        print(os.environ.get("OMP_NUM_THREADS"), "torch" in sys.modules)
+app.LungSegApp = LungSegApp
+sys.modules["pipeline.deploy.app"] = app
+runpy.run_module("pipeline.deploy", run_name="__main__")
+"""
+
+
+def test_the_app_fits_the_network_threads_to_a_cpu_quota_before_torch_loads(one_cpu_quota):
+    import pipeline.cpus as cpus
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    args = [str(cpus.CGROUP_ROOT), str(cpus.PROC_CGROUP)]
+    out = subprocess.run(
+        [sys.executable, "-c", FAKE_APP, *args], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.split() == ["1", "False"]  # set, and torch not loaded yet
