@@ -795,11 +795,21 @@ def main(argv: Sequence[str] | None = None, fast_exit: bool = False) -> int:
     args = parser.parse_args(argv)
     fit_threads_to_cpus()  # before torch loads: a container's CPU quota, not its host's cores
     if args.command in LEAN_COMMANDS:  # before anything imports torch or MONAI
-        from pipeline.lean import import_monai_for_inference, let_idle_threads_sleep
+        from pipeline.lean import (
+            import_monai_for_inference,
+            let_idle_threads_sleep,
+            pause_collector,
+        )
 
         let_idle_threads_sleep()
+        pause_collector()  # until the batch job starts its workers (Segmenter._pool)
         import_monai_for_inference()
-    code = _dispatch(args)
+    try:
+        code = _dispatch(args)
+    finally:
+        from pipeline.lean import resume_collector
+
+        resume_collector(freeze=False)  # where the command ended before starting workers
     if fast_exit and args.command in FAST_EXIT_COMMANDS:
         _exit_now(code)
     return code

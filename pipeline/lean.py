@@ -1,4 +1,4 @@
-"""The batch job's start-up: MONAI for inference alone, OpenMP threads that sleep when idle.
+"""The batch job's start-up: lean MONAI, no garbage collection, OpenMP threads that sleep.
 
 ``import monai`` imports every ``monai.*`` module (its ``load_submodules``: 430 modules,
 each executed twice), and with them, when installed, PyTorch Ignite (which pulls in
@@ -20,11 +20,17 @@ loaded here.
 :func:`let_idle_threads_sleep` makes the network's OpenMP threads sleep as soon as they run
 out of work, instead of spinning for ~300,000 iterations (libgomp's default) on cores the
 worker processes are waiting for: on 2 cores, 512² radiographs went ~10 % faster (5 runs
-of 1000 alternated, README *Throughput*). Only ``lungseg segment`` uses this module.
+of 1000 alternated, README *Throughput*).
+
+:func:`pause_collector` keeps Python's garbage collector off while the start-up creates its
+~670,000 objects, and :func:`resume_collector` turns it back on, those objects frozen, when
+the workers are about to fork: 512², 100 files, the whole process 1.14x faster (5 alternated
+runs). Only ``lungseg segment`` uses this module.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -52,6 +58,8 @@ DEFERRED = ("skimage.measure", "skimage.morphology", "skimage.exposure")
 #: MONAI's sub-packages a bundle's inference config uses, in an order free of import cycles
 #: (``monai.apps`` first, as ``import monai`` does).
 FOR_INFERENCE = ("monai.apps", "monai.transforms", "monai.data", "monai.bundle", "monai.networks")
+#: Whether :func:`pause_collector` stopped the garbage collector (and nothing resumed it).
+_COLLECTOR: dict[str, bool] = {"paused": False}
 #: OpenMP variables that decide how long a thread out of work spins before it sleeps; the
 #: first is the standard one, the second libgomp's own (it wins when set).
 WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
@@ -177,4 +185,44 @@ def let_idle_threads_sleep(env: MutableMapping[str, str] | None = None) -> bool:
     if "torch" in sys.modules or any(name in env for name in WAIT_VARIABLES):
         return False
     env["OMP_WAIT_POLICY"] = "PASSIVE"
+    return True
+
+
+def pause_collector() -> bool:
+    """Stop Python's cyclic garbage collector for the start-up (:func:`resume_collector`).
+
+    Importing torch, MONAI and highdicom and parsing highdicom's tables of the standard
+    (22 MB of JSON) create ~670,000 objects; with the collector on, each full collection
+    walks all of them again: ~0.55 s of a ~2.3 s start-up on 2 cores (imports 1.67 → 1.47 s,
+    highdicom 0.20 → 0.12 s, its tables 0.39 → 0.12 s). Start-up makes no garbage cycles
+    worth collecting.
+
+    Returns:
+        Whether it was paused (False: it was already off, e.g. the user's choice).
+    """
+    if not gc.isenabled():
+        return False
+    gc.disable()
+    _COLLECTOR["paused"] = True
+    return True
+
+
+def resume_collector(freeze: bool = True) -> bool:
+    """Restart the collector :func:`pause_collector` stopped, once; a no-op otherwise.
+
+    Args:
+        freeze: first move every object there is into the permanent generation
+            (``gc.freeze``), as CPython advises before forking: worker processes forked
+            afterwards never walk, and so never copy, the pages of what they inherited, and
+            no later collection walks the start-up's objects again.
+
+    Returns:
+        Whether it was restarted.
+    """
+    if not _COLLECTOR["paused"]:
+        return False
+    _COLLECTOR["paused"] = False
+    if freeze:
+        gc.freeze()
+    gc.enable()
     return True

@@ -134,3 +134,29 @@ def test_scikit_image_loads_at_first_use_and_monai_still_uses_it():
     assert out[0] == "False False"  # not imported while MONAI loaded
     assert out[1] == "25"  # MONAI's component filter ran with the real skimage.measure
     assert out[2] == "5 module"  # the real module replaced the stand-in
+
+
+COLLECTOR = """
+import gc, sys
+from pipeline.cli import main
+from pipeline.inference.segment import Segmenter
+states, real_pool = [], Segmenter._pool
+def pool(self):
+    states.append(gc.isenabled())  # during start-up
+    made = real_pool(self)
+    states.append(gc.isenabled())  # once the workers are started
+    return made
+Segmenter._pool = pool
+code = main(['segment', sys.argv[1], '-o', sys.argv[2], '--no-progress', '--formats', 'mask'])
+print(code, states[:2], gc.get_freeze_count() > 0, gc.isenabled())
+bad = main(['segment', sys.argv[1], '-o', sys.argv[2], '--shard', '0/4'])
+print(bad, gc.isenabled())
+"""
+
+
+def test_the_collector_sleeps_through_start_up_and_wakes_frozen_for_the_workers(tmp_path, pixels):
+    dicom_folder(tmp_path / "in", pixels)
+    args = [str(tmp_path / "in"), str(tmp_path / "out")]
+    out = python(COLLECTOR, *args, timeout=300).stdout.splitlines()
+    assert out[-2] == "0 [False, True] True True"  # paused, then on with start-up frozen
+    assert out[-1] == "2 True"  # a command that ends early leaves it on too

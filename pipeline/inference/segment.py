@@ -41,6 +41,7 @@ from pipeline.inference.workers import (
     to_wire,
 )
 from pipeline.io.discovery import InputFile, iter_inputs
+from pipeline.lean import resume_collector
 
 DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
 #: Worker processes are replaced after this many images per worker: whatever a decoder leaks
@@ -308,6 +309,7 @@ class Segmenter:
 
     def _pool(self) -> Executor:
         """Worker processes for decoding and finishing (a thread when workers is 0)."""
+        resume_collector()  # start-up is over; frozen before the workers fork (lean.py)
         if not self.workers:
             return ThreadPoolExecutor(1, thread_name_prefix="lungseg-finish")
         import multiprocessing
