@@ -630,6 +630,8 @@ def _fetch_dicomweb(
 
     sources = [DicomWebSource(str(i), studies, query) for i in inputs if is_dicomweb(i)]
     local: list[str | os.PathLike] = [i for i in inputs if not is_dicomweb(i)]
+    if sources:  # a fetch may run for minutes: not without the garbage collector
+        resume_collector(freeze=False)
     for source in sources:
         for _ in source.fetch_all(out / CACHE):
             pass

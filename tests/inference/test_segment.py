@@ -805,3 +805,30 @@ def test_a_pool_can_be_replaced_only_once_it_has_finished():
         threading.Timer(0.3, release.set).start()
         pools.for_next_image()  # waits for the first pool's work
         assert slow.done() and len(made) == 2
+
+
+def test_a_fetch_runs_with_the_garbage_collector_on(tmp_path, monkeypatch):
+    import gc
+
+    import pipeline.io.dicomweb as dicomweb
+    from pipeline.inference.segment import _fetch_dicomweb
+    from pipeline.lean import pause_collector
+
+    seen = []
+
+    class Source:  # a stand-in server: notes whether the collector runs while fetching
+        def __init__(self, url, studies, query):
+            self.url = url
+
+        def fetch_all(self, cache):
+            seen.append(gc.isenabled())
+            return iter(())
+
+    monkeypatch.setattr(dicomweb, "DicomWebSource", Source)
+    assert pause_collector()  # as lungseg segment's start-up leaves it
+    try:
+        _fetch_dicomweb(["dicomweb+http://127.0.0.1:9/dicom-web"], tmp_path, (), None)
+    finally:
+        paused = not gc.isenabled()
+        gc.enable()
+    assert seen == [True] and not paused
