@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -470,20 +471,30 @@ def test_workers_of_a_killed_run_end_with_it(radiograph_folder, tmp_path):
     out = tmp_path / "out"
     args = ["segment", str(radiograph_folder["root"]), "-o", str(out), "--workers", "2"]
     proc = _lungseg(*args, "--batch-size", "1", "--no-progress")
-    deadline = time.time() + 120
-    while time.time() < deadline and len(child_pids(proc.pid)) < 2:
-        time.sleep(0.05)
-    workers = child_pids(proc.pid)
+    workers = _wait_for_processes(child_pids, proc, 2)
     assert proc.poll() is None and len(workers) >= 2, "no workers seen before the run ended"
+    _kill_and_check_none_outlive(proc, workers)
+
+
+def _wait_for_processes(find: Any, proc: subprocess.Popen, count: int) -> set[int]:
+    """``find(proc.pid)`` once it lists ``count`` processes (or after 120 s)."""
+    deadline = time.time() + 120
+    while time.time() < deadline and len(find(proc.pid)) < count:
+        time.sleep(0.05)
+    return find(proc.pid)
+
+
+def _kill_and_check_none_outlive(proc: subprocess.Popen, processes: set[int]) -> None:
+    """SIGKILL ``proc``; each of ``processes`` must end within 10 s (killed, failing, if not)."""
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.time() + 10
-    while time.time() < deadline and any(is_running(w) for w in workers):
+    while time.time() < deadline and any(is_running(p) for p in processes):
         time.sleep(0.1)
-    alive = [w for w in workers if is_running(w)]
-    for w in alive:  # do not leave them behind if the assertion fails
-        os.kill(w, signal.SIGKILL)
-    assert not alive, f"workers {alive} outlived the killed run"
+    alive = [p for p in processes if is_running(p)]
+    for p in alive:  # do not leave them behind if the assertion fails
+        os.kill(p, signal.SIGKILL)
+    assert not alive, f"processes {alive} outlived the killed run"
 
 
 class _RecordingScorer:
@@ -774,20 +785,9 @@ def test_workers_of_the_fork_server_end_with_a_killed_run(radiograph_folder, tmp
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.time() + 120
-    while time.time() < deadline and len(descendants(proc.pid)) < 3:  # server, tracker, workers
-        time.sleep(0.05)
-    below = descendants(proc.pid)
+    below = _wait_for_processes(descendants, proc, 3)  # the server, its tracker, workers
     assert proc.poll() is None and len(below) >= 3, "no fork server and workers seen"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    deadline = time.time() + 10
-    while time.time() < deadline and any(is_running(p) for p in below):
-        time.sleep(0.1)
-    alive = [p for p in below if is_running(p)]
-    for p in alive:  # do not leave them behind if the assertion fails
-        os.kill(p, signal.SIGKILL)
-    assert not alive, f"processes {alive} outlived the killed run"
+    _kill_and_check_none_outlive(proc, below)
 
 
 def test_a_pool_can_be_replaced_only_once_it_has_finished():
