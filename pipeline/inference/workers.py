@@ -243,9 +243,9 @@ def die_with(process: int, poll_seconds: float = 1.0) -> None:
 
     try:
         handle = os.pidfd_open(process)
-    except (AttributeError, OSError) as err:  # not Linux 5.3+; or already gone
-        if isinstance(err, ProcessLookupError):
-            os._exit(1)
+    except ProcessLookupError:  # already gone
+        os._exit(1)
+    except (AttributeError, OSError):  # not Linux 5.3+: poll
         handle = None
 
     def watch() -> None:
@@ -267,7 +267,7 @@ def _exists(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
-        return True
+        pass
     return True
 
 
