@@ -3,8 +3,9 @@
 ``import monai`` imports every ``monai.*`` module (its ``load_submodules``: 430 modules,
 each executed twice), and with them, when installed, PyTorch Ignite (which pulls in
 ``torch.distributed``, FSDP and sympy), MLflow, matplotlib, pandas, ``scipy.signal``,
-``scipy.stats``, requests and nibabel: about 2.8 of the 3.8 s it takes on a 2-core CPU, none
-of it used by a batch job (lungseg imports its own requests and nibabel when it needs them).
+``scipy.stats``, requests, nibabel, ITK and jsonschema: about 2.9 of the 3.8 s it takes on a
+2-core CPU, none of it used by a batch job (lungseg imports its own requests and nibabel when
+it needs them, and reads ITK formats through SimpleITK).
 :func:`import_monai_for_inference` imports MONAI's package without that walk, then only the
 sub-packages inference uses (:data:`FOR_INFERENCE`: transforms, data, bundle
 parser, networks; ~210 modules), with the extras hidden: MONAI imports them through its
@@ -50,6 +51,8 @@ NOT_FOR_INFERENCE = (
     "scipy.stats",
     "requests",  # for monai.apps.tcia; lungseg imports its own when it reads DICOMweb
     "nibabel",  # for MONAI's NIfTI reader and writer; lungseg reads and writes NIfTI itself
+    "itk",  # for MONAI's ITK reader and writer (~70 ms); lungseg reads through SimpleITK
+    "jsonschema",  # for MONAI's bundle metadata check (~45 ms), not run by inference
 )
 #: Modules MONAI imports eagerly and a bundle's inference may use: loaded on first use
 #: instead (:class:`_Deferred`). scikit-image's measure, morphology and exposure cost ~0.4 s

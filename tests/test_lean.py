@@ -160,3 +160,31 @@ def test_the_collector_sleeps_through_start_up_and_wakes_frozen_for_the_workers(
     out = python(COLLECTOR, *args, timeout=300).stdout.splitlines()
     assert out[-2] == "0 [False, True] True True"  # paused, then on with start-up frozen
     assert out[-1] == "2 True"  # a command that ends early leaves it on too
+
+
+TABLES = """
+import gc, sys
+from pipeline.cli import main
+from pipeline.inference.segment import Segmenter
+seen, real_pool = {}, Segmenter._pool
+def pool(self):
+    made = real_pool(self)
+    from highdicom._standard_utils import get_module_attribute_map
+    table = get_module_attribute_map()
+    seen["frozen"] = not any(o is table for o in gc.get_objects())  # frozen: not listed
+    return made
+Segmenter._pool = pool
+code = main(['segment', sys.argv[1], '-o', sys.argv[2], '--no-progress', '--workers', '1'])
+print(code, seen)
+"""
+
+
+def test_highdicoms_tables_are_parsed_before_the_collector_wakes_and_frozen_with_it(
+    tmp_path, pixels
+):
+    """Parsed with the collector on, 22 MB of JSON took ~0.31 s instead of ~0.19 s, and its
+    objects stayed where every later collection (in each worker too) walked them again."""
+    dicom_folder(tmp_path / "in", pixels)
+    args = [str(tmp_path / "in"), str(tmp_path / "out")]
+    out = python(TABLES, *args, timeout=300).stdout.splitlines()
+    assert out[-1] == "0 {'frozen': True}"

@@ -308,20 +308,24 @@ class Segmenter:
         return start_method(torch.cuda.is_initialized()) == "fork"
 
     def _pool(self) -> Executor:
-        """Worker processes for decoding and finishing (a thread when workers is 0)."""
-        resume_collector()  # start-up is over; frozen before the workers fork (lean.py)
-        if not self.workers:
-            return ThreadPoolExecutor(1, thread_name_prefix="lungseg-finish")
+        """Worker processes for decoding and finishing (a thread when workers is 0).
+
+        What forked workers inherit (highdicom's tables of the standard) is built first,
+        then the collector restarts with all of it frozen (:func:`~pipeline.lean.resume_collector`).
+        """
         import multiprocessing
 
         import torch
 
         method = start_method(torch.cuda.is_initialized())
-        if method == "fork":  # workers inherit what is imported and built here
+        if self.workers and method == "fork":  # workers inherit what is imported and built here
             share_with_forked_workers(self.model)
             if OutputFormat.SEG in self.formats:  # loaded once here, not in every worker
                 load_standard_tables()
-        else:  # forked by the fork server; they watch this process (workers.die_with)
+        resume_collector()  # start-up is over; frozen before the workers fork (lean.py)
+        if not self.workers:
+            return ThreadPoolExecutor(1, thread_name_prefix="lungseg-finish")
+        if method != "fork":  # forked by the fork server; they watch this process (die_with)
             start_forkserver()
         return ProcessPoolExecutor(
             self.workers,
