@@ -1,6 +1,7 @@
 """Worker-pool replacements of ``lungseg segment`` as they happen on CUDA, measured on the CPU.
 
-The batch job replaces its pool of workers every ``RECYCLE_EVERY`` images per worker. Once
+The batch job replaces its pool of workers every ``RECYCLE_EVERY`` images per worker (large
+images; this script counts its 512² images fully too, as they were before). Once
 the network is on a GPU, CUDA is initialised and the job's process may no longer be forked,
 so later pools come from elsewhere: ``forkserver`` (what the job does: a fork server started
 with the run, its imports preloaded) or ``spawn`` (what it did before: a fresh interpreter
@@ -52,6 +53,7 @@ def child(mode: str, folder: str, out: str) -> None:
         return result
 
     seg.Predictor.load_network, seg.Predictor.forward = load_network, forward
+    seg.RECYCLE_PIXELS = 512 * 512  # a pool every RECYCLE_EVERY images per worker, as at 2048²
     if mode != "fork":
         torch.cuda.is_initialized = lambda: bool(loaded)
         seg.start_method = lambda cuda: mode if cuda else "fork"

@@ -434,7 +434,17 @@ def finish_in_worker(
 
 def _is_large(decoded: dict[str, Any]) -> bool:
     """Whether the decoded image had :data:`LARGE_IMAGE` pixels or more (or is unknown)."""
+    pixels = decoded_pixels(decoded)
+    return pixels is None or pixels >= LARGE_IMAGE
+
+
+def decoded_pixels(decoded: dict[str, Any]) -> int | None:
+    """The pixels of the image :func:`decode` decoded (before or after :func:`to_wire`).
+
+    Returns:
+        Rows x columns as stored in the file, or None when it did not decode.
+    """
     item = decoded.get("item")
     meta = item.get("image_meta", getattr(item["image"], "meta", {})) if item else {}
     shape = meta.get("original_shape")
-    return shape is None or math.prod(shape) >= LARGE_IMAGE
+    return None if shape is None else math.prod(shape)

@@ -54,6 +54,7 @@ def segmented(radiograph_folder, tmp_path_factory):
     argv = ["segment", str(root), "-o", str(out), "--workers", "2", "--batch-size", "3"]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(segment_module, "RECYCLE_EVERY", 2)  # images per worker
+        mp.setattr(segment_module, "RECYCLE_PIXELS", 1)  # each image counts fully
         code = main([*argv, "--no-progress", "--formats", "seg,mask,overlay,nifti"])
     return {"out": out, "code": code, "before": before, **radiograph_folder}
 
@@ -712,6 +713,51 @@ def test_enough_images_decode_ahead_to_keep_every_worker_busy(
     assert len(first) == batch_size and len(submitted) == ahead
 
 
+def test_small_images_count_their_share_towards_replacing_the_workers():
+    from pipeline.inference.segment import MIN_RECYCLE_WEIGHT, RECYCLE_PIXELS, recycle_weight
+
+    def decoded(rows, cols):  # as the workers send it (to_wire)
+        return {"item": {"image": None, "image_meta": {"original_shape": (rows, cols)}}}
+
+    assert recycle_weight(decoded(512, 512)) == 512 * 512 / RECYCLE_PIXELS == 0.125
+    assert recycle_weight(decoded(2048, 2048)) == recycle_weight(decoded(3000, 2500)) == 1
+    assert recycle_weight(decoded(64, 64)) == MIN_RECYCLE_WEIGHT
+    assert recycle_weight({"error": ("failed", "truncated")}) == 1  # not decoded: in full
+
+
+def test_the_pool_is_replaced_after_its_weighted_share(tmp_path, monkeypatch):
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    from pipeline.inference.predictor import Predictor
+    from pipeline.inference.report import Journal
+    from pipeline.inference.segment import Segmenter
+
+    made = []
+    model = Predictor(device="cpu", network=False)
+    monkeypatch.setattr(model, "load_network", lambda: None)
+
+    def make():
+        made.append(ThreadPoolExecutor(1))
+        return made[-1]
+
+    def decode(pool, job):  # a 512² image decoded
+        done: Future = Future()
+        meta = {"original_shape": (512, 512)}
+        done.set_result({"item": {"image": None, "image_meta": meta}})
+        return done
+
+    journal = Journal(tmp_path, {"started": "20261206000000"}, False, "")
+    seg = Segmenter(model, tmp_path, ["mask"], journal, 4, 2, progress=False)
+    monkeypatch.setattr(seg, "_decode", decode)
+    with PoolRotation(make, 4) as pools:  # 4 full-size images per pool
+        batches = list(seg._batches(pools, list(range(60))))
+    journal.close()
+    assert sum(map(len, batches)) == 60
+    # the 8 images submitted before the first batch came back count 1 each (2 pools); every
+    # later 512² image 1/8: 52 more in 2 pools (counting each image as 1: 15 pools)
+    assert len(made) == 4 and seg.weight == 0.125
+
+
 def test_a_pool_is_replaced_without_waiting_for_what_it_still_runs():
     import threading
     from concurrent.futures import ThreadPoolExecutor
@@ -742,6 +788,7 @@ import torch
 import pipeline.inference.segment as segment
 torch.cuda.is_initialized = lambda: True
 segment.RECYCLE_EVERY = 2
+segment.RECYCLE_PIXELS = 1
 from pipeline.cli import run
 sys.argv = ["lungseg", *sys.argv[1:]]
 run()
