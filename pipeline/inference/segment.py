@@ -27,6 +27,7 @@ from pipeline.enums import OutputFormat, Status
 from pipeline.inference.outputs import Context, load_standard_tables, output_path, row
 from pipeline.inference.predictor import Predictor
 from pipeline.inference.report import Journal, write_reports, write_summary
+from pipeline.inference.slots import SlotRef, Slots
 from pipeline.inference.timing import Stopwatch, split
 from pipeline.inference.workers import (
     KeepImage,
@@ -275,6 +276,10 @@ class Segmenter:
         #: Images decoded ahead of the network, and finishing behind it, at most: enough to
         #: keep every worker busy, bounded so memory stays flat.
         self.depth = max(2 * batch_size, 2 * workers)
+        #: Shared memory for the pixels of the images in flight (decoding ahead, in the
+        #: batch, finishing behind: at most 2 depths and a batch), made with the first pool.
+        self.slots: Slots | None = None
+        self._slot_of: dict[str, int | None] = {}
         self.progress = progress
         self.summary = Summary()
         self.retry_rows: dict[str, dict[str, Any]] = {}
@@ -301,6 +306,8 @@ class Segmenter:
         every = RECYCLE_EVERY * self.workers  # 0 (no workers): one thread, never replaced
         if self.workers and self.model.device.type == "cuda":
             start_forkserver()  # its imports run beside the first pool's work (start_method)
+        if self.workers:
+            self.slots = Slots(2 * self.depth + self.batch_size + 2)
         with PoolRotation(self._pool, every, self._forks) as pools:
             self._stream(pools, todo, bar)
         bar.close()
@@ -360,7 +367,13 @@ class Segmenter:
             self.workers,
             mp_context=multiprocessing.get_context(method),
             initializer=init_worker,
-            initargs=(str(self.model.bundle), self.model.overrides, os.getpid(), method != "fork"),
+            initargs=(
+                str(self.model.bundle),
+                self.model.overrides,
+                os.getpid(),
+                method != "fork",
+                self.slots,
+            ),
         )
 
     def _decode(self, pool: Executor, job: Job) -> Future:
@@ -371,10 +384,32 @@ class Segmenter:
         if job.collides_with:  # reported as failed without decoding
             args = (job.file.path, True, KeepImage.NONE)
         if isinstance(pool, ProcessPoolExecutor):
-            return pool.submit(decode_in_worker, *args)
+            slot = None if args[1] or self.slots is None else self.slots.take()
+            self._slot_of[job.key] = slot
+            return pool.submit(decode_in_worker, *args, slot)
         done: Future = Future()
         done.set_result(decode(*args, self.model))
         return done
+
+    def _from_slot(self, decoded: dict[str, Any]) -> dict[str, Any]:
+        """``decoded`` with its network input read from the shared slots (a view)."""
+        image = decoded.get("item", {}).get("image")
+        if not isinstance(image, SlotRef):
+            return decoded
+        item = {**decoded["item"], "image": self.slots.get(image)}
+        return {**decoded, "item": item, "input_ref": image}
+
+    def _logits_to_slot(self, wire: dict[str, Any], decoded: dict[str, Any]) -> dict[str, Any]:
+        """``wire`` with its logits written over the network input in the slot, when they fit."""
+        where = decoded.get("input_ref")
+        if where is None or wire["logits"].nbytes > where.nbytes:
+            return wire
+        return {**wire, "logits": self.slots.put(where.slot, wire["logits"], where.offset)}
+
+    def _free_slot(self, job: Job) -> None:
+        """The slot of ``job``'s pixels is free again (its worker is done with it)."""
+        if self.slots is not None:
+            self.slots.free(self._slot_of.pop(job.key, None))
 
     def _batches(self, pools: PoolRotation, todo: list[Job]):
         """Decoded batches, in order, with up to :attr:`depth` images decoding ahead."""
@@ -389,7 +424,7 @@ class Segmenter:
                 return
             self.model.load_network()  # (once) while the workers decode the first images
             batch, ahead = ahead[: self.batch_size], ahead[self.batch_size :]
-            decoded = [(job, future.result()) for job, future in batch]
+            decoded = [(job, self._from_slot(future.result())) for job, future in batch]
             self.weight = recycle_weight(decoded[-1][1])
             yield decoded
 
@@ -426,13 +461,17 @@ class Segmenter:
             args = (job.file.path, job.file.relative, decoded, self.context)
             if isinstance(pool, ProcessPoolExecutor):
                 wire = to_wire(decoded, pixels=False)  # the network has had them
+                wire = self._logits_to_slot(wire, decoded)
+                wire.pop("input_ref", None)
                 args = (job.file.path, job.file.relative, wire, self.context)
                 return _timed(pool.submit(finish_in_worker, *args), decoded["start"])
             return _timed(pool.submit(safe_finish, *args, self.model), decoded["start"])
+        self._free_slot(job)  # nothing left to finish
         return _timed(done, decoded["start"])
 
     def _record(self, job: Job, future: Future) -> None:
         result, stages = future.result()
+        self._free_slot(job)
         result["seconds"] = round(future.finished_at - future.started_at, 4)
         self.summary.add_all(stages)
         if "tb_input" in result:  # scored with others first (see _flush_tb)

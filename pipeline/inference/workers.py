@@ -13,6 +13,9 @@ they get the cores. On 2 cores this ran 512² radiographs ~20 % faster than one 
 thread beside two equal-priority workers (README, *Throughput*). With the network on a GPU
 the main process mostly waits and the workers have the CPU to themselves.
 
+Pixels pass between the batch job's process and its workers through shared memory
+(:mod:`pipeline.inference.slots`: :func:`stash_pixels`), the rest through the pool's pipes.
+
 Workers are forked from the batch job's process and inherit its imports and predictor; once
 the network has initialised CUDA, pools are forked by a fork server instead
 (:func:`start_method`). Either way a worker ends with the batch job's process, however that
@@ -29,8 +32,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pipeline.enums import Status, StrEnum
 from pipeline.inference.outputs import Context, row, write_outputs
+from pipeline.inference.slots import Slots, resolve
 from pipeline.inference.timing import Stopwatch, count_whole_process
 from pipeline.io.errors import OutputError
 
@@ -334,7 +340,11 @@ def lower_priority(increment: int = WORKER_NICENESS) -> None:
 
 
 def init_worker(
-    bundle: str, overrides: dict[str, Any], parent: int, via_server: bool = False
+    bundle: str,
+    overrides: dict[str, Any],
+    parent: int,
+    via_server: bool = False,
+    slots: Slots | None = None,
 ) -> None:
     """Pool initializer: die with the batch job, lowest priority, one thread, no network.
 
@@ -345,8 +355,11 @@ def init_worker(
         overrides: its config overrides.
         parent: the batch job's process, which this worker must not outlive.
         via_server: forked by the fork server (:func:`start_method`), not by ``parent``.
+        slots: the shared memory pixels pass through (:mod:`pipeline.inference.slots`).
     """
     import torch
+
+    _WORKER["slots"] = slots
 
     if via_server:
         die_with(parent)
@@ -375,7 +388,6 @@ def to_wire(decoded: dict[str, Any], pixels: bool = True) -> dict[str, Any]:
         pixels: send the preprocessed image's pixels; without them (for finishing: the
             post-processing reads only the image's metadata) an empty array stands in.
     """
-    import numpy as np
     import torch
 
     def plain(value: Any) -> Any:
@@ -395,7 +407,6 @@ def to_wire(decoded: dict[str, Any], pixels: bool = True) -> dict[str, Any]:
 
 def from_wire(decoded: dict[str, Any]) -> dict[str, Any]:
     """Undo :func:`to_wire`: the item's image a MetaTensor again, the logits a tensor."""
-    import numpy as np
     import torch
     from monai.data import MetaTensor
 
@@ -413,18 +424,51 @@ def from_wire(decoded: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def decode_in_worker(path: Path, sidecar: bool, keep: KeepImage) -> dict[str, Any]:
-    """:func:`decode` with the preprocessing loaded by :func:`init_worker`, for the pipe."""
+def stash_pixels(wire: dict[str, Any], slots: Slots, slot: int) -> dict[str, Any]:
+    """``wire`` (:func:`to_wire`'s) with its network input and kept image left in ``slot``.
+
+    Each array that fits is replaced by its :class:`~pipeline.inference.slots.SlotRef`
+    (the input first, the kept image after it); one that does not stays in ``wire``.
+    """
+    out, offset = dict(wire), 0
+    item = out.get("item")
+    if item is not None and isinstance(item.get("image"), np.ndarray):
+        ref = slots.put(slot, item["image"])
+        if ref is not None:
+            out["item"], offset = {**item, "image": ref}, slots.end_of(ref)
+    if isinstance(out.get("original"), np.ndarray):
+        out["original"] = slots.put(slot, out["original"], offset) or out["original"]
+    return out
+
+
+def decode_in_worker(
+    path: Path, sidecar: bool, keep: KeepImage, slot: int | None = None
+) -> dict[str, Any]:
+    """:func:`decode` with the preprocessing loaded by :func:`init_worker`, for the pipe.
+
+    Args:
+        path: the input file.
+        sidecar: skip it (not an image file, by its suffix).
+        keep: which copy of the decoded image to keep for finishing.
+        slot: the shared slot its pixels go to (:func:`stash_pixels`; None: the pipe).
+    """
     decoded = decode(path, sidecar, keep, _WORKER["predictor"])
     if _is_large(decoded):
         trim_now_and_then()
-    return to_wire(decoded)
+    wire = to_wire(decoded)
+    slots = _WORKER.get("slots")
+    return wire if slot is None or slots is None else stash_pixels(wire, slots, slot)
 
 
 def finish_in_worker(
     path: Path, relative: Path, decoded: dict[str, Any], ctx: Context
 ) -> tuple[dict, dict]:
-    """:func:`safe_finish` with the post-processing loaded by :func:`init_worker`."""
+    """:func:`safe_finish` with the post-processing loaded by :func:`init_worker`.
+
+    The logits and the kept image may be in the shared slots (read there, not copied).
+    """
+    slots = _WORKER.get("slots")
+    decoded = {k: resolve(v, slots) for k, v in decoded.items()}
     decoded = from_wire(decoded)
     result = safe_finish(path, relative, decoded, ctx, _WORKER["predictor"])
     if _is_large(decoded):

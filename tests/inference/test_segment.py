@@ -466,6 +466,42 @@ def test_two_runs_over_the_same_files_write_identical_seg_files(
     assert seg.InstanceCreationTime == seg.ContentTime == "120000"
 
 
+@pytest.mark.parametrize("count", [None, 2])
+def test_pixels_pass_through_the_shared_slots_and_every_slot_comes_back(
+    radiograph_folder, tmp_path, monkeypatch, count
+):
+    """The same files as with no workers (nothing shared); with 2 slots for 9 images in
+    flight, each slot is reused many times and the rest go through the pipes."""
+    import pipeline.inference.segment as segment_module
+    from pipeline.inference.slots import SlotRef, Slots
+
+    root = radiograph_folder["root"] / "dicom"
+    formats = ["--formats", "seg,mask,overlay", "--no-progress", "--batch-size", "3"]
+    seen, sent, real_run = [], [], segment_module.Segmenter.run
+
+    def run(self, jobs):
+        seen.append(self)
+        return real_run(self, jobs)
+
+    def from_slot(self, decoded):  # which inputs came back through a slot
+        sent.append(isinstance(decoded.get("item", {}).get("image"), SlotRef))
+        return real_from_slot(self, decoded)
+
+    real_from_slot = segment_module.Segmenter._from_slot
+    monkeypatch.setattr(segment_module.Segmenter, "run", run)
+    monkeypatch.setattr(segment_module.Segmenter, "_from_slot", from_slot)
+    if count is not None:
+        monkeypatch.setattr(segment_module, "Slots", lambda n: Slots(count))
+    assert main(["segment", str(root), "-o", str(tmp_path / "a"), "--workers", "2", *formats]) == 0
+    slots = seen[0].slots
+    assert sorted(slots._free) == list(range(slots.count)) and not seen[0]._slot_of
+    assert any(sent) and (all(sent) if count is None else not all(sent))
+    assert main(["segment", str(root), "-o", str(tmp_path / "b"), "--workers", "0", *formats]) == 0
+    for kind in ("masks", "overlays"):
+        assert _digest(tmp_path / "a" / kind) == _digest(tmp_path / "b" / kind), kind
+    assert len(_digest(tmp_path / "a" / "masks")) == 5
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
 def test_workers_of_a_killed_run_end_with_it(radiograph_folder, tmp_path):
