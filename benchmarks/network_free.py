@@ -42,8 +42,10 @@ def child(folder: str, out: str, workers: str) -> None:
         if not cached:  # the job's process CPU counted from the end of this on (no start-up)
             cached.append(real_forward(self, images))
             marks["start"], marks["first"] = _cpu(resource.RUSAGE_SELF), len(images)
-        reps = -(-len(images) // len(cached[0]))
-        return torch.cat([cached[0]] * reps)[: len(images)].clone()
+        logits = cached[0]
+        if len(images) > len(logits):
+            logits = torch.cat([logits] * -(-len(images) // len(logits)))
+        return logits[: len(images)].clone()  # one copy, as a GPU's logits are copied back
 
     def run(self, jobs):
         done = real_run(self, jobs)

@@ -17,6 +17,7 @@ a larger network input) is sent through the pipe as before.
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -40,7 +41,7 @@ class SlotRef(NamedTuple):
     @property
     def nbytes(self) -> int:
         """The array's size in bytes."""
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
 
 class Slots:
