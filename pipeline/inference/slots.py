@@ -8,11 +8,13 @@ through the pool's pipes. Pickled through them, these arrays (~0.5 MB each way p
 image) cost the job's process ~1.6 ms and the workers ~1.1 ms of CPU per image; through the
 slots ~0.3 and ~0.2 ms (``ProcessPoolExecutor``, 2 workers, 1000 images of those sizes).
 
-The memory is one torch tensor in shared memory (torch's shared storage: a file descriptor
-whose name is unlinked at once, so nothing outlives the processes, however they end). Forked
-workers inherit its mapping; a fork server's workers receive its descriptor when they start.
-An array that does not fit its slot's room (a full-resolution image kept for TB screening,
-a larger network input) is sent through the pipe as before.
+The memory is an anonymous file (``memfd_create``): it has no name, so nothing outlives the
+processes however they end, and it is not counted against ``/dev/shm``, which containers
+often cap at 64 MB (where writing past the cap kills a process with SIGBUS). Forked workers
+inherit its mapping; a fork server's workers receive its descriptor when they start. Where
+the OS has no ``memfd_create`` it is an anonymous shared mapping, which only forked workers
+share. An array that does not fit its slot's room (a full-resolution image kept for TB
+screening, a larger network input) is sent through the pipe as before.
 """
 
 from __future__ import annotations
@@ -48,27 +50,41 @@ class Slots:
     """``count`` slots of ``size`` bytes in shared memory, and which of them are free.
 
     Only the batch job's process takes and frees slots (:meth:`take`, :meth:`free`); any
-    process holding the object reads and writes them (:meth:`put`, :meth:`get`).
+    process holding the object reads and writes them (:meth:`put`, :meth:`get`). Pages are
+    backed by memory only once written.
 
     Args:
         count: slots (images in flight at most; more are sent through the pipes).
         size: bytes per slot.
-        buffer: the shared uint8 tensor of ``count * size`` bytes (default: a new one).
+        fd: an open anonymous file of ``count * size`` bytes to map (default: a new one).
     """
 
-    def __init__(self, count: int, size: int = SLOT_BYTES, buffer: Any = None):
-        import torch
+    def __init__(self, count: int, size: int = SLOT_BYTES, fd: int | None = None):
+        import mmap
+        import os
 
-        if buffer is None:  # untouched: pages are backed once written (not share_memory_'s copy)
-            storage = torch.UntypedStorage._new_shared(count * size)
-            buffer = torch.empty(0, dtype=torch.uint8).set_(storage)
-        self.count, self.size, self.buffer = count, size, buffer
-        self.bytes = buffer.numpy()
+        self.count, self.size = count, size
+        if fd is None and hasattr(os, "memfd_create"):
+            fd = os.memfd_create("lungseg-slots", os.MFD_CLOEXEC)
+            os.ftruncate(fd, count * size)
+        self.fd = fd
+        self.memory = mmap.mmap(-1 if fd is None else fd, count * size)
+        self.bytes = np.frombuffer(self.memory, dtype=np.uint8)
         self._free = list(range(count - 1, -1, -1))
 
     def __reduce__(self) -> tuple:
-        """Pickled for a fork server's worker: the tensor passes as its file descriptor."""
-        return (Slots, (self.count, self.size, self.buffer))
+        """Pickled for a fork server's worker: the file passes as a duplicated descriptor.
+
+        Raises:
+            pickle.PicklingError: the memory is an anonymous mapping (no ``memfd_create``),
+                which only forked processes can share.
+        """
+        import pickle
+        from multiprocessing.reduction import DupFd
+
+        if self.fd is None:
+            raise pickle.PicklingError("these slots can only be shared with forked workers")
+        return (_attach, (DupFd(self.fd), self.count, self.size))
 
     def take(self) -> int | None:
         """A free slot, now taken, or None when every slot is in use."""
@@ -98,6 +114,11 @@ class Slots:
     def end_of(self, ref: SlotRef) -> int:
         """The first byte after ``ref``'s array in its slot (where the next one may go)."""
         return ref.offset + ref.nbytes
+
+
+def _attach(fd: Any, count: int, size: int) -> Slots:
+    """The :class:`Slots` of a descriptor received from the batch job's process."""
+    return Slots(count, size, fd.detach())
 
 
 def resolve(value: Any, slots: Slots | None) -> Any:

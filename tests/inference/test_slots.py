@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 
 import numpy as np
 import pytest
@@ -62,3 +63,14 @@ def test_a_worker_writes_where_the_job_reads(method):
     with ProcessPoolExecutor(1, mp_context=context, initializer=_hold, initargs=(slots,)) as pool:
         offset = pool.submit(_write, 7).result(timeout=60)
     assert np.array_equal(slots.get(SlotRef(0, offset, (4, 4), "<i2")), np.full((4, 4), 7))
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="Linux's memfd_create")
+def test_the_memory_is_an_anonymous_file_outside_dev_shm():
+    """Containers cap /dev/shm (Docker: 64 MB), and writing past the cap is a SIGBUS."""
+    before = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    slots = Slots(2, size=4096)
+    slots.put(1, np.ones(4096, np.uint8))
+    assert os.readlink(f"/proc/self/fd/{slots.fd}").startswith("/memfd:lungseg-slots")
+    after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
+    assert after == before
