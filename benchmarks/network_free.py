@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_throughput import INPUTS, ROOT, build_folder, forward_only
+from segment_throughput import INPUTS, build_folder, forward_only, parse_or_run_child
 
 
 def child(folder: str, out: str, workers: str) -> None:
@@ -115,11 +115,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--distinct", type=int, default=100)
     parser.add_argument("--workers", default="auto")
-    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-segment")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(*args.child)
+    args = parse_or_run_child(parser, child)
+    if args is None:
         return
     results = []
     for name in args.inputs:

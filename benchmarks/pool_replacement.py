@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_throughput import ROOT, build_folder
+from segment_throughput import build_folder, parse_or_run_child
 
 MODES = ("fork", "forkserver", "spawn")
 
@@ -94,11 +94,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=600)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-segment")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        child(*args.child)
+    args = parse_or_run_child(parser, child)
+    if args is None:
         return
     folder = build_folder("512", args.count, 100, args.work)
     runs: dict[str, list[dict]] = {m: [] for m in MODES}

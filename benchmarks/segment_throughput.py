@@ -33,6 +33,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,24 @@ def run_segment(folder: Path, out: Path, args: argparse.Namespace, memory: bool 
     summary["peak_pss_mib"] = peak[0] / 1024
     summary["peak_main_mib"], summary["peak_workers_mib"] = peak[1] / 1024, peak[2] / 1024
     return summary
+
+
+def parse_or_run_child(
+    parser: argparse.ArgumentParser, child: Callable[..., None]
+) -> argparse.Namespace | None:
+    """Parse the command line with ``--work`` and a hidden ``--child A B C`` added.
+
+    Returns:
+        The arguments; None after running ``child(A, B, C)`` when ``--child`` was given
+        (the benchmark's own child process).
+    """
+    parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-segment")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return None
+    return args
 
 
 def forward_only(folder: Path, args: argparse.Namespace) -> float:
