@@ -372,7 +372,7 @@ class Segmenter:
                 self.model.overrides,
                 os.getpid(),
                 method != "fork",
-                self.slots,
+                self.slots.for_workers(method),
             ),
         )
 

@@ -65,8 +65,11 @@ class Slots:
 
         self.count, self.size = count, size
         if fd is None and hasattr(os, "memfd_create"):
-            fd = os.memfd_create("lungseg-slots", os.MFD_CLOEXEC)
-            os.ftruncate(fd, count * size)
+            try:
+                fd = os.memfd_create("lungseg-slots", os.MFD_CLOEXEC)
+                os.ftruncate(fd, count * size)
+            except OSError:  # e.g. a sandbox that forbids it: an anonymous mapping instead
+                fd = None
         self.fd = fd
         self.memory = mmap.mmap(-1 if fd is None else fd, count * size)
         self.bytes = np.frombuffer(self.memory, dtype=np.uint8)
@@ -85,6 +88,14 @@ class Slots:
         if self.fd is None:
             raise pickle.PicklingError("these slots can only be shared with forked workers")
         return (_attach, (DupFd(self.fd), self.count, self.size))
+
+    def for_workers(self, start_method: str) -> Slots | None:
+        """These slots, if workers started by ``start_method`` can share them, else None.
+
+        An anonymous mapping (no ``memfd_create``) reaches forked workers only; workers
+        without slots send their pixels through the pipes.
+        """
+        return self if start_method == "fork" or self.fd is not None else None
 
     def take(self) -> int | None:
         """A free slot, now taken, or None when every slot is in use."""

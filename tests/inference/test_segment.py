@@ -819,10 +819,15 @@ def test_a_pool_is_replaced_without_waiting_for_what_it_still_runs():
 #: ``lungseg segment`` as it runs once CUDA is up (every pool then comes from the fork
 #: server), on the CPU: ``torch.cuda.is_initialized`` made to say so.
 AS_ON_CUDA = """
+import os
 import sys
 import torch
 import pipeline.inference.segment as segment
 torch.cuda.is_initialized = lambda: True
+if os.environ.get("NO_MEMFD"):  # a sandbox forbidding it: slots for forked workers only
+    def forbidden(*args):
+        raise PermissionError(1, "Operation not permitted")
+    os.memfd_create = forbidden
 segment.RECYCLE_EVERY = 2
 segment.RECYCLE_PIXELS = 1
 from pipeline.cli import run
@@ -841,7 +846,8 @@ def descendants(pid: int) -> set[int]:
     return out
 
 
-def test_pools_started_once_cuda_is_up_are_forked_by_the_fork_server(segmented, tmp_path):
+@pytest.mark.parametrize("memfd", [True, False])
+def test_pools_started_once_cuda_is_up_are_forked_by_the_fork_server(segmented, tmp_path, memfd):
     from pipeline.inference.workers import start_method
 
     assert start_method(False) == "fork" and start_method(True) == "forkserver"
@@ -852,6 +858,7 @@ def test_pools_started_once_cuda_is_up_are_forked_by_the_fork_server(segmented, 
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, **({} if memfd else {"NO_MEMFD": "1"})},
     )
     assert proc.returncode == segmented["code"], proc.stdout + proc.stderr  # (some inputs fail)
     statuses = {k: row["status"] for k, row in _report(segmented["out"]).items()}

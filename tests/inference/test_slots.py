@@ -72,5 +72,24 @@ def test_the_memory_is_an_anonymous_file_outside_dev_shm():
     slots = Slots(2, size=4096)
     slots.put(1, np.ones(4096, np.uint8))
     assert os.readlink(f"/proc/self/fd/{slots.fd}").startswith("/memfd:lungseg-slots")
+    assert slots.for_workers("forkserver") is slots
     after = set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
     assert after == before
+
+
+def test_without_memfd_the_slots_are_an_anonymous_mapping_for_forked_workers_only(monkeypatch):
+    """A sandbox may forbid memfd_create: the job still runs, a fork server's workers
+    then send their pixels through the pipes."""
+    import pickle
+
+    def forbidden(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "memfd_create", forbidden, raising=False)
+    slots = Slots(2, size=4096)
+    assert slots.fd is None
+    ref = slots.put(0, np.arange(6, dtype=np.int32))
+    assert np.array_equal(slots.get(ref), np.arange(6))
+    assert slots.for_workers("fork") is slots and slots.for_workers("forkserver") is None
+    with pytest.raises(pickle.PicklingError, match="forked workers"):
+        pickle.dumps(slots)
