@@ -53,12 +53,18 @@ def _write(value: int) -> int:
     return _HELD["slots"].put(0, np.full((4, 4), value, dtype=np.int16)).offset
 
 
-@pytest.mark.parametrize("method", ["fork", "forkserver"])
-def test_a_worker_writes_where_the_job_reads(method):
-    """Forked workers inherit the memory; a fork server's receive it when they start."""
+@pytest.mark.parametrize(
+    ("method", "memfd"), [("fork", True), ("forkserver", True), ("fork", False)]
+)
+def test_a_worker_writes_where_the_job_reads(method, memfd, monkeypatch):
+    """Forked workers inherit the memory (an anonymous mapping too); a fork server's
+    receive its file when they start."""
     from concurrent.futures import ProcessPoolExecutor
 
+    if not memfd:
+        monkeypatch.delattr(os, "memfd_create", raising=False)
     slots = Slots(1, size=4096)
+    assert (slots.fd is not None) == (memfd and hasattr(os, "memfd_create"))
     context = multiprocessing.get_context(method)
     with ProcessPoolExecutor(1, mp_context=context, initializer=_hold, initargs=(slots,)) as pool:
         offset = pool.submit(_write, 7).result(timeout=60)
