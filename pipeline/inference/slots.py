@@ -97,6 +97,11 @@ class Slots:
         """
         return self if start_method == "fork" or self.fd is not None else None
 
+    @property
+    def in_use(self) -> int:
+        """Slots taken and not yet given back."""
+        return self.count - len(self._free)
+
     def take(self) -> int | None:
         """A free slot, now taken, or None when every slot is in use."""
         return self._free.pop() if self._free else None

@@ -30,9 +30,10 @@ def test_an_array_too_large_for_its_room_is_refused_and_slots_run_out():
     assert slots.put(0, np.zeros(1025, np.uint8)) is None
     assert slots.put(0, np.zeros(100, np.uint8), offset=1000) is None  # aligned past the room
     assert [slots.take(), slots.take(), slots.take()] == [0, 1, None]
+    assert slots.in_use == 2
     slots.free(1)
     slots.free(None)  # nothing was taken
-    assert slots.take() == 1
+    assert slots.in_use == 1 and slots.take() == 1
 
 
 def test_a_reference_without_the_slots_is_an_error_naming_it():

@@ -53,3 +53,21 @@ def test_a_worker_trims_its_heap_every_few_large_images_not_after_each(
     for _ in range(2 * workers.TRIM_EVERY):
         workers.decode_in_worker(path, False, KeepImage.NONE)
     assert trims == [1]
+
+
+def test_pixels_that_fit_go_to_the_slot_and_the_rest_through_the_pipe():
+    from pipeline.inference.slots import SlotRef, Slots
+    from pipeline.inference.workers import stash_pixels
+
+    slots = Slots(2, size=300_000)
+    image = np.random.default_rng(0).random((1, 256, 256), dtype=np.float32)  # 262 KB
+    small, large = np.ones((100, 100), np.uint8), np.ones((256, 256), np.uint8)
+    wire = {"item": {"image": image, "image_meta": {}}, "original": small, "stages": {}}
+    out = stash_pixels(wire, slots, 1)
+    assert isinstance(out["item"]["image"], SlotRef) and isinstance(out["original"], SlotRef)
+    assert np.array_equal(slots.get(out["item"]["image"]), image)
+    assert np.array_equal(slots.get(out["original"]), small)
+    assert out["original"].offset >= slots.end_of(out["item"]["image"])  # after the input
+    out = stash_pixels({**wire, "original": large}, slots, 0)  # would end past the slot
+    assert isinstance(out["item"]["image"], SlotRef) and out["original"] is large
+    assert wire["item"]["image"] is image  # the wire itself is left as it was
