@@ -27,26 +27,24 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_throughput import INPUTS, build_folder, forward_only, parse_or_run_child
+from segment_throughput import (
+    INPUTS,
+    build_folder,
+    forward_only,
+    parse_or_run_child,
+    segment_with,
+)
 
 
 def child(folder: str, out: str, workers: str) -> None:
     """Run the job with a free network; print its figures as JSON.
 
-    The stand-in is put in place once ``lungseg segment``'s own start-up has imported
-    MONAI its lean way (:mod:`pipeline.lean`), so the process is the one a user runs.
+    The stand-in goes in after ``lungseg segment``'s own start-up (``segment_with``), so
+    the process is the one a user runs.
     """
-    import pipeline.cli as cli
-
     marks: dict[str, float] = {}
-    real_dispatch = cli._dispatch
-
-    def dispatch(args):
-        _stand_in(marks)
-        return real_dispatch(args)
-
-    cli._dispatch = dispatch
-    code = cli.main(["segment", folder, "-o", out, "--no-progress", "--workers", workers])
+    argv = [folder, "-o", out, "--no-progress", "--workers", workers]
+    code = segment_with(lambda: _stand_in(marks), argv)
     summary = json.loads((Path(out) / "summary.json").read_text())
     processed = summary["this_run"]["processed"]
     print(

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from segment_throughput import build_folder, parse_or_run_child
+from segment_throughput import build_folder, parse_or_run_child, segment_with
 
 MODES = ("fork", "forkserver", "spawn")
 
@@ -36,21 +36,12 @@ MODES = ("fork", "forkserver", "spawn")
 def child(mode: str, folder: str, out: str) -> None:
     """Run ``lungseg segment`` with pools after the network's loading started by ``mode``.
 
-    The stand-ins go in once ``lungseg segment``'s own start-up has imported MONAI its lean
-    way (:mod:`pipeline.lean`), so the process is the one a user runs.
+    The stand-ins go in after ``lungseg segment``'s own start-up (``segment_with``), so the
+    process is the one a user runs.
     """
-    import pipeline.cli as cli
-
     started, forwards = time.perf_counter(), []
-    real_dispatch = cli._dispatch
-
-    def dispatch(args):
-        _as_on_cuda(mode, started, forwards)
-        return real_dispatch(args)
-
-    cli._dispatch = dispatch
-    argv = ["segment", folder, "-o", out, "--no-progress", "--formats", "seg,mask,overlay"]
-    code = cli.main(argv)
+    argv = [folder, "-o", out, "--no-progress", "--formats", "seg,mask,overlay"]
+    code = segment_with(lambda: _as_on_cuda(mode, started, forwards), argv)
     gaps = [b[0] - a[1] for a, b in itertools.pairwise(forwards)]
     print(
         json.dumps(

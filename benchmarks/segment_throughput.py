@@ -155,6 +155,25 @@ def parse_or_run_child(
     return args
 
 
+def segment_with(stand_ins: Callable[[], None], argv: list[str]) -> int:
+    """``lungseg segment argv`` in this process, ``stand_ins()`` run after its start-up.
+
+    The stand-ins go in once the command has imported MONAI its lean way and set its
+    OpenMP wait policy (:mod:`pipeline.lean`): importing torch or the batch job's modules
+    before that would import MONAI in full and leave the network's threads spinning.
+    """
+    import pipeline.cli as cli
+
+    real_dispatch = cli._dispatch
+
+    def dispatch(args: argparse.Namespace) -> int:
+        stand_ins()
+        return real_dispatch(args)
+
+    cli._dispatch = dispatch
+    return cli.main(["segment", *argv])
+
+
 def forward_only(folder: Path, args: argparse.Namespace) -> float:
     """The network alone: images/s on one preprocessed batch, repeated."""
     from pipeline.inference.predictor import Predictor

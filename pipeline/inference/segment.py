@@ -30,6 +30,7 @@ from pipeline.inference.report import Journal, write_reports, write_summary
 from pipeline.inference.slots import SlotRef, Slots
 from pipeline.inference.timing import Stopwatch, split
 from pipeline.inference.workers import (
+    LARGE_IMAGE,
     KeepImage,
     decode,
     decode_in_worker,
@@ -52,9 +53,9 @@ DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
 #: smaller than :data:`RECYCLE_PIXELS` counts as its share of that size
 #: (:func:`recycle_weight`).
 RECYCLE_EVERY = 128
-#: Images of at least this many pixels (about 1448², as
-#: :data:`~pipeline.inference.workers.LARGE_IMAGE`) count fully towards :data:`RECYCLE_EVERY`.
-RECYCLE_PIXELS = 2**21
+#: Images of at least this many pixels (about 1448², the workers' large images) count fully
+#: towards :data:`RECYCLE_EVERY`.
+RECYCLE_PIXELS = LARGE_IMAGE
 #: The least an image counts towards :data:`RECYCLE_EVERY` (a 362² image and smaller).
 MIN_RECYCLE_WEIGHT = 1 / 16
 #: Stages timed per run (``summary.json`` → ``this_run.stage_seconds``, wall-clock, and

@@ -720,12 +720,8 @@ def test_a_cpu_quota_sizes_the_workers_and_the_summary_says_so(one_cpu_quota, tm
     assert summary["resources"]["usable_cpus"] == 1 and summary["resources"]["workers"] == 1
 
 
-@pytest.mark.parametrize(("workers", "batch_size", "ahead"), [(2, 8, 16), (12, 4, 24), (0, 3, 6)])
-def test_enough_images_decode_ahead_to_keep_every_worker_busy(
-    tmp_path, workers, batch_size, ahead, monkeypatch
-):
-    from concurrent.futures import Future
-
+def _bare_segmenter(tmp_path, monkeypatch, batch_size: int, workers: int) -> tuple:
+    """A Segmenter over the shipped bundle whose network never loads, and its journal."""
     from pipeline.inference.predictor import Predictor
     from pipeline.inference.report import Journal
     from pipeline.inference.segment import Segmenter
@@ -734,6 +730,16 @@ def test_enough_images_decode_ahead_to_keep_every_worker_busy(
     monkeypatch.setattr(model, "load_network", lambda: None)
     journal = Journal(tmp_path, {"started": "20260101000000"}, False, "")
     seg = Segmenter(model, tmp_path, ["mask"], journal, batch_size, workers, progress=False)
+    return seg, journal
+
+
+@pytest.mark.parametrize(("workers", "batch_size", "ahead"), [(2, 8, 16), (12, 4, 24), (0, 3, 6)])
+def test_enough_images_decode_ahead_to_keep_every_worker_busy(
+    tmp_path, workers, batch_size, ahead, monkeypatch
+):
+    from concurrent.futures import Future
+
+    seg, journal = _bare_segmenter(tmp_path, monkeypatch, batch_size, workers)
     submitted = []
 
     def decode(pool, job):  # a decode already done
@@ -763,13 +769,7 @@ def test_small_images_count_their_share_towards_replacing_the_workers():
 def test_the_pool_is_replaced_after_its_weighted_share(tmp_path, monkeypatch):
     from concurrent.futures import Future, ThreadPoolExecutor
 
-    from pipeline.inference.predictor import Predictor
-    from pipeline.inference.report import Journal
-    from pipeline.inference.segment import Segmenter
-
     made = []
-    model = Predictor(device="cpu", network=False)
-    monkeypatch.setattr(model, "load_network", lambda: None)
 
     def make():
         made.append(ThreadPoolExecutor(1))
@@ -781,8 +781,7 @@ def test_the_pool_is_replaced_after_its_weighted_share(tmp_path, monkeypatch):
         done.set_result({"item": {"image": None, "image_meta": meta}})
         return done
 
-    journal = Journal(tmp_path, {"started": "20261206000000"}, False, "")
-    seg = Segmenter(model, tmp_path, ["mask"], journal, 4, 2, progress=False)
+    seg, journal = _bare_segmenter(tmp_path, monkeypatch, 4, 2)
     monkeypatch.setattr(seg, "_decode", decode)
     with PoolRotation(make, 4) as pools:  # 4 full-size images per pool
         batches = list(seg._batches(pools, list(range(60))))
