@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -16,6 +17,11 @@ import pytest
 from PIL import Image
 
 from pipeline.io.datasets import default_data_dir
+from pipeline.io.highdicom_tables import CACHE_ENV
+
+#: The tests' cache folder (the index of highdicom's table), not the user's; child processes
+#: inherit it.
+os.environ.setdefault(CACHE_ENV, str(Path(tempfile.gettempdir()) / f"lungseg-tests-{os.getuid()}"))
 
 #: Two cases from each source; MCUCXR_0001_0 has the black band Montgomery images carry.
 CASES = ("MCUCXR_0001_0.png", "MCUCXR_0104_1.png", "CHNCXR_0001_0.png", "CHNCXR_0327_1.png")

@@ -29,6 +29,7 @@ from pipeline.inference.lungs import LungMeasures
 from pipeline.inference.predictor import Prediction
 from pipeline.inference.timing import Stopwatch
 from pipeline.io.atomic import atomic_path
+from pipeline.io.highdicom_tables import install as install_lazy_tables
 from pipeline.io.png import RowFilter, save_png, to_uint8
 from pipeline.transforms.geometry import nearest_index
 from pipeline.transforms.morphology import max_square
@@ -400,6 +401,7 @@ def build_seg(source: Any, m: LungMeasures, uids: dict[str, str], algorithm: dic
         uids: ``series_instance_uid`` and ``sop_instance_uid`` of the new object.
         algorithm: ``name`` and ``version`` of the algorithm.
     """
+    install_lazy_tables()
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
@@ -498,10 +500,13 @@ def _copied_keywords(sop_class_uid: str) -> tuple[str, ...]:
 
 
 def load_standard_tables() -> None:
-    """Load highdicom's tables of the standard now (~0.5 s of JSON), e.g. before forking.
+    """Load highdicom's tables of the standard now, e.g. before forking.
 
-    Workers forked afterwards inherit them instead of each parsing them again.
+    The table of module attributes comes from :mod:`pipeline.io.highdicom_tables` (each
+    module parsed when first read: ~20 ms instead of ~0.2 s for the 22 MB of JSON). Workers
+    forked afterwards inherit the tables instead of each loading them again.
     """
+    install_lazy_tables()
     from highdicom._standard_utils import (
         get_iod_module_map,
         get_module_attribute_map,
@@ -1006,6 +1011,7 @@ def build_sr(
     Raises:
         ValueError: the pixel spacing is unknown (areas in mm² cannot be given).
     """
+    install_lazy_tables()
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
