@@ -28,7 +28,7 @@ from pipeline.inference.bundle import ModelIdentity
 from pipeline.inference.lungs import LungMeasures
 from pipeline.inference.predictor import Prediction
 from pipeline.inference.timing import Stopwatch
-from pipeline.io.atomic import atomic_path
+from pipeline.io.atomic import atomic_path, write_bytes_atomic
 from pipeline.io.highdicom_tables import install as install_lazy_tables
 from pipeline.io.png import RowFilter, save_png, to_uint8
 from pipeline.transforms.geometry import nearest_index
@@ -1216,8 +1216,7 @@ def _write_seg(path: Path, relative: Path, m: LungMeasures, ctx: Context, clock:
     if OutputFormat.SR not in ctx.formats:  # bytes straight from a template (no dataset)
         encoded = seg_bytes_of(source, m, ctx.identity, ctx.started)
         clock.lap("seg_encode")
-        with atomic_path(target) as tmp:
-            tmp.write_bytes(encoded)
+        write_bytes_atomic(target, encoded)
         clock.lap("write")
         return ""
     seg = seg_of(source, m, ctx.identity)

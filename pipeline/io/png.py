@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.io.atomic import atomic_path
+from pipeline.io.atomic import write_bytes_atomic
 
 
 def to_uint8(image: np.ndarray) -> np.ndarray:
@@ -42,10 +42,7 @@ def save_png(
         palette: ``(n, 3)`` uint8 RGB colours, n <= 256, for an indexed-colour PNG.
         row_filter: the rows' PNG filter.
     """
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(encode_png(image, compress_level, palette, row_filter))
-    return path
+    return write_bytes_atomic(path, encode_png(image, compress_level, palette, row_filter))
 
 
 #: PNG colour type by the number of channels (grey, RGB, RGBA), 8 bits per sample.

@@ -22,6 +22,8 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask, mask, mode):
     umask(mask)
     path = atomic.write_text_atomic(tmp_path / "out" / "report.csv", "a,b\n")
     assert stat.S_IMODE(path.stat().st_mode) == mode
+    path = atomic.write_bytes_atomic(tmp_path / "out" / "mask.png", b"png")
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 def test_the_file_is_synced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
@@ -48,6 +50,27 @@ def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     assert target.read_text() == "old" and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_bytes_are_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    target = atomic.write_bytes_atomic(tmp_path / "seg.dcm", b"old")
+    real_write, written = os.write, []
+
+    def short_write(fd: int, data) -> int:  # the kernel may take part of a buffer
+        written.append(len(data))
+        return real_write(fd, bytes(data[:3]))
+
+    monkeypatch.setattr(atomic.os, "write", short_write)
+    atomic.write_bytes_atomic(target, b"0123456789")
+    assert target.read_bytes() == b"0123456789" and written == [10, 7, 4, 1]
+
+    def full_disk(fd: int, data) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic.os, "write", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        atomic.write_bytes_atomic(target, b"new")
+    assert target.read_bytes() == b"0123456789" and not list(tmp_path.glob(".*.tmp"))
+
+
 def test_a_folder_it_creates_is_synced_into_its_parent(tmp_path, monkeypatch):
     synced = []
     real = atomic.fsync_path
@@ -55,14 +78,20 @@ def test_a_folder_it_creates_is_synced_into_its_parent(tmp_path, monkeypatch):
     (tmp_path / "out").mkdir()
     target = tmp_path / "out" / "masks" / "study" / "a.png"
     atomic.write_bytes_atomic(target, b"png")
-    # the new folders' names (in out, then masks), the file, then the folder holding it
+    # the new folders' names (in out, then masks), then the folder holding the file (the
+    # file itself is fsync'ed through its descriptor: the test above)
     new_names = [str(tmp_path / "out"), str(tmp_path / "out" / "masks")]
-    assert synced[:2] == new_names and synced[2].endswith(".tmp")
-    assert synced[3:] == [str(target.parent)] and target.read_bytes() == b"png"
+    assert synced == [*new_names, str(target.parent)] and target.read_bytes() == b"png"
     synced.clear()
     atomic.write_bytes_atomic(target.with_name("b.png"), b"png")  # folders there: no extra
-    assert len(synced) == 2
+    assert synced == [str(target.parent)]
     synced.clear()
+    with atomic.atomic_path(target.with_name("c.png")) as tmp:  # by name: file and folder
+        tmp.write_bytes(b"png")
+    assert synced[0].endswith(".tmp") and synced[1:] == [str(target.parent)]
+    synced.clear()
+    atomic.write_bytes_atomic(tmp_path / "scratch2" / "d.png", b"d", durable=False)
+    assert synced == [] and (tmp_path / "scratch2" / "d.png").read_bytes() == b"d"
     with atomic.atomic_path(tmp_path / "scratch" / "c.txt", durable=False) as tmp:
         tmp.write_text("c")
     assert synced == [] and (tmp_path / "scratch" / "c.txt").is_file()
