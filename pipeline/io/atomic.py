@@ -69,6 +69,26 @@ def make_folders(folder: str | os.PathLike, durable: bool = True) -> None:
 
 
 @contextlib.contextmanager
+def _staged(path: Path, durable: bool) -> Iterator[tuple[int, str]]:
+    """A new temporary file beside ``path`` (descriptor, name), renamed to ``path`` on success.
+
+    The caller fills the file, fsyncs it (when ``durable``) and closes the descriptor; the
+    rename is followed by the folder's fsync. An exception removes the temporary file.
+    """
+    make_folders(path.parent, durable)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        yield fd, tmp
+        os.replace(tmp, path)
+        if durable:
+            fsync_path(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success make it ``path``, durably.
 
@@ -80,22 +100,12 @@ def atomic_path(path: str | os.PathLike, durable: bool = True) -> Iterator[Path]
         durable: fsync the file before the rename and the folder after it (and the parent
             of each folder created).
     """
-    path = Path(path)
-    make_folders(path.parent, durable)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with _staged(Path(path), durable) as (fd, tmp):
+        os.close(fd)
         yield Path(tmp)
         os.chmod(tmp, file_mode())
         if durable:
             fsync_path(tmp)
-        os.replace(tmp, path)
-        if durable:
-            fsync_path(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -113,9 +123,7 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = Tru
     per image).
     """
     path = Path(path)
-    make_folders(path.parent, durable)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
+    with _staged(path, durable) as (fd, _):
         try:
             _write_all(fd, data)
             os.fchmod(fd, file_mode())
@@ -123,13 +131,6 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = Tru
                 os.fsync(fd)
         finally:
             os.close(fd)
-        os.replace(tmp, path)
-        if durable:
-            fsync_path(path.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
     return path
 
 
