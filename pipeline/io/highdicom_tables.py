@@ -10,8 +10,8 @@ as bytes, with each module's JSON cut out and parsed when first asked for. Where
 lies in the file (:func:`module_spans`) is found by one whole parse, then kept in a small
 index in the cache folder (:func:`cache_dir`), named after highdicom's version and the
 file's size and modification time: later processes read the file and the index (~20 ms).
-Without a writable cache folder, or with an index that does not fit the file, every start
-parses the whole table, as highdicom itself does.
+Without a cache folder (no home folder), a writable one, or an index that fits the file,
+every start parses the whole table, as highdicom itself does.
 """
 
 from __future__ import annotations
@@ -33,12 +33,19 @@ CACHE_ENV = "LUNGSEG_CACHE_DIR"
 _STATE: dict[str, Any] = {}
 
 
-def cache_dir() -> Path:
-    """``$LUNGSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/lungseg``, else ``~/.cache/lungseg``."""
+def cache_dir() -> Path | None:
+    """``$LUNGSEG_CACHE_DIR``, else ``$XDG_CACHE_HOME/lungseg``, else ``~/.cache/lungseg``.
+
+    None when none is set and the user has no home folder (a container's arbitrary user).
+    """
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lungseg"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "lungseg"
+    try:
+        return Path.home() / ".cache" / "lungseg"
+    except (RuntimeError, KeyError):  # no $HOME and no passwd entry
+        return None
 
 
 class ModuleTable(Mapping[str, list]):
@@ -116,21 +123,24 @@ def load_table(path: Path, version: str) -> ModuleTable:
         text = data.decode("utf-8")
         return ModuleTable(text, module_spans(text))
     index = _index_path(path, version)
-    spans = _read_index(index, len(data))
+    spans = None if index is None else _read_index(index, len(data))
     if spans is None:
         spans = module_spans(data.decode("ascii"))
-        # without a writable cache, the next process parses the file whole again
-        with contextlib.suppress(OSError), atomic_path(index, durable=False) as tmp:
-            tmp.write_text(json.dumps(spans))
+        if index is not None:  # without a writable cache, the next start parses it whole again
+            with contextlib.suppress(OSError), atomic_path(index, durable=False) as tmp:
+                tmp.write_text(json.dumps(spans))
     return ModuleTable(data, spans)
 
 
-def _index_path(path: Path, version: str) -> Path:
-    """The index's name in the cache: highdicom's version, the file's size and time."""
+def _index_path(path: Path, version: str) -> Path | None:
+    """The index's name in the cache (highdicom's version, the file's size and time)."""
+    folder = cache_dir()
+    if folder is None:
+        return None
     stat = path.stat()
     key = f"{version}:{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir() / f"highdicom-{version}-module-attributes-{digest}.json"
+    return folder / f"highdicom-{version}-module-attributes-{digest}.json"
 
 
 def _read_index(index: Path, length: int) -> dict[str, tuple[int, int]] | None:

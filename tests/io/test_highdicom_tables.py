@@ -84,6 +84,21 @@ def test_without_a_writable_cache_the_file_is_parsed_each_time(
     assert dict(tables.load_table(table_file, "test")) == whole
 
 
+def test_a_user_without_a_home_folder_gets_no_cache(table_file, whole, monkeypatch):
+    """A container's arbitrary user (no $HOME, no passwd entry) made Path.home() raise."""
+    monkeypatch.delenv(tables.CACHE_ENV, raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.setattr(tables.Path, "home", staticmethod(no_home))
+    assert tables.cache_dir() is None
+    assert dict(tables.load_table(table_file, "test")) == whole
+    monkeypatch.setenv("XDG_CACHE_HOME", "/somewhere")
+    assert tables.cache_dir() == Path("/somewhere/lungseg")
+
+
 def test_a_file_with_other_than_ascii_is_parsed_not_indexed(tmp_path, cache):
     path = tmp_path / "table.json"
     path.write_text('{"é": ["ü"], "b": []}', encoding="utf-8")
