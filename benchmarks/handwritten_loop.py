@@ -4,9 +4,10 @@ pydicom decodes and applies the Modality and VOI LUTs, the image is inverted for
 MONOCHROME1, scaled to its 0.5-99.5 percentiles, resized to the network's input with
 Pillow (no letterbox: the benchmark's images are square or nearly), run through the
 shipped TorchScript model at batch 1, and the thresholded probability is resized back and
-saved as a 0/255 PNG mask. Run as a whole process (imports included):
+saved as a 0/255 PNG mask. The model runs on ``--device`` (a user with a GPU puts it there;
+default: the CPU). Run as a whole process (imports included):
 
-    python benchmarks/handwritten_loop.py MODEL.ts OUT_DIR FILE...
+    python benchmarks/handwritten_loop.py [--device cuda] MODEL.ts OUT_DIR FILE...
 """
 
 import sys
@@ -22,8 +23,12 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
 def main() -> None:
     """Segment the files given on the command line; print images/s of the loop."""
-    model = torch.jit.load(sys.argv[1], map_location="cpu").eval()
-    out, files = Path(sys.argv[2]), sys.argv[3:]
+    args = sys.argv[1:]
+    device = "cpu"
+    if args[0] == "--device":
+        device, args = args[1], args[2:]
+    model = torch.jit.load(args[0], map_location=device).eval()
+    out, files = Path(args[1]), args[2:]
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     for name in files:
@@ -35,7 +40,8 @@ def main() -> None:
         arr = np.clip((arr - lo) / max(hi - lo, 1e-6), 0, 1)
         small = np.asarray(Image.fromarray(arr).resize((256, 256), Image.Resampling.BILINEAR))
         with torch.inference_mode():
-            prob = torch.sigmoid(model(torch.from_numpy(small)[None, None]))[0, 0].numpy()
+            batch = torch.from_numpy(small.copy())[None, None].to(device)
+            prob = torch.sigmoid(model(batch))[0, 0].cpu().numpy()
         mask = Image.fromarray(prob).resize(arr.shape[::-1], Image.Resampling.BILINEAR)
         png = Image.fromarray(np.where(np.asarray(mask) > 0.5, 255, 0).astype(np.uint8))
         png.save(out / (Path(name).stem + ".png"))

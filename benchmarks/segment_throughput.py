@@ -203,13 +203,17 @@ def _overrides(args: argparse.Namespace) -> dict:
 LOOP_MAX = 250
 
 
-def handwritten_loop(folder: Path, out: Path, limit: int = 100) -> float:
-    """The hand-written loop as a whole process (imports included); images/s."""
+def handwritten_loop(folder: Path, out: Path, limit: int = 100, device: str = "cpu") -> float:
+    """The hand-written loop as a whole process (imports included); images/s.
+
+    Its model runs on ``device``, the job's (a user with a GPU puts it there).
+    """
     from pipeline.inference.bundle import BUNDLE
 
     files = [str(p) for p in sorted(folder.rglob("*.dcm"))[:limit]]
     script = ROOT / "benchmarks" / "handwritten_loop.py"
-    cmd = [sys.executable, str(script), str(Path(BUNDLE) / "models" / "model.ts"), str(out)]
+    cmd = [sys.executable, str(script), "--device", device]
+    cmd += [str(Path(BUNDLE) / "models" / "model.ts"), str(out)]
     start = time.perf_counter()
     subprocess.run([*cmd, *files], check=True, capture_output=True)
     return len(files) / (time.perf_counter() - start)
@@ -222,7 +226,9 @@ def measure(name: str, count: int, args: argparse.Namespace) -> dict:
     summary = run_segment(folder, args.work / f"out-{name}-{count}", args)
     sampled = run_segment(folder, args.work / f"out-{name}-{count}-memory", args, memory=True)
     run = summary["this_run"]
-    loop = handwritten_loop(folder, args.work / "loop", count) if count <= LOOP_MAX else None
+    loop = None
+    if count <= LOOP_MAX:  # on the job's device, as its user would run it
+        loop = handwritten_loop(folder, args.work / "loop", count, summary["device"])
     forward = (forward_before + forward_only(folder, args)) / 2
     per_image = {s: 1000 * run["stage_seconds"][s] / count for s in STAGES}
     cpu = {s: 1000 * run["stage_cpu_seconds"][s] / count for s in STAGES}
