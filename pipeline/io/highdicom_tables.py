@@ -11,7 +11,9 @@ lies in the file (:func:`module_spans`) is found by one whole parse, then kept i
 index in the cache folder (:func:`cache_dir`), named after highdicom's version and the
 file's size and modification time: later processes read the file and the index (~20 ms).
 Without a cache folder (no home folder), a writable one, or an index that fits the file,
-every start parses the whole table, as highdicom itself does.
+every start parses the whole table, as highdicom itself does. A module is taken from its
+span only where its key precedes it and it parses alone; otherwise (an index damaged but of
+the right length) from one parse of the whole file.
 """
 
 from __future__ import annotations
@@ -61,12 +63,28 @@ class ModuleTable(Mapping[str, list]):
     def __init__(self, data: bytes | str, spans: dict[str, tuple[int, int]]):
         self._data, self._spans = data, spans
         self.parsed: dict[str, list] = {}
+        self._whole: dict[str, list] | None = None
 
     def __getitem__(self, key: str) -> list:
         if key not in self.parsed:
             start, end = self._spans[key]  # KeyError for an unknown module, as the dict's
-            self.parsed[key] = json.loads(self._data[start:end])
+            self.parsed[key] = self._value(key, start, end)
         return self.parsed[key]
+
+    def _value(self, key: str, start: int, end: int) -> list:
+        """The JSON at ``start:end`` when ``"key":`` precedes it and it parses alone.
+
+        Otherwise (an index that fits the file's length but not its content) the value
+        from one parse of the whole file.
+        """
+        before = self._data[max(0, start - len(key) - 64) : start]
+        text = before.decode("ascii", "replace") if isinstance(before, bytes) else before
+        if text.rstrip().removesuffix(":").rstrip().endswith(json.dumps(key)):
+            with contextlib.suppress(ValueError):
+                return json.loads(self._data[start:end])
+        if self._whole is None:
+            self._whole = json.loads(self._data)
+        return self._whole[key]
 
     def __contains__(self, key: object) -> bool:
         return key in self._spans

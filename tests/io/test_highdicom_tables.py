@@ -66,6 +66,23 @@ def test_an_index_that_does_not_fit_is_rebuilt(table_file, whole, cache, content
     assert json.loads(index.read_text())["patient"] != [5, 99999999999]  # written again
 
 
+def test_an_index_that_fits_the_length_but_not_the_content_gives_the_right_values(
+    table_file, whole, cache
+):
+    tables.load_table(table_file, "test")
+    (index,) = cache.glob("*.json")
+    spans = json.loads(index.read_text())
+    spans["patient"], spans["general-study"] = spans["general-study"], spans["patient"]
+    a, b = spans["cr-image"]
+    spans["cr-image"] = [a, b - 1]  # cut short: does not parse alone
+    index.write_text(json.dumps(spans))
+    table = tables.load_table(table_file, "test")
+    assert table["patient"] == whole["patient"]
+    assert table["general-study"] == whole["general-study"]
+    assert table["cr-image"] == whole["cr-image"]
+    assert dict(table) == whole
+
+
 def test_a_changed_file_gets_its_own_index(tmp_path, cache):
     path = tmp_path / "table.json"
     path.write_text('{"a": [1], "b": {"c": "d"}}')
