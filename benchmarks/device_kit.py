@@ -37,7 +37,9 @@ import sys
 from importlib.metadata import version
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from segment_throughput import ROOT
+
 #: What ``lungseg segment`` imports that the device's Python lacks (its other needs, torch,
 #: numpy, SciPy, scikit-image, Pillow, PyYAML, tqdm and packaging, are there).
 WHEELS = (

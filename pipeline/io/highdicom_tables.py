@@ -19,12 +19,12 @@ the right length) from one parse of the whole file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
 
 from pipeline.io.atomic import atomic_path
 
@@ -32,7 +32,6 @@ from pipeline.io.atomic import atomic_path
 TABLE = "_standard/module_attribute_map.json"
 #: Environment variable naming the cache folder (default: ``$XDG_CACHE_HOME/lungseg``).
 CACHE_ENV = "LUNGSEG_CACHE_DIR"
-_STATE: dict[str, Any] = {}
 
 
 def cache_dir() -> Path | None:
@@ -104,7 +103,7 @@ def module_spans(text: str) -> dict[str, tuple[int, int]]:
     """
     decoder, spans = json.JSONDecoder(), {}
     at = _skip(text, 0, "{")
-    while text[at] != "}":
+    while text[at : at + 1] != "}":  # an empty slice at the end: raw_decode says why
         key, at = decoder.raw_decode(text, at)
         start = _skip(text, at, ":")
         end = decoder.raw_decode(text, start)[1]
@@ -114,9 +113,15 @@ def module_spans(text: str) -> dict[str, tuple[int, int]]:
 
 
 def _skip(text: str, at: int, char: str, optional: bool = False) -> int:
-    """The index after whitespace, ``char`` and whitespace from ``at``."""
-    while text[at].isspace():
+    """The index after whitespace, ``char`` and whitespace from ``at``.
+
+    Raises:
+        ValueError: the text ends before ``char`` (unless ``optional``), or another follows.
+    """
+    while at < len(text) and text[at].isspace():
         at += 1
+    if at == len(text):
+        raise ValueError(f"the table ends at offset {at}, before {char!r} or its closing brace")
     if text[at] == char:
         at += 1
     elif not optional:
@@ -171,15 +176,15 @@ def _read_index(index: Path, length: int) -> dict[str, tuple[int, int]] | None:
     return spans if spans and fits else None
 
 
+@functools.cache
 def install() -> bool:
     """Make highdicom read its module table through :class:`ModuleTable` (once).
 
     Replaces ``get_module_attribute_map`` in highdicom's modules that bound it. Returns
     whether it is installed; False (highdicom keeps its own, whole parse) where this
-    highdicom has no such table or function, or the file cannot be read.
+    highdicom has no such table or function, or the file cannot be read. Either outcome
+    is kept: later calls neither read the file again nor retry.
     """
-    if "table" in _STATE:
-        return True
     try:
         import highdicom
         from highdicom import _standard_utils as standard
@@ -193,7 +198,6 @@ def install() -> bool:
         table = load_table(path, highdicom.__version__)
     except (OSError, ValueError):
         return False
-    _STATE["table"] = table
     _rebind(original, lambda: table)
     return True
 

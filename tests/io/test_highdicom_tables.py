@@ -175,3 +175,28 @@ def test_highdicom_builds_the_same_seg_reading_a_module_at_a_time(tmp_path, pixe
     assert whole[1:] == ["dict", "True", "False"]
     assert lazy[1:] == again[1:] == ["ModuleTable", "True", "True"]
     assert lazy[0] == again[0] == whole[0]
+
+
+@pytest.mark.parametrize("text", ["{", '{"a": 1,', '{"a": [1]  '])
+def test_a_table_cut_short_is_a_value_error(text):
+    """Before, a table ending after its opening brace raised IndexError, which install()
+    does not catch: SEG writing failed instead of leaving highdicom its own parse."""
+    with pytest.raises(ValueError):
+        tables.module_spans(text)
+
+
+def test_a_failed_install_is_not_retried(monkeypatch):
+    """install() runs for every SEG template built; a failure used to read the file again."""
+    calls = []
+
+    def broken(path: Path, version: str):
+        calls.append(path)
+        raise ValueError("not a JSON object")
+
+    monkeypatch.setattr(tables, "load_table", broken)
+    tables.install.cache_clear()
+    try:
+        assert tables.install() is False and tables.install() is False
+        assert len(calls) == 1
+    finally:
+        tables.install.cache_clear()
