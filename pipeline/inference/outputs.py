@@ -478,8 +478,10 @@ def _copied_keywords(sop_class_uid: str) -> tuple[str, ...]:
     """Root attributes highdicom copies from a source of this SOP class into a SEG.
 
     Those of the Patient and Study information entities and of the Specimen module, by
-    highdicom's own tables of the standard.
+    highdicom's own tables of the standard (the module table read a module at a time:
+    :func:`~pipeline.io.highdicom_tables.install`, also where no one loaded it before).
     """
+    install_lazy_tables()
     from highdicom._standard_utils import (
         get_iod_module_map,
         get_module_attribute_map,

@@ -200,3 +200,46 @@ def test_a_failed_install_is_not_retried(monkeypatch):
         assert len(calls) == 1
     finally:
         tables.install.cache_clear()
+
+
+TEMPLATED = """
+import json, sys
+import pydicom
+big = []
+real_loads = json.loads
+def loads(text, *a, **k):
+    if len(text) > 1_000_000:
+        big.append(len(text))
+    return real_loads(text, *a, **k)
+json.loads = loads
+from pipeline.inference import outputs
+from pipeline.inference.lungs import measure
+import numpy as np
+source = pydicom.dcmread(sys.argv[1], stop_before_pixels=True)
+mask = np.zeros((source.Rows, source.Columns), bool)
+mask[100:400, 60:240] = mask[100:400, 280:460] = True
+m = measure(mask, mask.astype(np.float32), "L\\\\F", (0.7, 0.7))
+uids = {"series_instance_uid": "1.2.3", "sop_instance_uid": "1.2.4"}
+algorithm = {"name": "lungseg", "version": "1"}
+outputs.SegTemplates().encode(source, m, uids, algorithm, "20260102030405")
+print(len(big))
+"""
+
+
+def test_a_seg_template_without_loaded_tables_reads_a_module_at_a_time(tmp_path, pixels):
+    """Before, SegTemplates asked for the table before build_seg installed the lazy one, so a
+    process that had not called load_standard_tables (``--workers 0``, the web viewer, the
+    DICOM node) parsed highdicom's whole 22 MB file (~0.2 s) for its first SEG."""
+    dicom_folder(tmp_path / "in", pixels)
+    env = {**__import__("os").environ, tables.CACHE_ENV: str(tmp_path / "cache")}
+    source = str(tmp_path / "in" / "0.dcm")
+    for _ in range(2):  # the first run builds the index (one whole parse), the second reads it
+        out = subprocess.run(
+            [sys.executable, "-c", TEMPLATED, source],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=300,
+            env=env,
+        )
+    assert out.stdout.split() == ["0"]
