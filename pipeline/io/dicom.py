@@ -149,7 +149,7 @@ def _check_sop_class(ds: Any, path: str | os.PathLike) -> None:
 def decode_stored(ds: Any, path: str | os.PathLike) -> np.ndarray:
     """Decode Pixel Data to stored values, grayscale (RGB is reduced to luma with a warning)."""
     try:
-        arr = ds.pixel_array
+        arr = _pixel_array(ds)
     except (ValueError, EOFError) as err:
         text = str(err)
         if "length" in text or "expected" in text.lower() or "truncat" in text.lower():
@@ -164,6 +164,26 @@ def decode_stored(ds: Any, path: str | os.PathLike) -> np.ndarray:
     if arr.ndim != 2:
         raise DecodeError(path, f"pixel array has shape {arr.shape}; expected rows x columns")
     return arr
+
+
+def _pixel_array(ds: Any) -> np.ndarray:
+    """``ds.pixel_array``; JPEG Lossless through libjpeg-turbo first (~5 x faster).
+
+    :mod:`pipeline.io.jpeg_lossless`; where it refuses a stream, pydicom's own decoders
+    decode it (and raise what they raise).
+    """
+    from pipeline.io.jpeg_lossless import plugin_for
+
+    plugin = plugin_for(ds)
+    if plugin is not None:
+        ds.pixel_array_options(decoding_plugin=plugin)
+        try:
+            return ds.pixel_array
+        except Exception:  # any refusal: pydicom's own decoders decide below
+            pass
+        finally:
+            ds.pixel_array_options()
+    return ds.pixel_array
 
 
 def rgb_to_gray(arr: np.ndarray, path: str | os.PathLike) -> np.ndarray:

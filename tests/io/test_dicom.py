@@ -260,7 +260,9 @@ def test_lateral_view_is_skipped_unless_allowed(tmp_path, pixels, view):
     assert image.shape == pixels.shape and meta["view_position"] == view
 
 
-@pytest.mark.parametrize("variant", [DicomVariant.MONO2_8BIT, DicomVariant.JPEG2000], ids=str)
+@pytest.mark.parametrize(
+    "variant", [DicomVariant.MONO2_8BIT, DicomVariant.JPEG2000, DicomVariant.JPEG_LOSSLESS], ids=str
+)
 def test_truncated_pixel_data(tmp_path, pixels, variant):
     data = _write(tmp_path, build_dicom(pixels, variant), "full.dcm").read_bytes()
     cut = tmp_path / "cut.dcm"

@@ -1,0 +1,131 @@
+"""JPEG Lossless decoded by libjpeg-turbo (pipeline.io.jpeg_lossless) as pydicom's decoders do."""
+
+from __future__ import annotations
+
+import imagecodecs
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+
+from pipeline.io import jpeg_lossless
+from pipeline.io.dicom import decode_stored
+
+SV1, PROCESS_14 = jpeg_lossless.SYNTAXES[1], jpeg_lossless.SYNTAXES[0]
+
+
+def _stored(pixels: np.ndarray, bits: int, signed: bool) -> np.ndarray:
+    """A real radiograph at ``bits`` of precision, low bits filled (not just a shifted 8-bit)."""
+    wide = pixels.astype(np.int64) << max(0, bits - 8)
+    wide |= np.arange(pixels.size).reshape(pixels.shape) % (1 << max(0, bits - 8))
+    wide >>= max(0, 8 - bits)
+    return wide - (1 << (bits - 1)) if signed else wide
+
+
+def _dataset(pixels: np.ndarray, bits: int, signed: bool = False, predictor: int = 1) -> Dataset:
+    stored = _stored(pixels, bits, signed)
+    allocated = 8 if bits <= 8 else 16
+    # the codestream holds the bit pattern of the stored values, unsigned, at ``bits``
+    pattern = (stored & ((1 << bits) - 1)).astype(np.uint8 if allocated == 8 else np.uint16)
+    frame = imagecodecs.jpeg8_encode(
+        pattern, lossless=True, predictor=predictor, bitspersample=bits
+    )
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = SV1 if predictor == 1 else PROCESS_14
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = allocated, bits, bits - 1
+    ds.PixelRepresentation = int(signed)
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    return ds
+
+
+def _pydicoms_own(ds: Dataset) -> np.ndarray:
+    """What pydicom's own JPEG Lossless decoder (pylibjpeg-libjpeg) gives."""
+    ds.pixel_array_options(decoding_plugin="pylibjpeg")
+    try:
+        return ds.pixel_array.copy()
+    finally:
+        ds.pixel_array_options()
+
+
+@pytest.fixture
+def turbo_calls(monkeypatch) -> list[int]:
+    """Counts libjpeg-turbo's decodes."""
+    calls, real = [], imagecodecs.jpeg8_decode
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(imagecodecs, "jpeg8_decode", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("bits", "signed", "predictor"),
+    [
+        (12, False, 1),
+        (16, False, 1),
+        (8, False, 1),
+        (10, False, 1),
+        (15, False, 1),
+        (12, True, 1),
+        (16, True, 1),
+        (12, False, 4),
+        (16, False, 7),
+        (10, True, 2),
+    ],
+)
+def test_the_same_values_as_pydicoms_own_decoder(pixels, turbo_calls, bits, signed, predictor):
+    """Before, every JPEG Lossless frame went through pylibjpeg-libjpeg (~5 x slower)."""
+    part = pixels[:509, :397]  # odd sizes
+    expected = _pydicoms_own(_dataset(part, bits, signed, predictor))
+    got = decode_stored(_dataset(part, bits, signed, predictor), "x.dcm")
+    assert turbo_calls, "libjpeg-turbo did not decode the frame"
+    assert got.dtype == expected.dtype and got.shape == expected.shape == (509, 397)
+    np.testing.assert_array_equal(got, expected)
+    assert np.array_equal(got, _stored(pixels[:509, :397], bits, signed))
+
+
+def test_a_stream_libjpeg_turbo_refuses_goes_to_pydicoms_decoder(pixels, monkeypatch):
+    ds, expected = _dataset(pixels, 12), _pydicoms_own(_dataset(pixels, 12))
+
+    def refuse(*args, **kwargs):
+        raise imagecodecs.JpegError("refused")  # what imagecodecs raises for a bad stream
+
+    monkeypatch.setattr(imagecodecs, "jpeg8_decode", refuse)
+    np.testing.assert_array_equal(decode_stored(ds, "x.dcm"), expected)
+
+
+def test_without_imagecodecs_pydicoms_decoder_decodes(pixels, monkeypatch):
+    ds, expected = _dataset(pixels, 12), _pydicoms_own(_dataset(pixels, 12))
+    monkeypatch.setattr(jpeg_lossless, "plugin_for", lambda ds: None)
+    monkeypatch.setattr(jpeg_lossless.importlib.util, "find_spec", lambda name: None)
+    assert not jpeg_lossless.is_available(SV1)
+    np.testing.assert_array_equal(decode_stored(ds, "x.dcm"), expected)
+
+
+def test_only_monochrome_jpeg_lossless_takes_the_plugin(pixels):
+    ds = _dataset(pixels, 12)
+    assert jpeg_lossless.plugin_for(ds) == jpeg_lossless.LABEL
+    ds.SamplesPerPixel = 3
+    assert jpeg_lossless.plugin_for(ds) is None
+    ds.SamplesPerPixel = 1
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
+    assert jpeg_lossless.plugin_for(ds) is None
+
+
+def test_a_frame_of_another_size_is_refused(pixels):
+    ds = _dataset(pixels, 12)
+    ds.Rows = ds.Rows - 2
+
+    class Runner:
+        samples_per_pixel, rows, columns, bits_allocated = 1, ds.Rows, ds.Columns, 16
+
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    with pytest.raises(ValueError, match="decodes to"):
+        jpeg_lossless.decode_frame(frame, Runner())
