@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import imagecodecs
 import numpy as np
 import pydicom
@@ -10,7 +12,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 
 from pipeline.io import jpeg_lossless
+from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
 from pipeline.io.dicom import decode_stored
+from tests.conftest import dcmtk
 
 SV1, PROCESS_14 = jpeg_lossless.SYNTAXES[1], jpeg_lossless.SYNTAXES[0]
 
@@ -129,3 +133,33 @@ def test_a_frame_of_another_size_is_refused(pixels):
     frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
     with pytest.raises(ValueError, match="decodes to"):
         jpeg_lossless.decode_frame(frame, Runner())
+
+
+DCMCJPEG = dcmtk("dcmcjpeg")
+
+
+@pytest.mark.skipif(DCMCJPEG is None, reason="dcmtk's dcmcjpeg is not installed (make test-deps)")
+@pytest.mark.parametrize(
+    "variant",
+    [
+        DicomVariant.MONO2_8BIT,
+        DicomVariant.RESCALE_12BIT,
+        DicomVariant.RESCALE_WINDOW_14BIT,
+        DicomVariant.MONO2_16BIT,
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("mode", [["+e1"], ["+el", "+sv", "6"]], ids=["sv1", "predictor-6"])
+def test_files_dcmtk_compressed_decode_to_their_stored_values(
+    tmp_path, pixels, turbo_calls, variant, mode
+):
+    """Another encoder than libjpeg-turbo's (DCMTK's IJG-based one, as many PACS write)."""
+    source = write_dicom(build_dicom(pixels, variant, name="case"), tmp_path / "in.dcm")
+    packed = tmp_path / "out.dcm"
+    subprocess.run([DCMCJPEG, *mode, str(source), str(packed)], check=True, timeout=60)
+    ds = pydicom.dcmread(packed)
+    assert ds.file_meta.TransferSyntaxUID in jpeg_lossless.SYNTAXES
+    got = decode_stored(ds, packed)
+    assert turbo_calls
+    np.testing.assert_array_equal(got, pydicom.dcmread(source).pixel_array)
+    np.testing.assert_array_equal(got, _pydicoms_own(pydicom.dcmread(packed)))
