@@ -167,12 +167,13 @@ def decode_stored(ds: Any, path: str | os.PathLike) -> np.ndarray:
 
 
 def _pixel_array(ds: Any) -> np.ndarray:
-    """``ds.pixel_array``; JPEG Lossless through libjpeg-turbo first (~5 x faster).
+    """``ds.pixel_array``, decoded first by the fastest exact plugin for its syntax.
 
-    :mod:`pipeline.io.jpeg_lossless`; where it refuses a stream, pydicom's own decoders
-    decode it (and raise what they raise).
+    :mod:`pipeline.io.decoders` (JPEG Lossless by libjpeg-turbo, JPEG-LS by CharLS); where
+    that plugin refuses a stream, pydicom's own order of decoders decides (and raises what
+    they raise).
     """
-    from pipeline.io.jpeg_lossless import plugin_for
+    from pipeline.io.decoders import plugin_for
 
     plugin = plugin_for(ds)
     if plugin is not None:

@@ -1,4 +1,4 @@
-"""JPEG Lossless decoded by libjpeg-turbo (pipeline.io.jpeg_lossless) as pydicom's decoders do."""
+"""The fastest exact decoder first (pipeline.io.decoders): the values pydicom's own order gives."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 
-from pipeline.io import jpeg_lossless
+from pipeline.io import decoders
 from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
 from pipeline.io.dicom import decode_stored
 from tests.conftest import dcmtk
 
-SV1, PROCESS_14 = jpeg_lossless.SYNTAXES[1], jpeg_lossless.SYNTAXES[0]
+SV1, PROCESS_14 = decoders.SYNTAXES[1], decoders.SYNTAXES[0]
 
 
 def _stored(pixels: np.ndarray, bits: int, signed: bool) -> np.ndarray:
@@ -107,20 +107,20 @@ def test_a_stream_libjpeg_turbo_refuses_goes_to_pydicoms_decoder(pixels, monkeyp
 
 def test_without_imagecodecs_pydicoms_decoder_decodes(pixels, monkeypatch):
     ds, expected = _dataset(pixels, 12), _pydicoms_own(_dataset(pixels, 12))
-    monkeypatch.setattr(jpeg_lossless, "plugin_for", lambda ds: None)
-    monkeypatch.setattr(jpeg_lossless.importlib.util, "find_spec", lambda name: None)
-    assert not jpeg_lossless.is_available(SV1)
+    monkeypatch.setattr(decoders, "plugin_for", lambda ds: None)
+    monkeypatch.setattr(decoders.importlib.util, "find_spec", lambda name: None)
+    assert not decoders.is_available(SV1)
     np.testing.assert_array_equal(decode_stored(ds, "x.dcm"), expected)
 
 
 def test_only_monochrome_jpeg_lossless_takes_the_plugin(pixels):
     ds = _dataset(pixels, 12)
-    assert jpeg_lossless.plugin_for(ds) == jpeg_lossless.LABEL
+    assert decoders.plugin_for(ds) == decoders.LABEL
     ds.SamplesPerPixel = 3
-    assert jpeg_lossless.plugin_for(ds) is None
+    assert decoders.plugin_for(ds) is None
     ds.SamplesPerPixel = 1
     ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.50"
-    assert jpeg_lossless.plugin_for(ds) is None
+    assert decoders.plugin_for(ds) is None
 
 
 def test_a_frame_of_another_size_is_refused(pixels):
@@ -132,7 +132,7 @@ def test_a_frame_of_another_size_is_refused(pixels):
 
     frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
     with pytest.raises(ValueError, match="decodes to"):
-        jpeg_lossless.decode_frame(frame, Runner())
+        decoders.decode_frame(frame, Runner())
 
 
 DCMCJPEG = dcmtk("dcmcjpeg")
@@ -158,8 +158,64 @@ def test_files_dcmtk_compressed_decode_to_their_stored_values(
     packed = tmp_path / "out.dcm"
     subprocess.run([DCMCJPEG, *mode, str(source), str(packed)], check=True, timeout=60)
     ds = pydicom.dcmread(packed)
-    assert ds.file_meta.TransferSyntaxUID in jpeg_lossless.SYNTAXES
+    assert ds.file_meta.TransferSyntaxUID in decoders.SYNTAXES
     got = decode_stored(ds, packed)
     assert turbo_calls
     np.testing.assert_array_equal(got, pydicom.dcmread(source).pixel_array)
     np.testing.assert_array_equal(got, _pydicoms_own(pydicom.dcmread(packed)))
+
+
+def _jpeg_ls(pixels: np.ndarray, bits: int, signed: bool = False, error: int = 0) -> Dataset:
+    """A JPEG-LS dataset of a real radiograph at ``bits`` (near-lossless with ``error``)."""
+    stored = _stored(pixels, bits, signed)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated = 8 if bits <= 8 else 16
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, int(signed)
+    dtype = f"{'i' if signed else 'u'}{ds.BitsAllocated // 8}"
+    ds.PixelData = stored.astype(dtype).tobytes()
+    syntax = "1.2.840.10008.1.2.4.81" if error else "1.2.840.10008.1.2.4.80"
+    options = {"jls_error": error} if error else {}
+    ds.compress(syntax, encoding_plugin="pyjpegls", **options)
+    return ds
+
+
+@pytest.fixture
+def charls_calls(monkeypatch) -> list[int]:
+    """Counts pyjpegls' (CharLS's) decodes."""
+    import jpeg_ls
+
+    calls, real = [], jpeg_ls.decode_pixel_data
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jpeg_ls, "decode_pixel_data", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("bits", "signed", "error"),
+    [(8, False, 0), (12, False, 0), (16, False, 0), (12, True, 0), (12, False, 3)],
+)
+def test_jpeg_ls_is_decoded_by_charls_first(pixels, charls_calls, bits, signed, error):
+    """Before, pydicom tried pylibjpeg-libjpeg first (~3 x slower), pyjpegls only after it."""
+    part = pixels[:509, :397]
+    expected = _pydicoms_own(_jpeg_ls(part, bits, signed, error))
+    got = decode_stored(_jpeg_ls(part, bits, signed, error), "x.dcm")
+    assert charls_calls, "CharLS did not decode the frame"
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got, expected)
+    if not error:
+        assert np.array_equal(got, _stored(part, bits, signed))
+
+
+def test_a_preferred_plugin_not_installed_leaves_pydicoms_order(pixels, monkeypatch):
+    ds, expected = _jpeg_ls(pixels, 12), _pydicoms_own(_jpeg_ls(pixels, 12))
+    monkeypatch.setattr(decoders, "_installed", lambda syntax, plugin: False)
+    assert decoders.plugin_for(ds) is None
+    np.testing.assert_array_equal(decode_stored(ds, "x.dcm"), expected)
