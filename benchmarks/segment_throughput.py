@@ -51,6 +51,7 @@ INPUTS = {
     "3000x2500": (3000, 2500, "mono2-16bit", "3000 x 2500 16-bit uncompressed"),
     "2048-jpeg-lossless": (2048, 2048, "jpeg-lossless", "2048² 12-bit JPEG Lossless SV1"),
     "2048-htj2k": (2048, 2048, "htj2k", "2048² 16-bit HTJ2K lossless"),
+    "2048-jpeg-ls": (2048, 2048, "jpeg-ls", "2048² 8-bit JPEG-LS lossless"),
 }
 
 
