@@ -565,12 +565,30 @@ def _timed(future: Future, started: float) -> Future:
     return future
 
 
+#: The packages whose versions ``summary.json`` records: those that shape the results, the
+#: pixel decoders included (lossy JPEG decoders may differ by a unit: pipeline.io.decoders).
+SOFTWARE = (
+    "lungseg",
+    "monai",
+    "torch",
+    "numpy",
+    "pydicom",
+    "highdicom",
+    "scikit-image",
+    "imagecodecs",
+    "pillow",
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
+    "pyjpegls",
+)
+
+
 def software_versions() -> dict[str, str]:
-    """Versions of the packages that shape the results."""
+    """Versions of :data:`SOFTWARE`."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = {}
-    for name in ("lungseg", "monai", "torch", "numpy", "pydicom", "highdicom", "scikit-image"):
+    for name in SOFTWARE:
         try:
             out[name] = version(name)
         except PackageNotFoundError:
