@@ -24,6 +24,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from reduced_resolution_agreement import dice  # noqa: E402
 
 #: (rows, columns, syntax) of each input kind.
 KINDS = {
@@ -31,12 +33,6 @@ KINDS = {
     "512² 12-bit JPEG Extended": (512, 512, "1.2.840.10008.1.2.4.51"),
     "2048² 12-bit JPEG Extended": (2048, 2048, "1.2.840.10008.1.2.4.51"),
 }
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    """Dice of two boolean masks (1 when both are empty)."""
-    total = a.sum() + b.sum()
-    return 1.0 if total == 0 else 2.0 * np.logical_and(a, b).sum() / total
 
 
 def build(pixels: np.ndarray, syntax: str, path: Path) -> Path:

@@ -60,17 +60,22 @@ def _pydicoms_own(ds: Dataset) -> np.ndarray:
         ds.pixel_array_options()
 
 
-@pytest.fixture
-def turbo_calls(monkeypatch) -> list[int]:
-    """Counts libjpeg-turbo's decodes."""
-    calls, real = [], imagecodecs.jpeg8_decode
+def _counted(monkeypatch, owner: object, name: str) -> list[int]:
+    """A list that grows by one at each call of ``owner.name`` (patched for the test)."""
+    calls, real = [], getattr(owner, name)
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(imagecodecs, "jpeg8_decode", counted)
+    monkeypatch.setattr(owner, name, counted)
     return calls
+
+
+@pytest.fixture
+def turbo_calls(monkeypatch) -> list[int]:
+    """Counts libjpeg-turbo's decodes."""
+    return _counted(monkeypatch, imagecodecs, "jpeg8_decode")
 
 
 @pytest.mark.parametrize(
@@ -192,14 +197,7 @@ def charls_calls(monkeypatch) -> list[int]:
     """Counts pyjpegls' (CharLS's) decodes."""
     import jpeg_ls
 
-    calls, real = [], jpeg_ls.decode_pixel_data
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(jpeg_ls, "decode_pixel_data", counted)
-    return calls
+    return _counted(monkeypatch, jpeg_ls, "decode_pixel_data")
 
 
 @pytest.mark.parametrize(
@@ -251,13 +249,7 @@ def test_jpeg_baseline_in_full_is_decoded_by_pillow(pixels, monkeypatch):
     """Before, pylibjpeg-libjpeg first (4.4 against 1.4 ms at 512² here)."""
     from PIL import Image
 
-    calls, real = [], Image.open
-
-    def counted(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(Image, "open", counted)
+    calls = _counted(monkeypatch, Image, "open")
     expected = _pydicoms_own(_lossy(pixels, 8))
     got = decode_stored(_lossy(pixels, 8), "x.dcm")
     assert calls, "Pillow did not decode the frame"
