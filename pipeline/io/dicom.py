@@ -2,7 +2,8 @@
 
 The grayscale pipeline of PS3.3 C.11 / PS3.4 N.2 is applied in order:
 
-1. stored values, with ``BitsStored`` honoured (pydicom's decoders mask unused high bits);
+1. stored values, with ``BitsStored`` honoured (pydicom's decoders mask unused high bits;
+   the JPEG family goes to its fastest decoder first, :mod:`pipeline.io.decoders`);
 2. Modality LUT: the Modality LUT Sequence, else Rescale Slope/Intercept;
 3. VOI LUT: the VOI LUT Sequence or Window Center/Width (item ``voi_index``, the first by
    default), selected by :class:`VOISource`;
@@ -167,11 +168,11 @@ def decode_stored(ds: Any, path: str | os.PathLike) -> np.ndarray:
 
 
 def _pixel_array(ds: Any) -> np.ndarray:
-    """``ds.pixel_array``, decoded first by the fastest exact plugin for its syntax.
+    """``ds.pixel_array``, decoded first by the fastest plugin for its syntax.
 
-    :mod:`pipeline.io.decoders` (JPEG Lossless by libjpeg-turbo, JPEG-LS by CharLS); where
-    that plugin refuses a stream, pydicom's own order of decoders decides (and raises what
-    they raise).
+    :mod:`pipeline.io.decoders` (JPEG Lossless and Extended by libjpeg-turbo, JPEG-LS by
+    CharLS, JPEG Baseline by Pillow); where that plugin refuses a stream, pydicom's own
+    order of decoders decides (and raises what they raise).
     """
     from pipeline.io.decoders import plugin_for
 
