@@ -238,7 +238,7 @@ def _htj2k(stored: np.ndarray, bits: int) -> bytes:
     return imagecodecs.htj2k_encode(stored)
 
 
-#: Syntaxes pydicom cannot encode, encoded with imagecodecs (a test/fixture dependency).
+#: Syntaxes pydicom cannot encode, encoded with imagecodecs (also lungseg's JPEG decoder).
 _IMAGECODECS = {"1.2.840.10008.1.2.4.70": _jpeg_lossless, "1.2.840.10008.1.2.4.201": _htj2k}
 
 
