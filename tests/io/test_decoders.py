@@ -1,4 +1,4 @@
-"""The fastest exact decoder first (pipeline.io.decoders): the values pydicom's own order gives."""
+"""The fastest decoder first (pipeline.io.decoders): pydicom's values (lossy: within a unit)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def _dataset(pixels: np.ndarray, bits: int, signed: bool = False, predictor: int
 
 
 def _pydicoms_own(ds: Dataset) -> np.ndarray:
-    """What pydicom's own JPEG Lossless decoder (pylibjpeg-libjpeg) gives."""
+    """What pydicom's first decoder of the JPEG family (pylibjpeg-libjpeg) gives."""
     ds.pixel_array_options(decoding_plugin="pylibjpeg")
     try:
         return ds.pixel_array.copy()
