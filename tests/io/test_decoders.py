@@ -1,4 +1,4 @@
-"""The fastest decoder first (pipeline.io.decoders): pydicom's values (lossy: within a unit)."""
+"""The fastest decoder first (pipeline.io.decoders): pydicom's values (lossy: a few units off)."""
 
 from __future__ import annotations
 
