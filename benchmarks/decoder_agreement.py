@@ -14,10 +14,12 @@ stored values and each decoder's time per frame.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -53,32 +55,35 @@ def build(pixels: np.ndarray, syntax: str, path: Path) -> Path:
     return write_dicom(ds, path)
 
 
-def decoded(path: Path, own_order: bool) -> tuple[np.ndarray, float]:
-    """The stored values and the CPU seconds of decoding them (pydicom's order or lungseg's)."""
-    import pydicom
-
-    from pipeline.io import decoders
-    from pipeline.io.dicom import decode_stored
-
-    ds = pydicom.dcmread(path)
-    real, start = decoders.plugin_for, time.process_time()
-    decoders.plugin_for = (lambda ds: None) if own_order else real
-    try:
-        return decode_stored(ds, path), time.process_time() - start
-    finally:
-        decoders.plugin_for = real
-
-
-def mask(model, path: Path, own_order: bool) -> np.ndarray:
-    """The shipped model's mask of ``path``, decoded in pydicom's order or lungseg's."""
+@contextlib.contextmanager
+def pydicoms_order(own_order: bool) -> Iterator[None]:
+    """With ``own_order``, lungseg's first-choice decoders set aside (pydicom's order)."""
     from pipeline.io import decoders
 
     real = decoders.plugin_for
     decoders.plugin_for = (lambda ds: None) if own_order else real
     try:
-        return next(model.predict_from_files([path])).mask
+        yield
     finally:
         decoders.plugin_for = real
+
+
+def decoded(path: Path, own_order: bool) -> tuple[np.ndarray, float]:
+    """The stored values and the CPU seconds of decoding them (pydicom's order or lungseg's)."""
+    import pydicom
+
+    from pipeline.io.dicom import decode_stored
+
+    ds = pydicom.dcmread(path)
+    with pydicoms_order(own_order):
+        start = time.process_time()
+        return decode_stored(ds, path), time.process_time() - start
+
+
+def mask(model, path: Path, own_order: bool) -> np.ndarray:
+    """The shipped model's mask of ``path``, decoded in pydicom's order or lungseg's."""
+    with pydicoms_order(own_order):
+        return next(model.predict_from_files([path])).mask
 
 
 def measure(model, cases: list, kind: str, tmp: Path) -> dict:

@@ -29,6 +29,7 @@ unused bits, colour), so the array has the shape and type its other decoders giv
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 from typing import Any
@@ -74,18 +75,18 @@ def decode_frame(src: bytes, runner: Any) -> bytes:
 
 
 @functools.cache
-def _registered() -> bool:
-    """Add the libjpeg-turbo plugin to pydicom's decoders of :data:`SYNTAXES` (once); usable?"""
-    try:
+def _register() -> None:
+    """Add the libjpeg-turbo plugin to pydicom's decoders of :data:`SYNTAXES` (once).
+
+    Without imagecodecs pydicom lists it as unavailable (:func:`_installed` says no).
+    """
+    with contextlib.suppress(ImportError, AttributeError, ValueError, NotImplementedError):
         from pydicom.pixels import get_decoder
 
-        decoders = [get_decoder(uid) for uid in SYNTAXES]
-        for decoder in decoders:
+        for uid in SYNTAXES:
+            decoder = get_decoder(uid)
             if LABEL not in decoder.available_plugins:
                 decoder.add_plugin(LABEL, (__name__, "decode_frame"))
-    except (ImportError, AttributeError, ValueError, NotImplementedError):
-        return False
-    return all(LABEL in decoder.available_plugins for decoder in decoders)
 
 
 def _installed(syntax: str, plugin: str) -> bool:
@@ -103,6 +104,10 @@ def plugin_for(ds: Any) -> str | None:
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", ""))
     plugin = PREFERRED.get(syntax)
-    if plugin == LABEL and (int(ds.get("SamplesPerPixel", 1)) != 1 or not _registered()):
+    if plugin is None:
         return None
-    return plugin if plugin is not None and _installed(syntax, plugin) else None
+    if plugin == LABEL:
+        if int(ds.get("SamplesPerPixel", 1)) != 1:
+            return None
+        _register()
+    return plugin if _installed(syntax, plugin) else None
