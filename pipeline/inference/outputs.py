@@ -501,6 +501,16 @@ def _copied_keywords(sop_class_uid: str) -> tuple[str, ...]:
     )
 
 
+@functools.lru_cache(maxsize=32)
+def _copied_keywords_and_tags(sop_class_uid: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
+    """:func:`_copied_keywords` and their tags (-1 for a keyword pydicom does not know)."""
+    from pydicom.datadict import tag_for_keyword
+
+    keywords = _copied_keywords(sop_class_uid)
+    tags = tuple(-1 if (t := tag_for_keyword(k)) is None else t for k in keywords)
+    return keywords, tags
+
+
 def load_standard_tables() -> None:
     """Load highdicom's tables of the standard now, e.g. before forking.
 
@@ -589,7 +599,9 @@ class SegTemplates:
 
     @staticmethod
     def _key(source: Any, m: LungMeasures, algorithm: dict[str, str]) -> tuple:
-        present = tuple(k for k in _copied_keywords(str(source.SOPClassUID)) if k in source)
+        keywords, tags = _copied_keywords_and_tags(str(source.SOPClassUID))
+        there = source.keys()  # tags: one set lookup each (``in source`` parses a keyword)
+        present = tuple(k for k, tag in zip(keywords, tags, strict=True) if tag in there)
         values = tuple(repr(source.get(k)) for k in _TEMPLATE_KEY_ATTRIBUTES)
         return m.right.shape, tuple(sorted(algorithm.items())), present, values
 
@@ -681,17 +693,19 @@ class _EncodedTemplate:
     """A template's SEG as encoded pieces: most bytes kept, the rest encoded per source.
 
     The pieces follow the template's elements in tag order: the bytes of those that never
-    change (:func:`_constant_bytes`); the template's reference sequences, encoded once and
-    parsed into a tree (:func:`_parse_elements`) whose leaves are kept bytes or the elements
-    that differ from SEG to SEG (the source's SOP Instance and Series UIDs, the dimension
-    organisation UID, the contribution date), so that only those and the lengths around
-    them are encoded again; and the attributes copied from the source or the SEG's own,
-    encoded each time. The result is what :func:`_encode_templated` gives for
+    change (:func:`_constant_bytes`, and the elements of ambiguous VR, resolved against the
+    template); the template's reference sequences, encoded once and parsed into a tree
+    (:func:`_parse_elements`) whose leaves are kept bytes or the elements that differ from
+    SEG to SEG (the source's SOP Instance and Series UIDs, the dimension organisation UID,
+    the contribution date), so that only those and the lengths around them are encoded
+    again; and the attributes copied from the source or the SEG's own, encoded each time.
+    The file meta information is such a tree too (the SOP Instance UID varies; its group
+    length is recomputed). The result is what :func:`_encode_templated` gives for
     :meth:`SegTemplates.build`'s SEG (tested), without building that dataset.
     """
 
     def __init__(self, template: Any, source: Any, constant: dict[Any, bytes]):
-        from pydicom.datadict import tag_for_keyword
+        from pydicom.datadict import dictionary_VR, tag_for_keyword
 
         copied = set(_copied_keywords(str(source.SOPClassUID)))
         self.template, self.encodings = template, template.get("SpecificCharacterSet", "iso8859")
@@ -702,12 +716,15 @@ class _EncodedTemplate:
             "ContributionDateTime": _contribution_datetime(template),
         }
         varying = {self._element_of(k, v): k for k, v in was.items() if v is not None}
+        self.head = (template.preamble or b"\x00" * 128) + b"DICM"
+        self.meta = self._meta_tree(template)
         self.pieces: list[tuple[str, Any]] = []
-        own = {tag_for_keyword(k) for k in _OWN_KEYWORDS}  # pin_dates adds absent dates
-        for tag in sorted(set(template.keys()) | own):
+        own = {tag_for_keyword(k): k for k in _OWN_KEYWORDS}  # pin_dates adds absent dates
+        for tag in sorted(set(template.keys()) | set(own)):
             keyword = template[tag].keyword if tag in template else ""
             if tag in own:
-                self.pieces.append(("own", tag))
+                vr = template[tag].VR if tag in template else dictionary_VR(tag)
+                self.pieces.append(("own", (tag, own[tag], vr)))
             elif tag in constant:
                 self.pieces.append(("bytes", constant[tag]))
             elif keyword in _FILLED_SEQUENCES:
@@ -715,8 +732,25 @@ class _EncodedTemplate:
                 self.pieces.append(("tree", _parse_elements(encoded, varying)))
             elif keyword in copied:
                 self.pieces.append(("source", tag))
-            else:  # an element of ambiguous VR: encoded each time, its VR resolved
-                self.pieces.append(("own", tag))
+            else:  # an element of ambiguous VR: its VR resolved against the template, once
+                self.pieces.append(("bytes", self._element(template[tag])))
+
+    def _meta_tree(self, template: Any) -> list | None:
+        """The file meta elements after their group length, as a tree (the UID varying).
+
+        None where pydicom's encoding does not start with that group length.
+        """
+        uid = str(template.file_meta.MediaStorageSOPInstanceUID)
+        encoded = _file_meta_bytes(template.file_meta, uid)
+        if (
+            encoded[:8] != _META_GROUP_LENGTH
+            or int.from_bytes(encoded[8:12], "little") != len(encoded) - len(_META_GROUP_LENGTH) - 4
+        ):
+            return None
+        varying = {
+            self._element_of("MediaStorageSOPInstanceUID", uid): "MediaStorageSOPInstanceUID"
+        }
+        return _parse_elements(encoded[12:], varying)
 
     def _element(self, element: Any) -> bytes:
         """One element as explicit VR little endian bytes (an ambiguous VR resolved)."""
@@ -734,52 +768,96 @@ class _EncodedTemplate:
     def _element_of(self, keyword: str, value: Any) -> bytes:
         """The encoded element ``keyword`` with ``value`` (its dictionary VR)."""
         from pydicom.datadict import dictionary_VR, tag_for_keyword
-        from pydicom.dataelem import DataElement
 
         tag = tag_for_keyword(keyword)
-        return self._element(DataElement(tag, dictionary_VR(tag), value))
+        return self._value_bytes(tag, dictionary_VR(tag), value)
+
+    def _value_bytes(self, tag: int, vr: str, value: Any) -> bytes:
+        """The element ``tag`` with ``value``: :func:`_simple_element`'s, else pydicom's."""
+        from pydicom.dataelem import DataElement
+
+        simple = _simple_element(tag, vr, value)
+        return simple if simple is not None else self._element(DataElement(tag, vr, value))
 
     def encode(self, source: Any, m: LungMeasures, uids: dict[str, str], datetime14: str) -> bytes:
         """The Part 10 bytes of the SEG of ``source`` (Type 2 completed), dates pinned."""
-        from pydicom.filebase import DicomBytesIO
-        from pydicom.filewriter import write_file_meta_info
-
         own = _own_values(source, m, uids, datetime14)
         now = {
             "ReferencedSOPInstanceUID": str(source.SOPInstanceUID),
             "SeriesInstanceUID": str(source.SeriesInstanceUID),
             "DimensionOrganizationUID": _dimension_uid(uids["sop_instance_uid"]),
             "ContributionDateTime": datetime14,
+            "MediaStorageSOPInstanceUID": uids["sop_instance_uid"],
         }
         encoded = {k: self._element_of(k, v) for k, v in now.items()}
-        fp = DicomBytesIO()
-        fp.is_little_endian, fp.is_implicit_VR = True, False
-        fp.write(self.template.preamble or b"\x00" * 128)
-        fp.write(b"DICM")
-        meta = copy.deepcopy(self.template.file_meta)
-        meta.MediaStorageSOPInstanceUID = uids["sop_instance_uid"]
-        write_file_meta_info(fp, meta, enforce_standard=True)
+        parts = [self.head, self._meta_bytes(uids["sop_instance_uid"], encoded)]
         for kind, value in self.pieces:
             if kind == "bytes":
-                fp.write(value)
+                parts.append(value)
             elif kind == "tree":
-                fp.write(b"".join(_render(node, encoded) for node in value))
+                parts.extend(_render(node, encoded) for node in value)
+            elif kind == "source":
+                parts.append(self._element(source[value]))
             else:
-                fp.write(self._element(self._value_element(kind, value, source, own)))
-        return fp.getvalue()
+                tag, keyword, vr = value
+                parts.append(self._value_bytes(tag, vr, own[keyword]))
+        return b"".join(parts)
 
-    def _value_element(self, kind: str, tag: Any, source: Any, own: dict[str, Any]) -> Any:
-        """The element to encode at ``tag``: the source's, or the SEG's own value."""
-        from pydicom.datadict import dictionary_VR, keyword_for_tag
-        from pydicom.dataelem import DataElement
+    def _meta_bytes(self, sop_instance_uid: str, encoded: dict[str, bytes]) -> bytes:
+        """The file meta information group, group length first, for this SOP Instance UID."""
+        if self.meta is None:
+            return _file_meta_bytes(self.template.file_meta, sop_instance_uid)
+        body = b"".join(_render(node, encoded) for node in self.meta)
+        return _META_GROUP_LENGTH + len(body).to_bytes(4, "little") + body
 
-        if kind == "source":
-            return source[tag]
-        keyword = keyword_for_tag(tag)
-        if keyword in own:
-            vr = self.template[tag].VR if tag in self.template else dictionary_VR(tag)
-            return DataElement(tag, vr, own[keyword])
-        return self.template[tag]
+
+#: The File Meta Information Group Length element, before its 4-byte value.
+_META_GROUP_LENGTH = b"\x02\x00\x00\x00UL\x04\x00"
+
+
+def _file_meta_bytes(file_meta: Any, sop_instance_uid: str) -> bytes:
+    """The file meta group as pydicom encodes it, with this Media Storage SOP Instance UID."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    meta = copy.deepcopy(file_meta)
+    meta.MediaStorageSOPInstanceUID = sop_instance_uid
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    return fp.getvalue()
+
+
+#: Value VRs :func:`_simple_element` encodes, with the byte that pads them to an even length.
+_SIMPLE_PADDING = {"UI": b"\x00", "DA": b" ", "TM": b" ", "DT": b" ", "CS": b" ", "IS": b" "}
+
+
+def _simple_element(tag: int, vr: str, value: Any) -> bytes | None:
+    """An element of one ASCII text value or of OB bytes, encoded explicit VR little endian.
+
+    The bytes pydicom writes (tested), without building a data element: the SEG's own UIDs,
+    dates, instance number and frames. None for anything else (several values, non-ASCII
+    text, other VRs): pydicom encodes those.
+    """
+    if vr == "OB" and isinstance(value, bytes) and len(value) % 2 == 0:
+        return _element_head(tag, b"OB", len(value)) + value
+    pad = _SIMPLE_PADDING.get(vr)
+    if pad is None or isinstance(value, bool) or type(value) not in (str, int):
+        return None
+    text = str(value)
+    if not text.isascii() or "\\" in text or (vr != "IS" and isinstance(value, int)):
+        return None
+    data = text.encode("ascii")
+    data += pad * (len(data) % 2)
+    return _element_head(tag, vr.encode("ascii"), len(data)) + data
+
+
+def _element_head(tag: int, vr: bytes, length: int) -> bytes:
+    """The tag, VR and length of an explicit VR little endian element."""
+    group_element = (tag >> 16).to_bytes(2, "little") + (tag & 0xFFFF).to_bytes(2, "little")
+    if vr in _LONG_VRS:
+        return group_element + vr + b"\x00\x00" + length.to_bytes(4, "little")
+    return group_element + vr + length.to_bytes(2, "little")
 
 
 #: Explicit VR little endian: the VRs whose length takes 4 bytes (after 2 reserved ones).

@@ -180,6 +180,63 @@ def test_seg_from_a_template_is_byte_for_byte_highdicoms(
     assert all(entry[2] is not None for entry in encoder._templates.values())
 
 
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("SOPInstanceUID", "1.2.3"),  # odd length: padded with NUL
+        ("SOPInstanceUID", "1.2.34"),
+        ("ContentDate", "20260102"),
+        ("ContentTime", "030405"),
+        ("ContentTime", "0304"),
+        ("ContributionDateTime", "20260102030405"),
+        ("InstanceNumber", 7),  # odd length: padded with a space
+        ("InstanceNumber", 12),
+        ("InstanceNumber", -3),
+        ("PatientOrientation", ""),
+        ("PatientOrientation", "A"),
+        ("PixelData", b"\x01\x02"),
+        ("PixelData", bytes(70_000)),  # a 4-byte length
+    ],
+)
+def test_simple_elements_are_encoded_as_pydicom_encodes_them(keyword, value):
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import DataElement
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    from pipeline.inference.outputs import _simple_element
+
+    tag = tag_for_keyword(keyword)
+    vr = "OB" if keyword == "PixelData" else dictionary_VR(tag)
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    write_data_element(fp, DataElement(tag, vr, value))
+    assert _simple_element(tag, vr, value) == fp.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("keyword", "value"),
+    [
+        ("PatientOrientation", ["R", "F"]),  # several values
+        ("PatientOrientation", "R\\F"),
+        ("SeriesDescription", "Lung"),  # LO: not a simple VR
+        ("InstanceNumber", True),
+        ("InstanceNumber", 1.5),
+        ("ContentDate", 20260102),  # a number where text is due
+        ("StudyID", "Lunge\u00e4"),
+        ("PixelData", b"\x01"),  # odd length
+    ],
+)
+def test_other_elements_are_left_to_pydicom(keyword, value):
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    from pipeline.inference.outputs import _simple_element
+
+    tag = tag_for_keyword(keyword)
+    vr = "OB" if keyword == "PixelData" else dictionary_VR(tag)
+    assert _simple_element(tag, vr, value) is None
+
+
 def test_seg_and_sr_of_every_encoding_pass_dciodvfy_without_warnings(
     pixels, lung_mask, shipped_model, tmp_path
 ):
