@@ -767,10 +767,7 @@ class _EncodedTemplate:
 
     def _element_of(self, keyword: str, value: Any) -> bytes:
         """The encoded element ``keyword`` with ``value`` (its dictionary VR)."""
-        from pydicom.datadict import dictionary_VR, tag_for_keyword
-
-        tag = tag_for_keyword(keyword)
-        return self._value_bytes(tag, dictionary_VR(tag), value)
+        return self._value_bytes(*_tag_and_vr(keyword), value)
 
     def _value_bytes(self, tag: int, vr: str, value: Any) -> bytes:
         """The element ``tag`` with ``value``: :func:`_simple_element`'s, else pydicom's."""
@@ -828,28 +825,44 @@ def _file_meta_bytes(file_meta: Any, sop_instance_uid: str) -> bytes:
     return fp.getvalue()
 
 
+@functools.lru_cache(maxsize=64)
+def _tag_and_vr(keyword: str) -> tuple[int, str]:
+    """The tag and dictionary VR of ``keyword``."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+    tag = tag_for_keyword(keyword)
+    return tag, dictionary_VR(tag)
+
+
 #: Value VRs :func:`_simple_element` encodes, with the byte that pads them to an even length.
 _SIMPLE_PADDING = {"UI": b"\x00", "DA": b" ", "TM": b" ", "DT": b" ", "CS": b" ", "IS": b" "}
 
 
 def _simple_element(tag: int, vr: str, value: Any) -> bytes | None:
-    """An element of one ASCII text value or of OB bytes, encoded explicit VR little endian.
+    """An element of ASCII text values or of OB bytes, encoded explicit VR little endian.
 
     The bytes pydicom writes (tested), without building a data element: the SEG's own UIDs,
-    dates, instance number and frames. None for anything else (several values, non-ASCII
-    text, other VRs): pydicom encodes those.
+    dates, instance number, patient orientation and frames. None for anything else
+    (non-ASCII text, a number where text is due, other VRs): pydicom encodes those.
     """
+    from pydicom.multival import MultiValue
+
     if vr == "OB" and isinstance(value, bytes) and len(value) % 2 == 0:
         return _element_head(tag, b"OB", len(value)) + value
     pad = _SIMPLE_PADDING.get(vr)
-    if pad is None or isinstance(value, bool) or type(value) not in (str, int):
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    if pad is None or not all(_simple_value(v, vr) for v in values):
         return None
-    text = str(value)
-    if not text.isascii() or "\\" in text or (vr != "IS" and isinstance(value, int)):
-        return None
-    data = text.encode("ascii")
+    data = "\\".join(map(str, values)).encode("ascii")
     data += pad * (len(data) % 2)
     return _element_head(tag, vr.encode("ascii"), len(data)) + data
+
+
+def _simple_value(value: Any, vr: str) -> bool:
+    """Whether ``value`` is one value :func:`_simple_element` writes as pydicom does."""
+    if type(value) is int:  # not bool, not pydicom's IS (which may keep its original text)
+        return vr == "IS"
+    return type(value) is str and value.isascii() and "\\" not in value
 
 
 def _element_head(tag: int, vr: bytes, length: int) -> bytes:

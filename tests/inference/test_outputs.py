@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pydicom
 import pytest
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 
 from pipeline.inference.outputs import LEFT_LUNG, PLAIN_CHEST_XRAY, RIGHT_LUNG, seg_of, sr_of
@@ -194,6 +195,10 @@ def test_seg_from_a_template_is_byte_for_byte_highdicoms(
         ("InstanceNumber", -3),
         ("PatientOrientation", ""),
         ("PatientOrientation", "A"),
+        ("PatientOrientation", ["R", "F"]),  # several values
+        ("PatientOrientation", ["L", "FH"]),
+        ("PatientOrientation", []),
+        ("PatientOrientation", MultiValue(str, ["P", "F"])),  # as a source's dataset holds it
         ("PixelData", b"\x01\x02"),
         ("PixelData", bytes(70_000)),  # a 4-byte length
     ],
@@ -217,13 +222,13 @@ def test_simple_elements_are_encoded_as_pydicom_encodes_them(keyword, value):
 @pytest.mark.parametrize(
     ("keyword", "value"),
     [
-        ("PatientOrientation", ["R", "F"]),  # several values
-        ("PatientOrientation", "R\\F"),
+        ("PatientOrientation", "R\\F"),  # several values in one string: pydicom splits them
         ("SeriesDescription", "Lung"),  # LO: not a simple VR
         ("InstanceNumber", True),
         ("InstanceNumber", 1.5),
         ("ContentDate", 20260102),  # a number where text is due
         ("StudyID", "Lunge\u00e4"),
+        ("PatientOrientation", ["R", 2]),
         ("PixelData", b"\x01"),  # odd length
     ],
 )
