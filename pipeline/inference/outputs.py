@@ -454,23 +454,51 @@ def build_seg(source: Any, m: LungMeasures, uids: dict[str, str], algorithm: dic
 
 
 #: Source attributes whose values shape a SEG beyond what :class:`SegTemplates` fills in:
-#: a source differing in any of them gets its own template.
+#: a source differing in any of them gets its own template (see also
+#: :data:`_COORDINATE_ATTRIBUTES`).
 _TEMPLATE_KEY_ATTRIBUTES = (
     "SOPClassUID",
     "Modality",
-    "Rows",
-    "Columns",
-    "PixelSpacing",
-    "ImagerPixelSpacing",
-    "FrameOfReferenceUID",
-    "ImageOrientationPatient",
-    "ImagePositionPatient",
-    "SliceThickness",
-    "SpacingBetweenSlices",
     "LossyImageCompression",
-    "LossyImageCompressionRatio",
-    "LossyImageCompressionMethod",
 )
+#: Source attributes that place an image in the patient's space. highdicom derives more of
+#: the SEG from a source with any of them, so such a source's pixel measures are part of its
+#: template's key; without them (projection radiographs) they are filled in per source.
+_COORDINATE_ATTRIBUTES = ("FrameOfReferenceUID", "ImageOrientationPatient", "ImagePositionPatient")
+#: Source attributes of the SEG's Pixel Measures (its Shared Functional Groups).
+_PIXEL_MEASURES_ATTRIBUTES = ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices")
+#: Attributes highdicom copies from a lossy source as they are: whether the source has them
+#: is part of the template's key, their values are filled in per source.
+_LOSSY_KEYWORDS = ("LossyImageCompressionRatio", "LossyImageCompressionMethod")
+
+
+def _has_coordinates(source: Any) -> bool:
+    """Whether ``source`` carries any of :data:`_COORDINATE_ATTRIBUTES`."""
+    return any(k in source for k in _COORDINATE_ATTRIBUTES)
+
+
+#: The SEG's Shared Functional Groups: filled in per source without coordinates.
+_SHARED_GROUPS = "SharedFunctionalGroupsSequence"
+
+
+def _shared_groups(source: Any) -> list:
+    """The Shared Functional Groups highdicom gives the SEG of a source without coordinates.
+
+    One item, holding the Pixel Measures where the source has a Pixel Spacing (highdicom's
+    own :class:`~highdicom.PixelMeasuresSequence`, which formats the values).
+    """
+    import highdicom as hd
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    spacing = source.get("PixelSpacing")
+    if spacing is not None:
+        item.PixelMeasuresSequence = hd.PixelMeasuresSequence(
+            pixel_spacing=spacing,
+            slice_thickness=source.get("SliceThickness"),
+            spacing_between_slices=source.get("SpacingBetweenSlices"),
+        )
+    return [item]
 
 
 @functools.lru_cache(maxsize=32)
@@ -529,16 +557,20 @@ def load_standard_tables() -> None:
 
 
 class SegTemplates:
-    """SEGs from a per-geometry template instead of highdicom's constructor each time.
+    """SEGs from a template of their kind instead of highdicom's constructor each time.
 
-    The first source of a kind (its geometry, SOP class, spacing, compression history and
-    which patient/study attributes it carries: :data:`_TEMPLATE_KEY_ATTRIBUTES`) is built
-    by :func:`build_seg` (highdicom, ~4 ms at 512², 10 ms at 2048²; most of it checking
-    attributes against the standard); later ones copy that object and fill in what differs
-    from source to source: the patient/study attributes highdicom copies
-    (:func:`_copied_keywords`), the references to the source, the SEG's UIDs, instance
-    number, orientation and the bit-packed frames. The result is byte for byte what
-    highdicom builds (tests/inference/test_outputs.py compares them).
+    The first source of a kind (its SOP class, modality, compression history, which
+    patient/study attributes it carries; for a source placed in the patient's space also
+    its geometry and pixel measures: :meth:`_key`) is built by :func:`build_seg`
+    (highdicom checks every attribute against the standard; with the template's
+    preparation ~20 ms, against ~1-2 ms for a SEG from a template); later ones copy that
+    object and fill in what differs from source to source: the patient/study attributes
+    highdicom copies (:func:`_copied_keywords`), the lossy compression ratio and method,
+    the references to the source, the SEG's UIDs, instance number, orientation, size,
+    pixel measures and the bit-packed frames. So radiographs of any size and pixel spacing
+    (a detector cropped to the collimation, a calibrated spacing) share one template. The
+    result is byte for byte what highdicom builds (tests/inference/test_outputs.py
+    compares them).
 
     Args:
         maxsize: templates kept (least recently used dropped first).
@@ -603,7 +635,12 @@ class SegTemplates:
         there = source.keys()  # tags: one set lookup each (``in source`` parses a keyword)
         present = tuple(k for k, tag in zip(keywords, tags, strict=True) if tag in there)
         values = tuple(repr(source.get(k)) for k in _TEMPLATE_KEY_ATTRIBUTES)
-        return m.right.shape, tuple(sorted(algorithm.items())), present, values
+        lossy = tuple(k in source for k in _LOSSY_KEYWORDS)
+        spatial = None  # projection radiographs: any size and pixel spacing share a template
+        if _has_coordinates(source):
+            keys = (*_COORDINATE_ATTRIBUTES, *_PIXEL_MEASURES_ATTRIBUTES)
+            spatial = (m.right.shape, *(repr(source.get(k)) for k in keys))
+        return tuple(sorted(algorithm.items())), present, values, lossy, spatial
 
 
 #: The template's sequences that filling in changes inside (copied, not shared).
@@ -623,6 +660,8 @@ _OWN_KEYWORDS = (
     "SOPInstanceUID",
     "InstanceNumber",
     "PatientOrientation",
+    "Rows",
+    "Columns",
     "PixelData",
     *(f"{p}{t}" for p in ("Content", "Series", "InstanceCreation") for t in ("Date", "Time")),
 )
@@ -642,6 +681,7 @@ def _constant_bytes(template: Any, source: Any) -> dict[Any, bytes]:
     if template.file_meta.get("TransferSyntaxUID") != ExplicitVRLittleEndian:
         return {}
     varying = {*_FILLED_SEQUENCES, *_OWN_KEYWORDS, *_copied_keywords(str(source.SOPClassUID))}
+    varying |= {*_LOSSY_KEYWORDS, *([] if _has_coordinates(source) else [_SHARED_GROUPS])}
     encodings = template.get("SpecificCharacterSet", "iso8859")
     out = {}
     for element in template:
@@ -707,7 +747,9 @@ class _EncodedTemplate:
     def __init__(self, template: Any, source: Any, constant: dict[Any, bytes]):
         from pydicom.datadict import dictionary_VR, tag_for_keyword
 
-        copied = set(_copied_keywords(str(source.SOPClassUID)))
+        copied = {*_copied_keywords(str(source.SOPClassUID)), *_LOSSY_KEYWORDS}
+        groups = "" if _has_coordinates(source) else _SHARED_GROUPS
+        self._groups: dict[tuple[str, ...], bytes] = {}  # encoded Shared Functional Groups
         self.template, self.encodings = template, template.get("SpecificCharacterSet", "iso8859")
         was = {
             "ReferencedSOPInstanceUID": str(source.SOPInstanceUID),
@@ -727,6 +769,8 @@ class _EncodedTemplate:
                 self.pieces.append(("own", (tag, own[tag], vr)))
             elif tag in constant:
                 self.pieces.append(("bytes", constant[tag]))
+            elif keyword == groups:
+                self.pieces.append(("groups", tag))
             elif keyword in _FILLED_SEQUENCES:
                 encoded = self._element(template[tag])
                 self.pieces.append(("tree", _parse_elements(encoded, varying)))
@@ -795,10 +839,23 @@ class _EncodedTemplate:
                 parts.extend(_render(node, encoded) for node in value)
             elif kind == "source":
                 parts.append(self._element(source[value]))
+            elif kind == "groups":
+                parts.append(self._groups_bytes(value, source))
             else:
                 tag, keyword, vr = value
                 parts.append(self._value_bytes(tag, vr, own[keyword]))
         return b"".join(parts)
+
+    def _groups_bytes(self, tag: int, source: Any) -> bytes:
+        """The encoded Shared Functional Groups of ``source`` (kept by its pixel measures)."""
+        from pydicom.dataelem import DataElement
+
+        key = tuple(repr(source.get(k)) for k in _PIXEL_MEASURES_ATTRIBUTES)
+        if key not in self._groups:
+            if len(self._groups) >= 64:  # a few detectors' spacings: rarely full
+                self._groups.clear()
+            self._groups[key] = self._element(DataElement(tag, "SQ", _shared_groups(source)))
+        return self._groups[key]
 
     def _meta_bytes(self, sop_instance_uid: str, encoded: dict[str, bytes]) -> bytes:
         """The file meta information group, group length first, for this SOP Instance UID."""
@@ -943,6 +1000,8 @@ def _own_values(source: Any, m: LungMeasures, uids: dict[str, str], datetime14: 
         "SOPInstanceUID": uids["sop_instance_uid"],
         "InstanceNumber": int(source.get("InstanceNumber") or 1),
         "PatientOrientation": source.get("PatientOrientation", ""),
+        "Rows": int(m.right.shape[0]),
+        "Columns": int(m.right.shape[1]),
         "PixelData": packed + b"\x00" * (len(packed) % 2),
     }
     for prefix in ("Content", "Series", "InstanceCreation"):
@@ -1009,12 +1068,21 @@ def _copy_sequence(element: Any) -> Any:
 
 
 def _fill_from_source(seg: Any, source: Any) -> None:
-    """The copied patient/study attributes and the references of ``source``."""
+    """The copied patient/study attributes, lossy compression, pixel measures and references."""
     import copy
+
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.dataelem import DataElement
 
     for keyword in _copied_keywords(str(source.SOPClassUID)):
         if keyword in source:
             seg[keyword] = copy.deepcopy(source[keyword])
+    for keyword in _LOSSY_KEYWORDS:
+        if keyword in seg:  # the template's source had it, so this one has it too (the key)
+            seg[keyword] = copy.deepcopy(source[keyword])
+    if not _has_coordinates(source):  # a new element: the template's is shared, not changed
+        tag = tag_for_keyword(_SHARED_GROUPS)
+        seg[tag] = DataElement(tag, "SQ", _shared_groups(source))
     series = seg.ReferencedSeriesSequence[0]
     series.SeriesInstanceUID = source.SeriesInstanceUID
     refs = [series.ReferencedInstanceSequence[0], *seg.SourceImageSequence]

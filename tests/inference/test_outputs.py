@@ -181,6 +181,66 @@ def test_seg_from_a_template_is_byte_for_byte_highdicoms(
     assert all(entry[2] is not None for entry in encoder._templates.values())
 
 
+def test_sizes_spacings_and_compression_ratios_share_a_template_yet_stay_highdicoms(
+    case_pixels, case_masks, shipped_model
+):
+    """Projection radiographs differ from image to image in size (a detector cropped to the
+    collimation), pixel spacing (a calibration) and lossy compression ratio: each used to
+    cost a template of its own, i.e. highdicom's whole constructor (~20 ms)."""
+    from pipeline.inference.lungs import measure
+    from pipeline.inference.outputs import (
+        SegTemplates,
+        _complete_type2,
+        build_seg,
+        encode_dicom,
+        pin_dates,
+        seg_uids,
+    )
+
+    (name, pixels), mask = next(iter(case_pixels.items())), next(iter(case_masks.values()))
+    cases = [  # (variant, rows, columns, pixel spacing, lossy ratio, method)
+        (DicomVariant.MONO2_16BIT, 512, 512, ["0.143", "0.143"], None, None),
+        (DicomVariant.MONO2_16BIT, 480, 400, ["0.1430", "0.1431"], None, None),
+        (DicomVariant.MONO2_16BIT, 333, 401, None, None, None),  # no spacing; not whole bytes
+        (DicomVariant.MONO2_16BIT, 500, 512, ["1.5e-1", "0.15"], None, None),
+        (DicomVariant.MONO2_16BIT, 512, 496, ["0.2", "0.2"], None, None),
+        (DicomVariant.JPEG_BASELINE, 512, 512, None, "10", "ISO_10918_1"),
+        (DicomVariant.JPEG_BASELINE, 512, 512, ["0.175", "0.175"], "12.5", "ISO_10918_1"),
+        (DicomVariant.JPEG_BASELINE, 512, 512, None, None, None),  # lossy, no ratio: its own
+    ]
+    templates, encoder, algorithm = (
+        SegTemplates(),
+        SegTemplates(),
+        shipped_model.identity.algorithm(),
+    )
+    for i, (variant, rows, cols, spacing, ratio, method) in enumerate(cases):
+        source = build_dicom(pixels, variant, name=f"{name}{i}")
+        del source.PixelData
+        source.Rows, source.Columns = rows, cols
+        source.SOPInstanceUID, source.SeriesInstanceUID = f"1.2.3.{i}", f"1.2.4.{i}"
+        for keyword, value in (
+            ("PixelSpacing", spacing),
+            ("LossyImageCompressionRatio", ratio),
+            ("LossyImageCompressionMethod", method),
+        ):
+            if value is not None:
+                setattr(source, keyword, value)
+            elif keyword in source:
+                delattr(source, keyword)
+        m = measure(mask[:rows, :cols], mask[:rows, :cols].astype(np.float32), "L\\F")
+        uids = seg_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), "digest")
+        theirs = build_seg(_complete_type2(source), m, uids, algorithm)
+        ours = templates.build(source, m, uids, algorithm)
+        for seg in (ours, theirs):
+            pin_dates(seg, "20260102030405")
+        assert encode_dicom(ours) == encode_dicom(theirs), (i, rows, cols, spacing, ratio)
+        encoded = encoder.encode(source, m, uids, algorithm, "20260102030405")
+        assert encoded == encode_dicom(theirs), (i, rows, cols, spacing, ratio)
+    assert (
+        len(templates._templates) == len(encoder._templates) == 3
+    )  # plain, lossy with a ratio, lossy without
+
+
 @pytest.mark.parametrize(
     ("keyword", "value"),
     [
