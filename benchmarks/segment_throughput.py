@@ -2,8 +2,9 @@
 
 Builds DICOM folders from the shared images in the encodings hospitals send (512² 16-bit
 uncompressed, 512² uncompressed and RLE in turn as in the issue's set of 208 files, 2048²
-12-bit JPEG 2000, 3000 x 2500 16-bit uncompressed, 2048² JPEG Lossless SV1 and HTJ2K), N
-files each, and for each folder, in one run:
+12-bit JPEG 2000, 3000 x 2500 16-bit uncompressed, 2048² JPEG Lossless SV1, HTJ2K and
+JPEG-LS, and up to 512² files that differ in size and pixel spacing as cropped detector
+images do), N files each, and for each folder, in one run:
 
 - ``lungseg segment`` (default outputs: SEG, mask, overlay) as a child process, timed whole
   (start-up included), its steady-state rate from ``summary.json``, the time per stage; then
@@ -52,7 +53,12 @@ INPUTS = {
     "2048-jpeg-lossless": (2048, 2048, "jpeg-lossless", "2048² 12-bit JPEG Lossless SV1"),
     "2048-htj2k": (2048, 2048, "htj2k", "2048² 16-bit HTJ2K lossless"),
     "2048-jpeg-ls": (2048, 2048, "jpeg-ls", "2048² 8-bit JPEG-LS lossless"),
+    # as detectors cropped to the collimation export them: every file its own size and
+    # calibrated pixel spacing (440-512 rows, 391-512 columns)
+    "512-cropped": (512, 512, "mono2-16bit", "≤ 512² 16-bit uncompressed, sizes and spacings vary"),
 }
+#: Inputs whose files differ in size and pixel spacing (:func:`_cropped`).
+CROPPED = frozenset({"512-cropped"})
 
 
 def build_folder(name: str, count: int, distinct: int, work: Path) -> Path:
@@ -70,10 +76,13 @@ def build_folder(name: str, count: int, distinct: int, work: Path) -> Path:
         for i, case in enumerate(cases):
             variant = variants[i % len(variants)]
             with Image.open(case.image) as img:
-                big = img.convert("L").resize((cols, rows), Image.Resampling.BICUBIC)
-            ds = build_dicom(
-                np.asarray(big), variant, name=f"{case.name}-{name}", spacing_mm=0.7 * 512 / rows
-            )
+                big = np.asarray(img.convert("L").resize((cols, rows), Image.Resampling.BICUBIC))
+            spacing = 0.7 * 512 / rows
+            if name in CROPPED:
+                big, spacing = _cropped(big, i), spacing * (1 + (i % 7) / 100)
+            ds = build_dicom(big, variant, name=f"{case.name}-{name}", spacing_mm=spacing)
+            if name in CROPPED:  # calibrated: Pixel Spacing beside the detector's own
+                ds.PixelSpacing = [f"{spacing:.4f}", f"{spacing:.4f}"]
             write_dicom(ds, base / f"{Path(case.name).stem}.dcm")
     folder = work / f"dicom-{name}-{count}"
     if len(list(folder.rglob("*.dcm"))) != count:
@@ -84,6 +93,13 @@ def build_folder(name: str, count: int, distinct: int, work: Path) -> Path:
             if not target.exists():
                 os.link(files[i % len(files)], target)
     return folder
+
+
+def _cropped(image: np.ndarray, i: int) -> np.ndarray:
+    """The ``i``-th file's crop of ``image``: centred, 0-72 rows and 0-121 columns fewer."""
+    rows, cols = image.shape[0] - 8 * (i % 10), image.shape[1] - 11 * (i % 12)
+    top, left = (image.shape[0] - rows) // 2, (image.shape[1] - cols) // 2
+    return np.ascontiguousarray(image[top : top + rows, left : left + cols])
 
 
 def _tree_pss_kib(pid: int) -> tuple[int, int]:
