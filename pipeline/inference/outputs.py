@@ -474,7 +474,16 @@ _LOSSY_KEYWORDS = ("LossyImageCompressionRatio", "LossyImageCompressionMethod")
 
 def _has_coordinates(source: Any) -> bool:
     """Whether ``source`` carries any of :data:`_COORDINATE_ATTRIBUTES`."""
-    return any(k in source for k in _COORDINATE_ATTRIBUTES)
+    there = source.keys()  # tags: a set lookup each (``keyword in source`` parses it)
+    return any(tag in there for tag in _tags(_COORDINATE_ATTRIBUTES))
+
+
+@functools.lru_cache(maxsize=8)
+def _tags(keywords: tuple[str, ...]) -> tuple[int, ...]:
+    """The tags of ``keywords`` (pydicom's dictionary knows them all)."""
+    from pydicom.datadict import tag_for_keyword
+
+    return tuple(int(tag_for_keyword(k)) for k in keywords)
 
 
 #: The SEG's Shared Functional Groups: filled in per source without coordinates.
@@ -635,7 +644,7 @@ class SegTemplates:
         there = source.keys()  # tags: one set lookup each (``in source`` parses a keyword)
         present = tuple(k for k, tag in zip(keywords, tags, strict=True) if tag in there)
         values = tuple(repr(source.get(k)) for k in _TEMPLATE_KEY_ATTRIBUTES)
-        lossy = tuple(k in source for k in _LOSSY_KEYWORDS)
+        lossy = tuple(tag in there for tag in _tags(_LOSSY_KEYWORDS))
         spatial = None  # projection radiographs: any size and pixel spacing share a template
         if _has_coordinates(source):
             keys = (*_COORDINATE_ATTRIBUTES, *_PIXEL_MEASURES_ATTRIBUTES)
@@ -850,7 +859,8 @@ class _EncodedTemplate:
         """The encoded Shared Functional Groups of ``source`` (kept by its pixel measures)."""
         from pydicom.dataelem import DataElement
 
-        key = tuple(repr(source.get(k)) for k in _PIXEL_MEASURES_ATTRIBUTES)
+        # the stored values, raw where not yet converted: no conversion for a cached one
+        key = tuple(repr(_stored_value(source, t)) for t in _tags(_PIXEL_MEASURES_ATTRIBUTES))
         if key not in self._groups:
             if len(self._groups) >= 64:  # a few detectors' spacings: rarely full
                 self._groups.clear()
@@ -863,6 +873,12 @@ class _EncodedTemplate:
             return _file_meta_bytes(self.template.file_meta, sop_instance_uid)
         body = b"".join(_render(node, encoded) for node in self.meta)
         return _META_GROUP_LENGTH + len(body).to_bytes(4, "little") + body
+
+
+def _stored_value(source: Any, tag: int) -> Any:
+    """The value of ``tag`` as ``source`` holds it (bytes while not yet converted), or None."""
+    element = source.get_item(tag) if tag in source else None
+    return None if element is None else element.value
 
 
 #: The File Meta Information Group Length element, before its 4-byte value.
@@ -896,16 +912,18 @@ _SIMPLE_PADDING = {"UI": b"\x00", "DA": b" ", "TM": b" ", "DT": b" ", "CS": b" "
 
 
 def _simple_element(tag: int, vr: str, value: Any) -> bytes | None:
-    """An element of ASCII text values or of OB bytes, encoded explicit VR little endian.
+    """An element of ASCII text values, one US number or OB bytes, as explicit VR LE bytes.
 
     The bytes pydicom writes (tested), without building a data element: the SEG's own UIDs,
-    dates, instance number, patient orientation and frames. None for anything else
+    dates, instance number, patient orientation, rows, columns and frames. None for anything else
     (non-ASCII text, a number where text is due, other VRs): pydicom encodes those.
     """
     from pydicom.multival import MultiValue
 
     if vr == "OB" and isinstance(value, bytes) and len(value) % 2 == 0:
         return _element_head(tag, b"OB", len(value)) + value
+    if vr == "US" and type(value) is int and 0 <= value < 1 << 16:
+        return _element_head(tag, b"US", 2) + value.to_bytes(2, "little")
     pad = _SIMPLE_PADDING.get(vr)
     values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
     if pad is None or not all(_simple_value(v, vr) for v in values):

@@ -259,6 +259,8 @@ def test_sizes_spacings_and_compression_ratios_share_a_template_yet_stay_highdic
         ("PatientOrientation", ["L", "FH"]),
         ("PatientOrientation", []),
         ("PatientOrientation", MultiValue(str, ["P", "F"])),  # as a source's dataset holds it
+        ("Rows", 512),
+        ("Columns", 65535),
         ("PixelData", b"\x01\x02"),
         ("PixelData", bytes(70_000)),  # a 4-byte length
     ],
@@ -290,6 +292,8 @@ def test_simple_elements_are_encoded_as_pydicom_encodes_them(keyword, value):
         ("StudyID", "Lunge\u00e4"),
         ("PatientOrientation", ["R", 2]),
         ("PixelData", b"\x01"),  # odd length
+        ("Rows", 65536),  # beyond US
+        ("Rows", -1),
     ],
 )
 def test_other_elements_are_left_to_pydicom(keyword, value):
