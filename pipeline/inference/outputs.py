@@ -460,6 +460,7 @@ _TEMPLATE_KEY_ATTRIBUTES = (
     "SOPClassUID",
     "Modality",
     "LossyImageCompression",
+    "SpecificCharacterSet",  # the SEG's own, in which the copied names are encoded
 )
 #: Source attributes that place an image in the patient's space. highdicom derives more of
 #: the SEG from a source with any of them, so such a source's pixel measures are part of its

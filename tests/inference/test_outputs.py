@@ -241,6 +241,57 @@ def test_sizes_spacings_and_compression_ratios_share_a_template_yet_stay_highdic
     )  # plain, lossy with a ratio, lossy without
 
 
+def test_sources_in_other_character_sets_get_segs_in_their_own(case_pixels, shipped_model):
+    """highdicom gives a SEG its source's Specific Character Set and encodes the copied
+    names in it; a template made from a source in another set kept that set's: a UTF-8
+    name written under the first source's repertoire."""
+    from pipeline.inference.lungs import measure
+    from pipeline.inference.outputs import (
+        SegTemplates,
+        _complete_type2,
+        build_seg,
+        encode_dicom,
+        pin_dates,
+        seg_uids,
+    )
+
+    pixels = next(iter(case_pixels.values()))
+    mask = np.zeros(pixels.shape, dtype=bool)
+    mask[100:300, 50:200] = True
+    m = measure(mask, mask.astype(np.float32), "L\\F")
+    templates, encoder, algorithm = (
+        SegTemplates(),
+        SegTemplates(),
+        shipped_model.identity.algorithm(),
+    )
+    charsets = [None, "ISO_IR 192", "ISO_IR 100", "ISO_IR 192", None, "ISO_IR 126"]
+    names = [
+        "Plain^Name",
+        "Müller^Jürgen",
+        "Müller^Jürgen",
+        "山田^太郎",
+        "Other^Name",
+        "Ανδρέου^Δημήτρης",
+    ]
+    for i, (charset, name) in enumerate(zip(charsets, names, strict=True)):
+        source = build_dicom(pixels, DicomVariant.MONO2_16BIT, name=f"cs{i}")
+        del source.PixelData
+        if charset is not None:
+            source.SpecificCharacterSet = charset
+        source.PatientName, source.SOPInstanceUID = name, f"1.2.3.{i}"
+        uids = seg_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), "digest")
+        theirs = build_seg(_complete_type2(source), m, uids, algorithm)
+        ours = templates.build(source, m, uids, algorithm)
+        for seg in (ours, theirs):
+            pin_dates(seg, "20260102030405")
+        assert encode_dicom(ours) == encode_dicom(theirs), (i, charset)
+        encoded = encoder.encode(source, m, uids, algorithm, "20260102030405")
+        assert encoded == encode_dicom(theirs), (i, charset)
+        again = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encoded))
+        assert str(again.PatientName) == name
+    assert len(encoder._templates) == 4  # one per character set
+
+
 @pytest.mark.parametrize(
     ("keyword", "value"),
     [
