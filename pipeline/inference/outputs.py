@@ -368,13 +368,28 @@ _TYPE2 = (
 
 
 def _complete_type2(source: Any) -> Any:
-    """A copy of ``source`` with absent Type 2 patient/study attributes present and empty."""
+    """A copy of ``source`` as highdicom takes it; ``source`` itself is left as it is.
+
+    Absent Type 2 patient/study attributes are present and empty (real files sometimes lack
+    them). A Specific Character Set of several values whose first is empty gets that value
+    written out as ISO 2022 IR 6, which is what an empty first value means (PS3.3
+    C.12.1.1.2): highdicom refuses the empty value, and Japanese files commonly carry one
+    (an empty value, then ISO 2022 IR 87).
+    """
     import copy
 
+    from pydicom.dataelem import DataElement
+    from pydicom.multival import MultiValue
+
     out = copy.copy(source)
+    out._dict = dict(source._dict)  # a shallow copy shares pydicom's element dictionary
     for keyword in _TYPE2:
         if keyword not in out:
             setattr(out, keyword, "")
+    charset = out.get("SpecificCharacterSet")
+    if isinstance(charset, (list, MultiValue)) and len(charset) > 1 and not charset[0]:
+        values = ["ISO 2022 IR 6", *charset[1:]]
+        out[0x00080005] = DataElement(0x00080005, "CS", values)  # a new element, not shared
     return out
 
 

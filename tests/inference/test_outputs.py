@@ -264,7 +264,15 @@ def test_sources_in_other_character_sets_get_segs_in_their_own(case_pixels, ship
         SegTemplates(),
         shipped_model.identity.algorithm(),
     )
-    charsets = [None, "ISO_IR 192", "ISO_IR 100", "ISO_IR 192", None, "ISO_IR 126"]
+    charsets = [
+        None,
+        "ISO_IR 192",
+        "ISO_IR 100",
+        "ISO_IR 192",
+        None,
+        "ISO_IR 126",
+        ["", "ISO 2022 IR 87"],  # Japanese, as PS3.5's examples write it: highdicom refused ""
+    ]
     names = [
         "Plain^Name",
         "Müller^Jürgen",
@@ -272,6 +280,7 @@ def test_sources_in_other_character_sets_get_segs_in_their_own(case_pixels, ship
         "山田^太郎",
         "Other^Name",
         "Ανδρέου^Δημήτρης",
+        "Yamada^Tarou=山田^太郎",
     ]
     for i, (charset, name) in enumerate(zip(charsets, names, strict=True)):
         source = build_dicom(pixels, DicomVariant.MONO2_16BIT, name=f"cs{i}")
@@ -289,7 +298,19 @@ def test_sources_in_other_character_sets_get_segs_in_their_own(case_pixels, ship
         assert encoded == encode_dicom(theirs), (i, charset)
         again = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encoded))
         assert str(again.PatientName) == name
-    assert len(encoder._templates) == 4  # one per character set
+    assert len(encoder._templates) == 5  # one per character set
+    assert again.SpecificCharacterSet == ["ISO 2022 IR 6", "ISO 2022 IR 87"]  # the same set
+
+
+def test_completing_a_source_leaves_it_as_it_was(case_pixels):
+    from pipeline.inference.outputs import _complete_type2
+
+    source = build_dicom(next(iter(case_pixels.values())), DicomVariant.MONO2_16BIT, name="c")
+    del source.StudyID
+    source.SpecificCharacterSet = ["", "ISO 2022 IR 87"]
+    completed = _complete_type2(source)
+    assert completed.StudyID == "" and "StudyID" not in source
+    assert source.SpecificCharacterSet == ["", "ISO 2022 IR 87"]
 
 
 @pytest.mark.parametrize(
