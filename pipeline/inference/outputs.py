@@ -663,7 +663,11 @@ class SegTemplates:
         lossy = tuple(tag in there for tag in _tags(_LOSSY_KEYWORDS))
         spatial = None  # projection radiographs: any size and pixel spacing share a template
         if _has_coordinates(source):
-            keys = (*_COORDINATE_ATTRIBUTES, *_PIXEL_MEASURES_ATTRIBUTES)
+            keys = (
+                *_COORDINATE_ATTRIBUTES,
+                "PositionReferenceIndicator",
+                *_PIXEL_MEASURES_ATTRIBUTES,
+            )
             spatial = (m.right.shape, *(repr(source.get(k)) for k in keys))
         return tuple(sorted(algorithm.items())), present, values, lossy, spatial
 

@@ -241,6 +241,38 @@ def test_sizes_spacings_and_compression_ratios_share_a_template_yet_stay_highdic
     )  # plain, lossy with a ratio, lossy without
 
 
+def test_sources_with_a_frame_of_reference_keep_a_template_per_spacing(case_pixels, shipped_model):
+    """highdicom derives more from a source placed in the patient's space (its position
+    reference indicator among them): such sources keep their spacing in the key."""
+    from pipeline.inference.lungs import measure
+    from pipeline.inference.outputs import (
+        SegTemplates,
+        _complete_type2,
+        build_seg,
+        encode_dicom,
+        pin_dates,
+        seg_uids,
+    )
+
+    pixels = next(iter(case_pixels.values()))
+    mask = np.zeros(pixels.shape, dtype=bool)
+    mask[100:300, 50:200] = True
+    m = measure(mask, mask.astype(np.float32), "L\\F")
+    encoder, algorithm = SegTemplates(), shipped_model.identity.algorithm()
+    cases = [("", "0.2"), ("XY", "0.2"), ("XY", "0.3"), ("XY", "0.3")]
+    for i, (indicator, spacing) in enumerate(cases):
+        source = build_dicom(pixels, DicomVariant.MONO2_16BIT, name=f"for{i}")
+        del source.PixelData
+        source.FrameOfReferenceUID, source.PositionReferenceIndicator = "1.2.3.4", indicator
+        source.PixelSpacing, source.SOPInstanceUID = [spacing, spacing], f"1.2.3.{i}"
+        uids = seg_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), "digest")
+        theirs = build_seg(_complete_type2(source), m, uids, algorithm)
+        pin_dates(theirs, "20260102030405")
+        encoded = encoder.encode(source, m, uids, algorithm, "20260102030405")
+        assert encoded == encode_dicom(theirs), (i, indicator, spacing)
+    assert len(encoder._templates) == 3
+
+
 def test_sources_in_other_character_sets_get_segs_in_their_own(case_pixels, shipped_model):
     """highdicom gives a SEG its source's Specific Character Set and encodes the copied
     names in it; a template made from a source in another set kept that set's: a UTF-8
