@@ -181,6 +181,40 @@ def test_seg_from_a_template_is_byte_for_byte_highdicoms(
     assert all(entry[2] is not None for entry in encoder._templates.values())
 
 
+#: The dates every SEG of these tests is pinned to.
+DATES = "20260102030405"
+
+
+def _assert_as_highdicom(source, m, templates, encoder, algorithm) -> bytes:
+    """Both template paths give highdicom's SEG of ``source`` byte for byte; return it."""
+    from pipeline.inference.outputs import (
+        _complete_type2,
+        build_seg,
+        encode_dicom,
+        pin_dates,
+        seg_uids,
+    )
+
+    uids = seg_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), "digest")
+    theirs = build_seg(_complete_type2(source), m, uids, algorithm)
+    ours = templates.build(source, m, uids, algorithm)
+    for seg in (ours, theirs):
+        pin_dates(seg, DATES)
+    expected = encode_dicom(theirs)
+    assert encode_dicom(ours) == expected
+    assert encoder.encode(source, m, uids, algorithm, DATES) == expected
+    return expected
+
+
+def _one_lung(shape: tuple[int, int]):
+    """Measures of a rectangle as the right lung (left on the image)."""
+    from pipeline.inference.lungs import measure
+
+    mask = np.zeros(shape, dtype=bool)
+    mask[100:300, 50:200] = True
+    return measure(mask, mask.astype(np.float32), "L\\F")
+
+
 def test_sizes_spacings_and_compression_ratios_share_a_template_yet_stay_highdicoms(
     case_pixels, case_masks, shipped_model
 ):
@@ -188,14 +222,7 @@ def test_sizes_spacings_and_compression_ratios_share_a_template_yet_stay_highdic
     collimation), pixel spacing (a calibration) and lossy compression ratio: each used to
     cost a template of its own, i.e. highdicom's whole constructor (~20 ms)."""
     from pipeline.inference.lungs import measure
-    from pipeline.inference.outputs import (
-        SegTemplates,
-        _complete_type2,
-        build_seg,
-        encode_dicom,
-        pin_dates,
-        seg_uids,
-    )
+    from pipeline.inference.outputs import SegTemplates
 
     (name, pixels), mask = next(iter(case_pixels.items())), next(iter(case_masks.values()))
     cases = [  # (variant, rows, columns, pixel spacing, lossy ratio, method)
@@ -208,11 +235,7 @@ def test_sizes_spacings_and_compression_ratios_share_a_template_yet_stay_highdic
         (DicomVariant.JPEG_BASELINE, 512, 512, ["0.175", "0.175"], "12.5", "ISO_10918_1"),
         (DicomVariant.JPEG_BASELINE, 512, 512, None, None, None),  # lossy, no ratio: its own
     ]
-    templates, encoder, algorithm = (
-        SegTemplates(),
-        SegTemplates(),
-        shipped_model.identity.algorithm(),
-    )
+    templates, encoder = SegTemplates(), SegTemplates()
     for i, (variant, rows, cols, spacing, ratio, method) in enumerate(cases):
         source = build_dicom(pixels, variant, name=f"{name}{i}")
         del source.PixelData
@@ -228,48 +251,26 @@ def test_sizes_spacings_and_compression_ratios_share_a_template_yet_stay_highdic
             elif keyword in source:
                 delattr(source, keyword)
         m = measure(mask[:rows, :cols], mask[:rows, :cols].astype(np.float32), "L\\F")
-        uids = seg_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), "digest")
-        theirs = build_seg(_complete_type2(source), m, uids, algorithm)
-        ours = templates.build(source, m, uids, algorithm)
-        for seg in (ours, theirs):
-            pin_dates(seg, "20260102030405")
-        assert encode_dicom(ours) == encode_dicom(theirs), (i, rows, cols, spacing, ratio)
-        encoded = encoder.encode(source, m, uids, algorithm, "20260102030405")
-        assert encoded == encode_dicom(theirs), (i, rows, cols, spacing, ratio)
-    assert (
-        len(templates._templates) == len(encoder._templates) == 3
-    )  # plain, lossy with a ratio, lossy without
+        _assert_as_highdicom(source, m, templates, encoder, shipped_model.identity.algorithm())
+    # one template each: plain, lossy with a ratio, lossy without
+    assert len(templates._templates) == len(encoder._templates) == 3
 
 
 def test_sources_with_a_frame_of_reference_keep_a_template_per_spacing(case_pixels, shipped_model):
     """highdicom derives more from a source placed in the patient's space (its position
     reference indicator among them): such sources keep their spacing in the key."""
-    from pipeline.inference.lungs import measure
-    from pipeline.inference.outputs import (
-        SegTemplates,
-        _complete_type2,
-        build_seg,
-        encode_dicom,
-        pin_dates,
-        seg_uids,
-    )
+    from pipeline.inference.outputs import SegTemplates
 
     pixels = next(iter(case_pixels.values()))
-    mask = np.zeros(pixels.shape, dtype=bool)
-    mask[100:300, 50:200] = True
-    m = measure(mask, mask.astype(np.float32), "L\\F")
-    encoder, algorithm = SegTemplates(), shipped_model.identity.algorithm()
-    cases = [("", "0.2"), ("XY", "0.2"), ("XY", "0.3"), ("XY", "0.3")]
-    for i, (indicator, spacing) in enumerate(cases):
+    templates, encoder, m = SegTemplates(), SegTemplates(), _one_lung(pixels.shape)
+    for i, (indicator, spacing) in enumerate(
+        [("", "0.2"), ("XY", "0.2"), ("XY", "0.3"), ("XY", "0.3")]
+    ):
         source = build_dicom(pixels, DicomVariant.MONO2_16BIT, name=f"for{i}")
         del source.PixelData
         source.FrameOfReferenceUID, source.PositionReferenceIndicator = "1.2.3.4", indicator
         source.PixelSpacing, source.SOPInstanceUID = [spacing, spacing], f"1.2.3.{i}"
-        uids = seg_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), "digest")
-        theirs = build_seg(_complete_type2(source), m, uids, algorithm)
-        pin_dates(theirs, "20260102030405")
-        encoded = encoder.encode(source, m, uids, algorithm, "20260102030405")
-        assert encoded == encode_dicom(theirs), (i, indicator, spacing)
+        _assert_as_highdicom(source, m, templates, encoder, shipped_model.identity.algorithm())
     assert len(encoder._templates) == 3
 
 
@@ -277,57 +278,29 @@ def test_sources_in_other_character_sets_get_segs_in_their_own(case_pixels, ship
     """highdicom gives a SEG its source's Specific Character Set and encodes the copied
     names in it; a template made from a source in another set kept that set's: a UTF-8
     name written under the first source's repertoire."""
-    from pipeline.inference.lungs import measure
-    from pipeline.inference.outputs import (
-        SegTemplates,
-        _complete_type2,
-        build_seg,
-        encode_dicom,
-        pin_dates,
-        seg_uids,
-    )
+    from pipeline.inference.outputs import SegTemplates
 
     pixels = next(iter(case_pixels.values()))
-    mask = np.zeros(pixels.shape, dtype=bool)
-    mask[100:300, 50:200] = True
-    m = measure(mask, mask.astype(np.float32), "L\\F")
-    templates, encoder, algorithm = (
-        SegTemplates(),
-        SegTemplates(),
-        shipped_model.identity.algorithm(),
-    )
-    charsets = [
-        None,
-        "ISO_IR 192",
-        "ISO_IR 100",
-        "ISO_IR 192",
-        None,
-        "ISO_IR 126",
-        ["", "ISO 2022 IR 87"],  # Japanese, as PS3.5's examples write it: highdicom refused ""
+    templates, encoder, m = SegTemplates(), SegTemplates(), _one_lung(pixels.shape)
+    cases = [
+        (None, "Plain^Name"),
+        ("ISO_IR 192", "Müller^Jürgen"),
+        ("ISO_IR 100", "Müller^Jürgen"),
+        ("ISO_IR 192", "山田^太郎"),
+        (None, "Other^Name"),
+        ("ISO_IR 126", "Ανδρέου^Δημήτρης"),
+        # Japanese, as PS3.5's examples write it: highdicom refused the empty first value
+        (["", "ISO 2022 IR 87"], "Yamada^Tarou=山田^太郎"),
     ]
-    names = [
-        "Plain^Name",
-        "Müller^Jürgen",
-        "Müller^Jürgen",
-        "山田^太郎",
-        "Other^Name",
-        "Ανδρέου^Δημήτρης",
-        "Yamada^Tarou=山田^太郎",
-    ]
-    for i, (charset, name) in enumerate(zip(charsets, names, strict=True)):
+    for i, (charset, name) in enumerate(cases):
         source = build_dicom(pixels, DicomVariant.MONO2_16BIT, name=f"cs{i}")
         del source.PixelData
         if charset is not None:
             source.SpecificCharacterSet = charset
         source.PatientName, source.SOPInstanceUID = name, f"1.2.3.{i}"
-        uids = seg_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), "digest")
-        theirs = build_seg(_complete_type2(source), m, uids, algorithm)
-        ours = templates.build(source, m, uids, algorithm)
-        for seg in (ours, theirs):
-            pin_dates(seg, "20260102030405")
-        assert encode_dicom(ours) == encode_dicom(theirs), (i, charset)
-        encoded = encoder.encode(source, m, uids, algorithm, "20260102030405")
-        assert encoded == encode_dicom(theirs), (i, charset)
+        encoded = _assert_as_highdicom(
+            source, m, templates, encoder, shipped_model.identity.algorithm()
+        )
         again = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encoded))
         assert str(again.PatientName) == name
     assert len(encoder._templates) == 5  # one per character set
