@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import copy
 import functools
+import heapq
 import math
+import operator
 import os
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
@@ -584,18 +586,19 @@ def load_standard_tables() -> None:
 class SegTemplates:
     """SEGs from a template of their kind instead of highdicom's constructor each time.
 
-    The first source of a kind (its SOP class, modality, compression history, which
-    patient/study attributes it carries; for a source placed in the patient's space also
-    its geometry and pixel measures: :meth:`_key`) is built by :func:`build_seg`
+    The first source of a kind (its SOP class, modality, character set, compression
+    history; for a source placed in the patient's space also its geometry and pixel
+    measures: :meth:`_key`) is built by :func:`build_seg`
     (highdicom checks every attribute against the standard; with the template's
     preparation ~20 ms, against ~1-2 ms for a SEG from a template); later ones copy that
     object and fill in what differs from source to source: the patient/study attributes
-    highdicom copies (:func:`_copied_keywords`), the lossy compression ratio and method,
-    the references to the source, the SEG's UIDs, instance number, orientation, size,
-    pixel measures and the bit-packed frames. So radiographs of any size and pixel spacing
-    (a detector cropped to the collimation, a calibrated spacing) share one template. The
-    result is byte for byte what highdicom builds (tests/inference/test_outputs.py
-    compares them).
+    highdicom copies (:func:`_copied_keywords`: those the source carries, whichever they
+    are), the lossy compression ratio and method, the references to the source, the SEG's
+    UIDs, instance number, orientation, size, pixel measures and the bit-packed frames. So
+    radiographs of any size and pixel spacing (a detector cropped to the collimation, a
+    calibrated spacing), carrying any optional patient/study attributes, share one
+    template. The result is byte for byte what highdicom builds
+    (tests/inference/test_outputs.py compares them).
 
     Args:
         maxsize: templates kept (least recently used dropped first).
@@ -656,9 +659,7 @@ class SegTemplates:
 
     @staticmethod
     def _key(source: Any, m: LungMeasures, algorithm: dict[str, str]) -> tuple:
-        keywords, tags = _copied_keywords_and_tags(str(source.SOPClassUID))
         there = source.keys()  # tags: one set lookup each (``in source`` parses a keyword)
-        present = tuple(k for k, tag in zip(keywords, tags, strict=True) if tag in there)
         values = tuple(repr(source.get(k)) for k in _TEMPLATE_KEY_ATTRIBUTES)
         lossy = tuple(tag in there for tag in _tags(_LOSSY_KEYWORDS))
         spatial = None  # projection radiographs: any size and pixel spacing share a template
@@ -669,7 +670,7 @@ class SegTemplates:
                 *_PIXEL_MEASURES_ATTRIBUTES,
             )
             spatial = (m.right.shape, *(repr(source.get(k)) for k in keys))
-        return tuple(sorted(algorithm.items())), present, values, lossy, spatial
+        return tuple(sorted(algorithm.items())), values, lossy, spatial
 
 
 #: The template's sequences that filling in changes inside (copied, not shared).
@@ -767,16 +768,22 @@ class _EncodedTemplate:
     (:func:`_parse_elements`) whose leaves are kept bytes or the elements that differ from
     SEG to SEG (the source's SOP Instance and Series UIDs, the dimension organisation UID,
     the contribution date), so that only those and the lengths around them are encoded
-    again; and the attributes copied from the source or the SEG's own, encoded each time.
+    again; the SEG's own attributes and the lossy compression ones copied from the source,
+    encoded each time. The patient/study attributes the source carries are encoded and
+    merged in by tag.
     The file meta information is such a tree too (the SOP Instance UID varies; its group
     length is recomputed). The result is what :func:`_encode_templated` gives for
     :meth:`SegTemplates.build`'s SEG (tested), without building that dataset.
     """
 
     def __init__(self, template: Any, source: Any, constant: dict[Any, bytes]):
-        from pydicom.datadict import dictionary_VR, tag_for_keyword
+        from pydicom.datadict import tag_for_keyword
 
-        copied = {*_copied_keywords(str(source.SOPClassUID)), *_LOSSY_KEYWORDS}
+        copied = set(_copied_keywords(str(source.SOPClassUID)))
+        #: the patient/study attributes highdicom copies, by tag: merged in per source
+        self.copied_tags = sorted(
+            t for t in _copied_keywords_and_tags(str(source.SOPClassUID))[1] if t >= 0
+        )
         groups = "" if _has_coordinates(source) else _SHARED_GROUPS
         self._groups: dict[tuple[str, ...], bytes] = {}  # encoded Shared Functional Groups
         self.template, self.encodings = template, template.get("SpecificCharacterSet", "iso8859")
@@ -789,24 +796,33 @@ class _EncodedTemplate:
         varying = {self._element_of(k, v): k for k, v in was.items() if v is not None}
         self.head = (template.preamble or b"\x00" * 128) + b"DICM"
         self.meta = self._meta_tree(template)
-        self.pieces: list[tuple[str, Any]] = []
+        self.pieces: list[tuple[int, str, Any]] = []  # (tag, kind, what to write)
         own = {tag_for_keyword(k): k for k in _OWN_KEYWORDS}  # pin_dates adds absent dates
         for tag in sorted(set(template.keys()) | set(own)):
             keyword = template[tag].keyword if tag in template else ""
-            if tag in own:
-                vr = template[tag].VR if tag in template else dictionary_VR(tag)
-                self.pieces.append(("own", (tag, own[tag], vr)))
-            elif tag in constant:
-                self.pieces.append(("bytes", constant[tag]))
-            elif keyword == groups:
-                self.pieces.append(("groups", tag))
-            elif keyword in _FILLED_SEQUENCES:
-                encoded = self._element(template[tag])
-                self.pieces.append(("tree", _parse_elements(encoded, varying)))
-            elif keyword in copied:
-                self.pieces.append(("source", tag))
-            else:  # an element of ambiguous VR: its VR resolved against the template, once
-                self.pieces.append(("bytes", self._element(template[tag])))
+            if keyword in copied:
+                continue  # merged in from each source (:meth:`encode`)
+            self.pieces.append((tag, *self._piece(tag, keyword, own, constant, groups, varying)))
+
+    def _piece(
+        self, tag: int, keyword: str, own: dict, constant: dict, groups: str, varying: dict
+    ) -> tuple[str, Any]:
+        """How :meth:`encode` writes the template's element ``tag``: ``(kind, what)``."""
+        from pydicom.datadict import dictionary_VR
+
+        if tag in own:
+            vr = self.template[tag].VR if tag in self.template else dictionary_VR(tag)
+            return "own", (tag, own[tag], vr)
+        if tag in constant:
+            return "bytes", constant[tag]
+        if keyword == groups:
+            return "groups", tag
+        if keyword in _FILLED_SEQUENCES:
+            return "tree", _parse_elements(self._element(self.template[tag]), varying)
+        if keyword in _LOSSY_KEYWORDS:
+            return "source", tag
+        # an element of ambiguous VR: its VR resolved against the template, once
+        return "bytes", self._element(self.template[tag])
 
     def _meta_tree(self, template: Any) -> list | None:
         """The file meta elements after their group length, as a tree (the UID varying).
@@ -861,7 +877,9 @@ class _EncodedTemplate:
         }
         encoded = {k: self._element_of(k, v) for k, v in now.items()}
         parts = [self.head, self._meta_bytes(uids["sop_instance_uid"], encoded)]
-        for kind, value in self.pieces:
+        there = source.keys()
+        copied = [(tag, "source", tag) for tag in self.copied_tags if tag in there]
+        for _, kind, value in heapq.merge(self.pieces, copied, key=operator.itemgetter(0)):
             if kind == "bytes":
                 parts.append(value)
             elif kind == "tree":
@@ -1115,6 +1133,8 @@ def _fill_from_source(seg: Any, source: Any) -> None:
     for keyword in _copied_keywords(str(source.SOPClassUID)):
         if keyword in source:
             seg[keyword] = copy.deepcopy(source[keyword])
+        elif keyword in seg:  # the template's source had it, this one has not
+            del seg[keyword]
     for keyword in _LOSSY_KEYWORDS:
         if keyword in seg:  # the template's source had it, so this one has it too (the key)
             seg[keyword] = copy.deepcopy(source[keyword])

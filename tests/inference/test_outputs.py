@@ -256,6 +256,42 @@ def test_sizes_spacings_and_compression_ratios_share_a_template_yet_stay_highdic
     assert len(templates._templates) == len(encoder._templates) == 3
 
 
+def test_sources_carrying_other_patient_and_study_attributes_share_a_template(
+    case_pixels, shipped_model
+):
+    """Which optional patient/study attributes a file carries varies from exam to exam;
+    highdicom copies those it finds. Each pattern used to cost a template of its own."""
+    from pipeline.inference.outputs import SegTemplates
+
+    pixels = next(iter(case_pixels.values()))
+    templates, encoder, m = SegTemplates(), SegTemplates(), _one_lung(pixels.shape)
+    extras = [
+        {},
+        {"PatientAge": "045Y", "StudyDescription": "CHEST PA"},
+        {
+            "PatientWeight": "71.5",
+            "IssuerOfPatientID": "HOSP",
+            "AdmittingDiagnosesDescription": "TB?",
+        },
+        {"StudyDescription": "CHEST AP PORTABLE"},
+        {},
+    ]
+    for i, extra in enumerate(extras):
+        source = build_dicom(pixels, DicomVariant.MONO2_16BIT, name=f"pa{i}")
+        del source.PixelData
+        if i == 4:
+            del source.StudyID  # Type 2 absent: completed as empty, as highdicom gets it
+        for keyword, value in extra.items():
+            setattr(source, keyword, value)
+        source.SOPInstanceUID = f"1.2.3.{i}"
+        encoded = _assert_as_highdicom(
+            source, m, templates, encoder, shipped_model.identity.algorithm()
+        )
+        again = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encoded))
+        assert {k: str(again.get(k)) for k in extra} == extra
+    assert len(templates._templates) == len(encoder._templates) == 1
+
+
 def test_sources_with_a_frame_of_reference_keep_a_template_per_spacing(case_pixels, shipped_model):
     """highdicom derives more from a source placed in the patient's space (its position
     reference indicator among them): such sources keep their spacing in the key."""
