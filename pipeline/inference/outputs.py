@@ -557,13 +557,12 @@ def _copied_keywords(sop_class_uid: str) -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=32)
-def _copied_keywords_and_tags(sop_class_uid: str) -> tuple[tuple[str, ...], tuple[int, ...]]:
-    """:func:`_copied_keywords` and their tags (-1 for a keyword pydicom does not know)."""
+def _copied_tags(sop_class_uid: str) -> tuple[int, ...]:
+    """The tags of :func:`_copied_keywords` that pydicom knows, in ascending order."""
     from pydicom.datadict import tag_for_keyword
 
-    keywords = _copied_keywords(sop_class_uid)
-    tags = tuple(-1 if (t := tag_for_keyword(k)) is None else t for k in keywords)
-    return keywords, tags
+    tags = (tag_for_keyword(k) for k in _copied_keywords(sop_class_uid))
+    return tuple(sorted(int(t) for t in tags if t is not None))
 
 
 def load_standard_tables() -> None:
@@ -588,10 +587,10 @@ class SegTemplates:
 
     The first source of a kind (its SOP class, modality, character set, compression
     history; for a source placed in the patient's space also its geometry and pixel
-    measures: :meth:`_key`) is built by :func:`build_seg`
-    (highdicom checks every attribute against the standard; with the template's
-    preparation ~20 ms, against ~1-2 ms for a SEG from a template); later ones copy that
-    object and fill in what differs from source to source: the patient/study attributes
+    measures: :meth:`_key`) is built by :func:`build_seg` (highdicom checks every
+    attribute against the standard; with the template's preparation ~20 ms, against
+    ~1-2 ms for a SEG from a template); later ones copy that object and fill in what
+    differs from source to source: the patient/study attributes
     highdicom copies (:func:`_copied_keywords`: those the source carries, whichever they
     are), the lossy compression ratio and method, the references to the source, the SEG's
     UIDs, instance number, orientation, size, pixel measures and the bit-packed frames. So
@@ -781,9 +780,7 @@ class _EncodedTemplate:
 
         copied = set(_copied_keywords(str(source.SOPClassUID)))
         #: the patient/study attributes highdicom copies, by tag: merged in per source
-        self.copied_tags = sorted(
-            t for t in _copied_keywords_and_tags(str(source.SOPClassUID))[1] if t >= 0
-        )
+        self.copied_tags = _copied_tags(str(source.SOPClassUID))
         groups = "" if _has_coordinates(source) else _SHARED_GROUPS
         self._groups: dict[tuple[str, ...], bytes] = {}  # encoded Shared Functional Groups
         self.template, self.encodings = template, template.get("SpecificCharacterSet", "iso8859")
