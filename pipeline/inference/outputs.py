@@ -15,7 +15,7 @@ import heapq
 import math
 import operator
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -369,30 +369,57 @@ _TYPE2 = (
 )
 
 
+#: (0008,0005) Specific Character Set.
+_CHARSET_TAG = 0x00080005
+
+
 def _complete_type2(source: Any) -> Any:
     """A copy of ``source`` as highdicom takes it; ``source`` itself is left as it is.
 
     Absent Type 2 patient/study attributes are present and empty (real files sometimes lack
-    them). A Specific Character Set of several values whose first is empty gets that value
-    written out as ISO 2022 IR 6, which is what an empty first value means (PS3.3
-    C.12.1.1.2): highdicom refuses the empty value, and Japanese files commonly carry one
-    (an empty value, then ISO 2022 IR 87).
+    them). The Specific Character Set is written in the standard's defined terms
+    (:func:`~pipeline.io.charset.standard_character_set`), which read the text as pydicom
+    read the source's: highdicom refuses anything else, and real files carry ``ISO IR 100``,
+    ``ISO_IR 6``, ``ISO 2022 IR 100`` alone, or (Japanese files, as PS3.5's examples write
+    them) an empty first value, then ``ISO 2022 IR 87``.
     """
     import copy
-
-    from pydicom.dataelem import DataElement
-    from pydicom.multival import MultiValue
 
     out = copy.copy(source)
     out._dict = dict(source._dict)  # a shallow copy shares pydicom's element dictionary
     for keyword in _TYPE2:
         if keyword not in out:
             setattr(out, keyword, "")
-    charset = out.get("SpecificCharacterSet")
-    if isinstance(charset, (list, MultiValue)) and len(charset) > 1 and not charset[0]:
-        values = ["ISO 2022 IR 6", *charset[1:]]
-        out[0x00080005] = DataElement(0x00080005, "CS", values)  # a new element, not shared
+    _standardise_character_set(out)
     return out
+
+
+def _standardise_character_set(ds: Any) -> None:
+    """Replace ``ds``'s Specific Character Set by its defined terms (a new element).
+
+    Its text is read under the file's own value first, so it stays as pydicom read it.
+    """
+    from pydicom.dataelem import DataElement
+
+    from pipeline.io.charset import standard_character_set
+
+    if _CHARSET_TAG not in ds:
+        return
+    value = ds[_CHARSET_TAG].value
+    standard = standard_character_set(value)
+    if standard is not None and _as_list(standard) == _as_list(value):
+        return
+    for _ in ds:  # (rare) every element converted from its bytes under the old value
+        pass
+    if standard is None:
+        del ds[_CHARSET_TAG]
+    else:
+        ds[_CHARSET_TAG] = DataElement(_CHARSET_TAG, "CS", standard)  # not the shared one
+
+
+def _as_list(value: str | Sequence[str]) -> list[str]:
+    """A character set's values as a list."""
+    return [value] if isinstance(value, str) else list(value)
 
 
 def seg_uids(series_uid: str, sop_uid: str, checksum: str) -> dict[str, str]:

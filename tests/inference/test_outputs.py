@@ -343,6 +343,50 @@ def test_sources_in_other_character_sets_get_segs_in_their_own(case_pixels, ship
     assert again.SpecificCharacterSet == ["ISO 2022 IR 6", "ISO 2022 IR 87"]  # the same set
 
 
+@pytest.mark.parametrize(
+    ("charset", "name", "expected"),
+    [
+        ("ISO IR 100", "Müller^Jürgen", "ISO_IR 100"),
+        ("iso_ir 144", "Иванов^Иван", "ISO_IR 144"),
+        ("ISO 2022 IR 100", "Müller^Jürgen", "ISO_IR 100"),
+        ("ISO_IR 6", "Plain^Name", None),
+        ("", "Plain^Name", None),
+        ("UTF-8", "山田^太郎", "ISO_IR 192"),
+        ("cp1252", "Œuvre^Zoë", "ISO_IR 192"),  # no DICOM term: UTF-8 holds its text
+    ],
+)
+def test_sources_with_non_standard_character_sets_get_segs_in_defined_terms(
+    case_pixels, shipped_model, charset, name, expected
+):
+    """Real files misspell the set or use values the standard does not define; highdicom
+    refused them all, so those sources had no SEG. The names read from the file's bytes
+    come out as pydicom read them."""
+    import warnings
+
+    from pipeline.inference.outputs import SegTemplates
+
+    pixels = next(iter(case_pixels.values()))
+    source = build_dicom(pixels, DicomVariant.MONO2_16BIT, name="ns")
+    del source.PixelData
+    source.SpecificCharacterSet = charset
+    source.PatientName = source.StudyDescription = name
+    with warnings.catch_warnings():  # pydicom warns of the value it mends
+        warnings.simplefilter("ignore")
+        buffer = pydicom.filebase.DicomBytesIO()
+        pydicom.dcmwrite(buffer, source, enforce_file_format=True)
+        read = pydicom.dcmread(pydicom.filebase.DicomBytesIO(buffer.getvalue()))
+        assert str(read.PatientName) == name  # pydicom reads the file's own value
+        read = pydicom.dcmread(pydicom.filebase.DicomBytesIO(buffer.getvalue()))
+        algorithm = shipped_model.identity.algorithm()
+        encoded = _assert_as_highdicom(
+            read, _one_lung(pixels.shape), SegTemplates(), SegTemplates(), algorithm
+        )
+    seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encoded))
+    assert seg.get("SpecificCharacterSet") == expected
+    assert str(seg.PatientName) == name
+    assert read.SpecificCharacterSet == charset  # the source is left as it was
+
+
 def test_completing_a_source_leaves_it_as_it_was(case_pixels):
     from pipeline.inference.outputs import _complete_type2
 
