@@ -500,8 +500,28 @@ def test_pixels_pass_through_the_shared_slots_and_every_slot_comes_back(
     assert any(sent) and (all(sent) if count is None else not all(sent))
     assert main(["segment", str(root), "-o", str(tmp_path / "b"), "--workers", "0", *formats]) == 0
     for kind in ("masks", "overlays"):
-        assert _digest(tmp_path / "a" / kind) == _digest(tmp_path / "b" / kind), kind
+        a, b = _digest(tmp_path / "a" / kind), _digest(tmp_path / "b" / kind)
+        assert a == b, _png_differences(tmp_path / "a" / kind, tmp_path / "b" / kind, a, b)
     assert len(_digest(tmp_path / "a" / "masks")) == 5
+
+
+def _png_differences(a: Path, b: Path, digests_a: dict, digests_b: dict) -> str:
+    """Which PNGs differ between two output folders, and how (bytes only, or pixels where)."""
+    lines = []
+    for name in sorted(set(digests_a) | set(digests_b)):
+        if digests_a.get(name) == digests_b.get(name):
+            continue
+        if name not in digests_a or name not in digests_b:
+            lines.append(f"{name}: only in {'b' if name not in digests_a else 'a'}")
+            continue
+        pa, pb = (np.asarray(Image.open(root / name)) for root in (a, b))
+        if pa.shape != pb.shape or not np.array_equal(pa, pb):
+            where = np.argwhere(pa != pb) if pa.shape == pb.shape else np.zeros((0, 2), int)
+            box = f"{where.min(0).tolist()}..{where.max(0).tolist()}" if len(where) else "-"
+            lines.append(f"{name}: pixels differ ({len(where)} at {box}, shapes {pa.shape})")
+        else:
+            lines.append(f"{name}: same pixels, different bytes ({digests_a[name][:8]})")
+    return "; ".join(lines)
 
 
 @pytest.mark.slow
