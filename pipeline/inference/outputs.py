@@ -15,7 +15,7 @@ import heapq
 import math
 import operator
 import os
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -391,7 +391,35 @@ def _complete_type2(source: Any) -> Any:
         if keyword not in out:
             setattr(out, keyword, "")
     _standardise_character_set(out)
+    _mend_checked_values(out)
     return out
+
+
+@functools.cache
+def _mended_values() -> tuple[tuple[str, Callable[[str], str]], ...]:
+    """The attributes :func:`_mend_checked_values` mends, each with its mending function."""
+    from pipeline.io.mend import mended_date, mended_modality, mended_sex, mended_time
+
+    return (
+        ("PatientBirthDate", mended_date),
+        ("PatientSex", mended_sex),
+        ("StudyDate", mended_date),
+        ("StudyTime", mended_time),
+        ("Modality", mended_modality),
+    )
+
+
+def _mend_checked_values(ds: Any) -> None:
+    """Mend the values highdicom checks where the file breaks their VR (:mod:`pipeline.io.mend`).
+
+    A dated ``2023-01-01``, a time ``10:11:12``, a sex ``Male`` or a modality ``cr`` made
+    highdicom refuse the source; the mended value is set on ``ds`` (a new element).
+    """
+    for keyword, mend in _mended_values():
+        text = str(ds.get(keyword, ""))
+        mended = mend(text)
+        if mended != text:
+            setattr(ds, keyword, mended)
 
 
 def _standardise_character_set(ds: Any) -> None:
@@ -1353,6 +1381,28 @@ def encode_dicom(ds: Any) -> bytes:
 SEG_TEMPLATES = SegTemplates()
 
 
+class MissingReferenceError(ValueError):
+    """A source lacks a UID by which a SEG or SR must reference it."""
+
+
+#: The source's UIDs a SEG and an SR reference it by (Type 1 in every image IOD).
+_REFERENCE_KEYWORDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "SOPClassUID")
+
+
+def source_references(source: Any) -> tuple[str, str]:
+    """The source's Series and SOP Instance UIDs, once every reference UID is known present.
+
+    Raises:
+        MissingReferenceError: naming the reference UIDs the source lacks or leaves empty.
+    """
+    missing = [k for k in _REFERENCE_KEYWORDS if not str(source.get(k, "") or "").strip()]
+    if missing:
+        raise MissingReferenceError(
+            f"the source has no {', '.join(missing)}, by which a SEG must reference it"
+        )
+    return str(source.SeriesInstanceUID), str(source.SOPInstanceUID)
+
+
 def seg_of(source: Any, m: LungMeasures, identity: ModelIdentity) -> Any:
     """The SEG of a source instance (header enough) under a model: UIDs from both.
 
@@ -1360,8 +1410,11 @@ def seg_of(source: Any, m: LungMeasures, identity: ModelIdentity) -> Any:
         source: the source pydicom Dataset.
         m: the measured lungs on the source grid.
         identity: the model that produced them (its digest derives the UIDs).
+
+    Raises:
+        MissingReferenceError: the source lacks a UID the SEG references it by.
     """
-    uids = seg_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), identity.digest)
+    uids = seg_uids(*source_references(source), identity.digest)
     return SEG_TEMPLATES.build(source, m, uids, identity.algorithm())
 
 
@@ -1371,7 +1424,7 @@ def seg_bytes_of(source: Any, m: LungMeasures, identity: ModelIdentity, datetime
     Encoded from the template's pieces (:meth:`SegTemplates.encode`) without building the
     dataset: about half the time of :func:`seg_of` and :func:`write_seg`.
     """
-    uids = seg_uids(str(source.SeriesInstanceUID), str(source.SOPInstanceUID), identity.digest)
+    uids = seg_uids(*source_references(source), identity.digest)
     return SEG_TEMPLATES.encode(source, m, uids, identity.algorithm(), datetime14)
 
 
@@ -1392,8 +1445,7 @@ def sr_of(source: Any, seg: Any, m: LungMeasures, identity: ModelIdentity) -> An
     Raises:
         ValueError: the pixel spacing is unknown.
     """
-    series, sop = str(source.SeriesInstanceUID), str(source.SOPInstanceUID)
-    uids = sr_uids(series, sop, identity.digest)
+    uids = sr_uids(*source_references(source), identity.digest)
     return build_sr(source, seg, m, uids, identity.algorithm())
 
 
@@ -1455,6 +1507,10 @@ def _write_seg(path: Path, relative: Path, m: LungMeasures, ctx: Context, clock:
 
     clock.restart()
     source = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    try:
+        source_references(source)
+    except MissingReferenceError as err:  # the file will not change: a note, not a retry
+        return f"no SEG: {err}"
     target = output_path(ctx.out_dir, relative, OutputFormat.SEG)
     if OutputFormat.SR not in ctx.formats:  # bytes straight from a template (no dataset)
         encoded = seg_bytes_of(source, m, ctx.identity, ctx.started)

@@ -387,6 +387,77 @@ def test_sources_with_non_standard_character_sets_get_segs_in_defined_terms(
     assert read.SpecificCharacterSet == charset  # the source is left as it was
 
 
+@pytest.mark.parametrize(
+    ("keyword", "value", "expected"),
+    [
+        ("StudyDate", "2023-01-31", "20230131"),
+        ("PatientBirthDate", "1980.01.31", "19800131"),
+        ("PatientBirthDate", "19800132", ""),  # no such day: unknown
+        ("StudyTime", "10:11:12", "101112"),  # ACR-NEMA
+        ("PatientSex", "Male", "M"),
+        ("PatientSex", "U", ""),
+        ("Modality", "cr", None),  # not copied; it names the SEG's content
+    ],
+)
+def test_sources_with_malformed_checked_values_get_segs_with_them_mended(
+    case_pixels, shipped_model, tmp_path, keyword, value, expected
+):
+    """highdicom checks the birth date, sex, study date and time it is given and names the
+    content after the modality: real files' ``2023-01-31``, ``10:11:12``, ``Male`` or ``cr``
+    made it refuse the source, so those sources had no SEG and no SR."""
+    import shutil
+    import subprocess
+
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import DataElement
+
+    from pipeline.inference.lungs import measure
+    from pipeline.inference.outputs import SegTemplates
+
+    pixels = next(iter(case_pixels.values()))
+    source = build_dicom(pixels, DicomVariant.MONO2_16BIT, name="mv", spacing_mm=0.35)
+    del source.PixelData
+    tag = tag_for_keyword(keyword)
+    source[tag] = DataElement(tag, dictionary_VR(tag), value)
+    buffer = pydicom.filebase.DicomBytesIO()
+    pydicom.dcmwrite(buffer, source, enforce_file_format=True)
+    read = pydicom.dcmread(pydicom.filebase.DicomBytesIO(buffer.getvalue()))
+    mask = np.zeros(pixels.shape, dtype=bool)
+    mask[100:300, 50:200] = True
+    m = measure(mask, mask.astype(np.float32), "L\\F", (0.35, 0.35))
+    algorithm = shipped_model.identity.algorithm()
+    encoded = _assert_as_highdicom(read, m, SegTemplates(), SegTemplates(), algorithm)
+    seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encoded))
+    assert seg.get(keyword) == expected if expected is not None else seg.ContentLabel == "CR_SEG"
+    assert read.get(keyword) == value  # the source is left as it was
+    sr = sr_of(read, seg, m, shipped_model.identity)
+    if (exe := shutil.which("dciodvfy")) is not None:
+        for kind, ds in (("seg", seg), ("sr", sr)):
+            path = tmp_path / f"{kind}.dcm"
+            ds.save_as(path, enforce_file_format=True)
+            proc = subprocess.run([exe, "-new", str(path)], capture_output=True, text=True)
+            errors = [x for x in (proc.stdout + proc.stderr).splitlines() if x.startswith("Error")]
+            assert not errors, f"{kind}: {errors}"
+
+
+@pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+def test_a_source_without_a_reference_uid_gets_an_error_naming_it(
+    case_pixels, shipped_model, keyword
+):
+    from pipeline.inference.outputs import MissingReferenceError, seg_bytes_of
+
+    source = build_dicom(next(iter(case_pixels.values())), DicomVariant.MONO2_16BIT, name="nr")
+    del source.PixelData
+    delattr(source, keyword)
+    m = _one_lung((512, 512))
+    for make in (
+        lambda: seg_of(source, m, shipped_model.identity),
+        lambda: seg_bytes_of(source, m, shipped_model.identity, "20261207000000"),
+    ):
+        with pytest.raises(MissingReferenceError, match=f"has no {keyword}, by which a SEG"):
+            make()
+
+
 def test_completing_a_source_leaves_it_as_it_was(case_pixels):
     from pipeline.inference.outputs import _complete_type2
 

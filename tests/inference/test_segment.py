@@ -276,6 +276,37 @@ def test_parse_shard():
     assert parse_shard("2/5") == (2, 5) and parse_shard(None) is None
 
 
+def test_sources_with_malformed_headers_get_a_seg_or_a_note_and_are_not_tried_again(
+    pixels, tmp_path
+):
+    """A dashed study date and a spelled-out sex are mended in the SEG; a source without a
+    Series Instance UID has nothing a SEG could reference: its row says so (masks written)
+    and is journalled, not retried on every run as a failure to write would be."""
+    from pipeline.io.convert import build_dicom, write_dicom
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    mended = build_dicom(pixels, "mono2-16bit", name="mended")
+    mended.StudyDate, mended.PatientSex, mended.SpecificCharacterSet = "2023-01-31", "Male", ""
+    write_dicom(mended, root / "mended.dcm")
+    unreferenced = build_dicom(pixels, "mono2-16bit", name="unreferenced")
+    del unreferenced.SeriesInstanceUID
+    write_dicom(unreferenced, root / "unreferenced.dcm")
+    argv = ["segment", str(root), "-o", str(out), "--no-progress", "--formats", "seg,mask"]
+    assert main([*argv, "--workers", "0"]) == EXIT_OK
+    rows = {Path(r["path"]).name: r for r in _report(out).values()}
+    assert {r["status"] for r in rows.values()} == {"ok"}
+    assert rows["mended.dcm"]["reason"] == ""
+    seg = pydicom.dcmread(out / "seg" / "mended.dcm")
+    assert (seg.StudyDate, seg.PatientSex) == ("20230131", "M")
+    assert rows["unreferenced.dcm"]["reason"] == (
+        "no SEG: the source has no SeriesInstanceUID, by which a SEG must reference it"
+    )
+    assert not (out / "seg" / "unreferenced.dcm").exists()
+    assert (out / "masks" / "unreferenced.png").is_file()
+    assert main(argv) == EXIT_OK
+    assert json.loads((out / "summary.json").read_text())["this_run"]["processed"] == 0
+
+
 def test_seg_objects_pass_dciodvfy(segmented):
     import shutil
 
