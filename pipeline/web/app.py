@@ -106,6 +106,9 @@ class SegmentResponse(BaseModel):
     qa_flags: list[Flag]
     seconds: float = Field(description="server processing time")
     links: Links
+    seg_note: str | None = Field(
+        default=None, description="why a DICOM upload has no SEG (a missing UID); else null"
+    )
     expires_in_seconds: float
     model: ModelInfo
 

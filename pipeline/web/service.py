@@ -170,6 +170,7 @@ class UploadService:
         return result
 
     def _process(self, path: Path, name: str) -> Result:
+        from pipeline.inference.outputs import MissingReferenceError
         from pipeline.inference.workers import LARGE_IMAGE, release_memory
 
         item, original = self._decode(path, name)
@@ -178,11 +179,15 @@ class UploadService:
         prediction = self.model.postprocess(item, logits)
         m, meta = prediction.measures, prediction.meta
         files = render(original, m, self.display_max_size)
+        summary = {**summarize(meta, m, str(meta.get("format"))), "seg_note": None}
         if meta.get("format") == InputFormat.DICOM.value:
-            files[ResultFile.SEG] = self._seg(path, meta, m)
+            try:
+                files[ResultFile.SEG] = self._seg(path, meta, m)
+            except MissingReferenceError as err:  # the rest of the result stands
+                summary["seg_note"] = f"no SEG: {err}"
         if original.size >= LARGE_IMAGE:
             release_memory()
-        return Result(summarize(meta, m, str(meta.get("format"))), files)
+        return Result(summary, files)
 
     def _decode(self, path: Path, name: str) -> tuple[dict[str, Any], np.ndarray]:
         """The preprocessed item and the decoded image (uint8) of an upload."""

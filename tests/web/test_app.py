@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 from pathlib import Path
 
@@ -60,6 +61,22 @@ def reference(case: dict) -> np.ndarray:
 def png_of(content: bytes) -> np.ndarray:
     with Image.open(io.BytesIO(content)) as img:
         return np.asarray(img)
+
+
+def test_a_dicom_without_a_series_uid_gets_its_areas_and_a_note_instead_of_a_seg(
+    client, dicom_upload, tmp_path
+):
+    ds = copy.deepcopy(dicom_upload["dataset"])
+    del ds.SeriesInstanceUID
+    write_dicom(ds, tmp_path / "no-series.dcm")
+    response = post(client, "no-series.dcm", (tmp_path / "no-series.dcm").read_bytes())
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["links"]["seg"] is None and result["links"]["mask"] is not None
+    assert result["seg_note"] == (
+        "no SEG: the source has no SeriesInstanceUID, by which a SEG must reference it"
+    )
+    assert result["areas"]["total_mm2"] > 0
 
 
 def test_png_upload_returns_areas_and_a_mask_matching_the_reference(client, cases, temp_root):
