@@ -11,6 +11,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,6 +73,18 @@ def dicom_folder(folder: Path, pixels: np.ndarray, count: int = 1, variant: str 
     for i in range(count):
         write_dicom(build_dicom(pixels, variant), folder / f"{i}.dcm")
     return folder
+
+
+def with_raw_value(ds: Any, keyword: str, text: str) -> Any:
+    """``ds`` with ``keyword`` holding ``text`` as the file's bytes (pydicom would refuse it)."""
+    from pydicom.datadict import dictionary_VR, tag_for_keyword
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    tag, value = Tag(tag_for_keyword(keyword)), text.encode()
+    value += b" " * (len(value) % 2)
+    ds._dict[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)
+    return ds
 
 
 def child_pids(pid: int) -> set[int]:

@@ -395,6 +395,15 @@ def _complete_type2(source: Any) -> Any:
     return out
 
 
+#: Numeric attributes highdicom uses or copies, dropped where the file's value is no number.
+_NUMBERS_OR_NOTHING = (
+    "InstanceNumber",
+    "LossyImageCompressionRatio",
+    "SliceThickness",
+    "SpacingBetweenSlices",
+)
+
+
 @functools.cache
 def _mended_values() -> tuple[tuple[str, Callable[[str], str]], ...]:
     """The attributes :func:`_mend_checked_values` mends, each with its mending function."""
@@ -413,13 +422,33 @@ def _mend_checked_values(ds: Any) -> None:
     """Mend the values highdicom checks where the file breaks their VR (:mod:`pipeline.io.mend`).
 
     A dated ``2023-01-01``, a time ``10:11:12``, a sex ``Male`` or a modality ``cr`` made
-    highdicom refuse the source; the mended value is set on ``ds`` (a new element).
+    highdicom refuse the source; the mended value is set on ``ds`` (a new element). A
+    Patient Orientation that is not two directions becomes empty; a Pixel Spacing that is
+    not two positive numbers (``0.2``, ``0.2,0.2``) and an instance number, lossy ratio or
+    slice thickness that is no number are removed, as from a source without them.
     """
+    from pipeline.io.dicom import numeric_values, spacing_pair
+    from pipeline.io.mend import valid_patient_orientation
+
     for keyword, mend in _mended_values():
         text = str(ds.get(keyword, ""))
         mended = mend(text)
         if mended != text:
             setattr(ds, keyword, mended)
+    orientation = ds.get("PatientOrientation") or ""
+    if orientation and not valid_patient_orientation(
+        [orientation] if isinstance(orientation, str) else orientation
+    ):
+        ds.PatientOrientation = ""  # Type 2C: known to be unknown
+    if "PixelSpacing" in ds and spacing_pair(ds, "PixelSpacing") is None:
+        del ds.PixelSpacing  # the reader found no spacing there either
+    for keyword in _NUMBERS_OR_NOTHING:
+        try:
+            usable = all(math.isfinite(v) for v in numeric_values(ds, keyword))
+        except (TypeError, ValueError):
+            usable = False
+        if not usable:
+            del ds[keyword]
 
 
 def _standardise_character_set(ds: Any) -> None:
@@ -477,6 +506,7 @@ def build_seg(source: Any, m: LungMeasures, uids: dict[str, str], algorithm: dic
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
+    source = _complete_type2(source)
     ident = hd.AlgorithmIdentificationSequence(
         name=algorithm["name"],
         version=algorithm["version"],
@@ -503,7 +533,7 @@ def build_seg(source: Any, m: LungMeasures, uids: dict[str, str], algorithm: dic
         ].SegmentedPropertyTypeModifierCodeSequence = modifier
         segments.append(segment)
     seg = hd.seg.Segmentation(
-        source_images=[_complete_type2(source)],
+        source_images=[source],
         pixel_array=m.labelmap(),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segments,
@@ -1336,8 +1366,9 @@ def build_sr(
         procedure_reported=Code(*PLAIN_CHEST_XRAY),
         imaging_measurements=groups,
     )
+    source = _complete_type2(source)
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[_complete_type2(source), seg],
+        evidence=[source, seg],
         content=report,
         series_instance_uid=uids["series_instance_uid"],
         series_number=9902,

@@ -253,7 +253,10 @@ def apply_voi(
     if source is not VOISource.NONE and use_lut:
         return _apply_voi_lut_item(arr, ds, index, has_lut)
     if source is not VOISource.NONE and use_window and (has_window or source is VOISource.WINDOW):
-        return _apply_window(arr, ds, value_range, index, has_window)
+        why = _unusable_window(ds, index) if has_window else None
+        if source is VOISource.AUTO and why is not None:  # the image is still usable
+            return arr, value_range, f"none (the window cannot be applied: {why})"
+        return _apply_window(arr, ds, value_range, index, has_window, why)
     return arr, value_range, "none"
 
 
@@ -271,11 +274,55 @@ def _apply_voi_lut_item(arr, ds, index, has_lut):
     return out, _lut_range(items[index]), f"VOI LUT Sequence ({label})"
 
 
-def _apply_window(arr, ds, value_range, index, has_window):
+#: VOI LUT Function (0028,1056) defined terms: how a window maps values.
+VOI_LUT_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
+
+
+def _unusable_window(ds: Any, index: int) -> str | None:
+    """Why window ``index`` of the file cannot be applied, or None when it can.
+
+    Real files carry text, an empty value or a zero width in Window Center/Width, or an
+    unknown VOI LUT Function; an index past the file's windows is left to the caller.
+    """
+    try:
+        centers, widths = (numeric_values(ds, k) for k in ("WindowCenter", "WindowWidth"))
+    except (TypeError, ValueError) as err:
+        return f"Window Center/Width are not numbers ({err})"
+    if not centers or not widths:
+        return "Window Center/Width are empty"
+    if index >= min(len(centers), len(widths)):
+        return None
+    center, width = centers[index], widths[index]
+    func = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").strip().upper()
+    if func not in VOI_LUT_FUNCTIONS:
+        return f"VOI LUT Function {func!r} is none of {', '.join(VOI_LUT_FUNCTIONS)}"
+    if not (np.isfinite(center) and np.isfinite(width)) or width < (1 if func == "LINEAR" else 0):
+        return f"Window Center {center:g} / Width {width:g} (the width must be >= 1 for LINEAR)"
+    if width == 0:
+        return "Window Width 0"
+    return None
+
+
+def numeric_values(ds: Any, keyword: str) -> list[float]:
+    """The values of a numeric attribute as floats, none when absent or empty.
+
+    Raises:
+        ValueError: a value is not a number (pydicom could not read it, or it is text).
+        TypeError: likewise, for values pydicom left in another form.
+    """
+    value = ds.get(keyword)
+    if value is None or isinstance(value, (str, bytes, int, float)):
+        value = [] if value in (None, "", b"") else [value]
+    return [float(v) for v in value]
+
+
+def _apply_window(arr, ds, value_range, index, has_window, why=None):
     from pydicom.pixels import apply_windowing
 
     if not has_window:
         raise ValueError("VOI 'window' was asked for but the file has no Window Center/Width")
+    if why is not None:
+        raise ValueError(f"VOI 'window' was asked for but it cannot be applied: {why}")
     centers = ds["WindowCenter"]
     _check_index(index, centers.VM, "window")
     out = apply_windowing(arr, ds, index=index)
@@ -324,10 +371,25 @@ def pixel_spacing(ds: Any) -> tuple[tuple[float, float], SpacingSource]:
         ("PixelSpacing", SpacingSource.PIXEL_SPACING),
         ("ImagerPixelSpacing", SpacingSource.IMAGER_PIXEL_SPACING),
     ):
-        value = ds.get(keyword)
-        if value is not None and len(value) == 2 and all(float(v) > 0 for v in value):
-            return (float(value[0]), float(value[1])), source
+        pair = spacing_pair(ds, keyword)
+        if pair is not None:
+            return pair, source
     return (float("nan"), float("nan")), SpacingSource.NONE
+
+
+def spacing_pair(ds: Any, keyword: str) -> tuple[float, float] | None:
+    """Row and column spacing from a spacing attribute, or None when it gives none.
+
+    None for an absent attribute and for what real files carry instead of two positive
+    numbers: one value, three, text (``0.2,0.2``), zeros, infinities.
+    """
+    try:
+        values = numeric_values(ds, keyword)
+    except (TypeError, ValueError):  # pydicom could not read the value as numbers
+        return None
+    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+        return None
+    return values[0], values[1]
 
 
 def dicom_metadata(ds: Any) -> dict[str, Any]:

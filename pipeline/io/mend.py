@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import re
+from collections.abc import Sequence
 
 #: Patient Sex (0010,0040) enumerated values, and the spelled-out words real files use.
 _SEX = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F", "OTHER": "O"}
@@ -72,3 +73,8 @@ def mended_modality(value: str) -> str:
     """
     text = mended_code_string(value)
     return text if re.fullmatch(r"[A-Z0-9_ ]{1,12}", text) else "OT"
+
+
+def valid_patient_orientation(values: Sequence[str]) -> bool:
+    """Whether ``values`` are a Patient Orientation: two directions of L, R, A, P, H, F."""
+    return len(values) == 2 and all(re.fullmatch(r"[LRAPHF]+", str(v)) for v in values)

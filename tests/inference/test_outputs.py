@@ -12,7 +12,7 @@ from pydicom.sr.codedict import codes
 
 from pipeline.inference.outputs import LEFT_LUNG, PLAIN_CHEST_XRAY, RIGHT_LUNG, seg_of, sr_of
 from pipeline.io.convert import DicomVariant, build_dicom
-from tests.conftest import load_png
+from tests.conftest import load_png, with_raw_value
 
 #: Codes of the SR with no context group that lists them (pydicom's tables), said on purpose:
 #: precoordinated SNOMED CT right/left lung and the SNOMED procedure "Plain X-ray of chest".
@@ -397,6 +397,11 @@ def test_sources_with_non_standard_character_sets_get_segs_in_defined_terms(
         ("PatientSex", "Male", "M"),
         ("PatientSex", "U", ""),
         ("Modality", "cr", None),  # not copied; it names the SEG's content
+        ("PatientOrientation", "XYZ", ""),  # not two directions: unknown (Type 2C)
+        ("InstanceNumber", "abc", 1),  # no number: as without one
+        ("PixelSpacing", "0.2", None),  # one value: no Pixel Measures, as the reader
+        ("PixelSpacing", "0.2,0.2", None),
+        ("LossyImageCompressionRatio", "abc", None),  # copied only when it is a number
     ],
 )
 def test_sources_with_malformed_checked_values_get_segs_with_them_mended(
@@ -408,17 +413,15 @@ def test_sources_with_malformed_checked_values_get_segs_with_them_mended(
     import shutil
     import subprocess
 
-    from pydicom.datadict import dictionary_VR, tag_for_keyword
-    from pydicom.dataelem import DataElement
-
     from pipeline.inference.lungs import measure
     from pipeline.inference.outputs import SegTemplates
 
     pixels = next(iter(case_pixels.values()))
     source = build_dicom(pixels, DicomVariant.MONO2_16BIT, name="mv", spacing_mm=0.35)
     del source.PixelData
-    tag = tag_for_keyword(keyword)
-    source[tag] = DataElement(tag, dictionary_VR(tag), value)
+    if keyword == "LossyImageCompressionRatio":
+        source.LossyImageCompression = "01"
+    with_raw_value(source, keyword, value)
     buffer = pydicom.filebase.DicomBytesIO()
     pydicom.dcmwrite(buffer, source, enforce_file_format=True)
     read = pydicom.dcmread(pydicom.filebase.DicomBytesIO(buffer.getvalue()))
@@ -428,8 +431,13 @@ def test_sources_with_malformed_checked_values_get_segs_with_them_mended(
     algorithm = shipped_model.identity.algorithm()
     encoded = _assert_as_highdicom(read, m, SegTemplates(), SegTemplates(), algorithm)
     seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encoded))
-    assert seg.get(keyword) == expected if expected is not None else seg.ContentLabel == "CR_SEG"
-    assert read.get(keyword) == value  # the source is left as it was
+    if keyword == "Modality":
+        assert seg.ContentLabel == "CR_SEG"
+    elif keyword == "PixelSpacing":
+        assert "PixelMeasuresSequence" not in seg.SharedFunctionalGroupsSequence[0]
+    else:
+        assert seg.get(keyword) == expected
+    assert read.get_item(keyword).value.rstrip(b" ") == value.encode()  # the source untouched
     sr = sr_of(read, seg, m, shipped_model.identity)
     if (exe := shutil.which("dciodvfy")) is not None:
         for kind, ds in (("seg", seg), ("sr", sr)):

@@ -25,6 +25,7 @@ from pipeline.io import (
     read_cxr,
 )
 from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
+from tests.conftest import with_raw_value
 
 
 def _expected(variant: DicomVariant, p: np.ndarray) -> np.ndarray:
@@ -172,6 +173,50 @@ def test_metadata_carries_uids_spacing_and_view(tmp_path, pixels):
     del ds.PixelSpacing, ds.ImagerPixelSpacing
     _, meta = read_cxr(_write(tmp_path, ds))
     assert np.isnan(meta["pixel_spacing"]).all() and meta["pixel_spacing_source"] == "none"
+
+
+@pytest.mark.parametrize(
+    "text", ["0.2", "0.2,0.2", "0\\0", "0.2\\0.2\\0.2", "abc\\def", "inf\\1", "nan\\nan", ""]
+)
+def test_a_malformed_pixel_spacing_falls_back_to_the_imager_spacing_or_none(tmp_path, pixels, text):
+    """Real files carry one value, three, a comma, zeros... One value used to fail the whole
+    image (TypeError), text too (ValueError), and an infinity gave infinite areas."""
+    ds = with_raw_value(
+        build_dicom(pixels, DicomVariant.MONO2_8BIT, spacing_mm=0.7), "PixelSpacing", text
+    )
+    image, meta = read_cxr(_write(tmp_path, ds))
+    assert meta["pixel_spacing"] == (0.7, 0.7)
+    assert meta["pixel_spacing_source"] == "ImagerPixelSpacing"
+    with_raw_value(ds, "ImagerPixelSpacing", text)
+    again, meta = read_cxr(_write(tmp_path, ds))
+    assert np.isnan(meta["pixel_spacing"]).all() and meta["pixel_spacing_source"] == "none"
+    np.testing.assert_array_equal(again, image)
+
+
+@pytest.mark.parametrize(
+    ("center", "width", "function", "why"),
+    [
+        ("abc", "256", "LINEAR", "not numbers"),
+        ("128", "0", "LINEAR", "the width must be >= 1"),
+        ("", "", "LINEAR", "empty"),
+        ("128", "256", "GAMMA", "'GAMMA' is none of LINEAR, LINEAR_EXACT, SIGMOID"),
+    ],
+)
+def test_an_unusable_window_is_skipped_in_auto_and_named_when_asked_for(
+    tmp_path, pixels, center, width, function, why
+):
+    """A window that cannot be applied used to fail the image (a TypeError for text); with
+    ``--voi auto`` the image is read without it and its ``voi`` says why."""
+    ds = build_dicom(pixels, DicomVariant.MONO2_8BIT)
+    for keyword, text in (("WindowCenter", center), ("WindowWidth", width)):
+        with_raw_value(ds, keyword, text)
+    ds.VOILUTFunction = function
+    path = _write(tmp_path, ds)
+    image, meta = read_cxr(path)
+    assert meta["voi"].startswith("none (the window cannot be applied: ") and why in meta["voi"]
+    np.testing.assert_allclose(image, pixels / 255, atol=1e-6)
+    with pytest.raises(InputError, match=r"x\.dcm.*'window' was asked for but it cannot be"):
+        read_cxr(path, voi="window")
 
 
 def test_same_name_gives_same_uids(pixels):
