@@ -77,13 +77,14 @@ def row(path: Path, status: str, reason: str = "", seconds: float = 0.0, **extra
 
 
 def measured_row(path: Path, meta: dict[str, Any], m: LungMeasures) -> dict:
-    """The report row of a segmented image."""
+    """The report row of a segmented image; its reason names what the reader assumed."""
     rows, cols = m.right.shape
     right, left = m.right_px, m.left_px
     spacing = None if math.isnan(m.spacing[0]) else m.spacing
     return row(
         path,
         Status.OK.value,
+        f"assumed {meta['assumed']}" if meta.get("assumed") else "",
         sop_instance_uid=meta.get("sop_instance_uid") or "",
         rows=rows,
         columns=cols,
@@ -1524,7 +1525,8 @@ def write_outputs(
     clock.lap("write")
     out = measured_row(path, pred.meta, m)
     if OutputFormat.SEG in ctx.formats and pred.meta.get("format") == "DICOM":
-        out["reason"] = _write_seg(path, relative, m, ctx, clock)
+        seg_args = (path, relative, m, ctx, clock)
+        out["reason"] = "; ".join(filter(None, (out["reason"], _write_seg(*seg_args))))
     if ctx.tb_inputs is not None:  # scored in batches by the main process, then dropped
         clock.restart()
         out["tb_input"] = ctx.tb_inputs(np.asarray(original, dtype=np.float32), m.right, m.left)

@@ -117,11 +117,11 @@ def check_radiograph(ds: Any, path: str | os.PathLike, *, allow_lateral: bool = 
     _check_sop_class(ds, path)
     if "PixelData" not in ds:
         raise NoPixelDataError(path, "DICOM object has no Pixel Data (7FE0,0010)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    frames = _integer(ds, "NumberOfFrames", 1)
     if frames > 1:
         raise MultiFrameError(path, f"multi-frame object ({frames} frames); expected one frame")
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows == 0 or cols == 0:
+    rows, cols = _integer(ds, "Rows", 0), _integer(ds, "Columns", 0)
+    if rows <= 0 or cols <= 0:
         raise EmptyImageError(path, f"image has {rows} rows and {cols} columns (Rows/Columns)")
     view = ViewPosition.from_dicom(ds.get("ViewPosition"))
     if view.is_lateral and not allow_lateral:
@@ -129,6 +129,68 @@ def check_radiograph(ds: Any, path: str | os.PathLike, *, allow_lateral: bool = 
             path,
             f"lateral view (ViewPosition {view.value}); only frontal PA/AP views are segmented",
         )
+
+
+def _integer(ds: Any, keyword: str, default: int) -> int:
+    """An integer attribute's value; ``default`` when absent, empty or no number."""
+    try:
+        return int(ds.get(keyword) or default)
+    except (TypeError, ValueError):
+        return default
+
+
+#: Photometric Interpretation defined terms of single-sample (grayscale) images.
+GRAYSCALE_PHOTOMETRICS = ("MONOCHROME1", "MONOCHROME2")
+#: All Photometric Interpretation defined terms pydicom decodes.
+PHOTOMETRICS = (
+    *GRAYSCALE_PHOTOMETRICS,
+    "RGB",
+    "PALETTE COLOR",
+    "YBR_FULL",
+    "YBR_FULL_422",
+    "YBR_RCT",
+    "YBR_ICT",
+    "YBR_PARTIAL_420",
+)
+
+
+def mend_image_pixel(ds: Any) -> list[str]:
+    """Supply what old or hand-made files leave out of the Image Pixel module; mend spellings.
+
+    Real exports omit Photometric Interpretation, Samples per Pixel, Pixel Representation
+    or Bits Stored, or write ``monochrome2``; pydicom then refuses the pixels. What a viewer
+    assumes is set on ``ds``: one sample, MONOCHROME2, unsigned, Bits Stored = Bits Allocated
+    (also where Bits Stored exceeds it), one frame where Number of Frames is no number; the
+    spelling in upper case.
+
+    Returns:
+        What was assumed, one phrase each (none for a well-formed file).
+    """
+    notes = []
+    written = str(ds.get("PhotometricInterpretation", "") or "")
+    photometric = written.strip().upper()
+    if not photometric and _integer(ds, "SamplesPerPixel", 1) == 1:
+        photometric = "MONOCHROME2"
+    if photometric != written and photometric in PHOTOMETRICS:
+        ds.PhotometricInterpretation = photometric
+        notes.append(f"Photometric Interpretation {photometric} (the file has {written!r})")
+    defaults = {
+        "SamplesPerPixel": 1 if photometric in GRAYSCALE_PHOTOMETRICS else 3,
+        "PixelRepresentation": 0,
+        "BitsStored": _integer(ds, "BitsAllocated", 0) or None,
+    }
+    for keyword, value in defaults.items():
+        if keyword not in ds and value is not None:
+            setattr(ds, keyword, value)
+            notes.append(f"{keyword} {value} (absent)")
+    if "NumberOfFrames" in ds and _integer(ds, "NumberOfFrames", -1) < 0:
+        notes.append(f"one frame (the file's Number of Frames is {ds['NumberOfFrames'].value!r})")
+        del ds.NumberOfFrames
+    allocated = _integer(ds, "BitsAllocated", 0)
+    if allocated and _integer(ds, "BitsStored", 0) > allocated:
+        notes.append(f"BitsStored {allocated} (the file has {ds.BitsStored}, > Bits Allocated)")
+        ds.BitsStored = allocated
+    return notes
 
 
 def _check_sop_class(ds: Any, path: str | os.PathLike) -> None:
@@ -506,6 +568,7 @@ def read_dicom(
 
     Returns:
         The image and its metadata (see :func:`dicom_metadata`; also ``voi``, ``inverted``,
+        ``assumed``: what :func:`mend_image_pixel` supplied, "" for a well-formed file,
         and when reduced ``reduced_from``, the full grid's ``(rows, columns)``, and
         ``reduction``, the factor).
 
@@ -516,6 +579,7 @@ def read_dicom(
     path = Path(path)
     ds = read_dataset(path, force=force)
     check_radiograph(ds, path, allow_lateral=allow_lateral)
+    assumed = mend_image_pixel(ds)
     from pipeline.io.reduced import recentre
 
     stored, factor, shift = decode_at(ds, path, min_size, network_size)
@@ -524,8 +588,10 @@ def read_dicom(
     except ValueError as err:
         raise InputError(path, f"grayscale transform failed: {err}") from err
     image = recentre(image, shift)
+    if voi_text.startswith("none ("):  # a window skipped: as much an assumption as the rest
+        assumed.append(f"VOI {voi_text}")
     meta = dicom_metadata(ds)
-    meta.update(voi=voi_text, inverted=needs_inversion(ds))
+    meta.update(voi=voi_text, inverted=needs_inversion(ds), assumed="; ".join(assumed))
     if factor > 1:
         meta.update(reduced_from=(int(ds.Rows), int(ds.Columns)), reduction=factor)
     return image, meta

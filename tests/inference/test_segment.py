@@ -279,7 +279,8 @@ def test_parse_shard():
 def test_sources_with_malformed_headers_get_a_seg_or_a_note_and_are_not_tried_again(
     pixels, tmp_path
 ):
-    """A dashed study date and a spelled-out sex are mended in the SEG; a source without a
+    """A dashed study date and a spelled-out sex are mended in the SEG, and a Photometric
+    Interpretation left out is assumed (the reason says so); a source without a
     Series Instance UID has nothing a SEG could reference: its row says so (masks written)
     and is journalled, not retried on every run as a failure to write would be."""
     from pipeline.io.convert import build_dicom, write_dicom
@@ -287,6 +288,7 @@ def test_sources_with_malformed_headers_get_a_seg_or_a_note_and_are_not_tried_ag
     root, out = tmp_path / "in", tmp_path / "out"
     mended = build_dicom(pixels, "mono2-16bit", name="mended")
     mended.StudyDate, mended.PatientSex, mended.SpecificCharacterSet = "2023-01-31", "Male", ""
+    del mended.PhotometricInterpretation  # pydicom refused the pixels
     write_dicom(mended, root / "mended.dcm")
     unreferenced = build_dicom(pixels, "mono2-16bit", name="unreferenced")
     del unreferenced.SeriesInstanceUID
@@ -295,7 +297,9 @@ def test_sources_with_malformed_headers_get_a_seg_or_a_note_and_are_not_tried_ag
     assert main([*argv, "--workers", "0"]) == EXIT_OK
     rows = {Path(r["path"]).name: r for r in _report(out).values()}
     assert {r["status"] for r in rows.values()} == {"ok"}
-    assert rows["mended.dcm"]["reason"] == ""
+    assert rows["mended.dcm"]["reason"] == (
+        "assumed Photometric Interpretation MONOCHROME2 (the file has '')"
+    )
     seg = pydicom.dcmread(out / "seg" / "mended.dcm")
     assert (seg.StudyDate, seg.PatientSex) == ("20230131", "M")
     assert rows["unreferenced.dcm"]["reason"] == (

@@ -219,6 +219,35 @@ def test_an_unusable_window_is_skipped_in_auto_and_named_when_asked_for(
         read_cxr(path, voi="window")
 
 
+@pytest.mark.parametrize(
+    ("mend", "assumed"),
+    [
+        (lambda ds: delattr(ds, "PhotometricInterpretation"), "MONOCHROME2 (the file has '')"),
+        (
+            lambda ds: with_raw_value(ds, "PhotometricInterpretation", "monochrome2"),
+            "'monochrome2'",
+        ),
+        (lambda ds: delattr(ds, "SamplesPerPixel"), "SamplesPerPixel 1 (absent)"),
+        (lambda ds: delattr(ds, "PixelRepresentation"), "PixelRepresentation 0 (absent)"),
+        (lambda ds: delattr(ds, "BitsStored"), "BitsStored 16 (absent)"),
+        (lambda ds: setattr(ds, "BitsStored", 20), "BitsStored 16 (the file has 20"),
+        (lambda ds: with_raw_value(ds, "NumberOfFrames", "abc"), "one frame"),
+    ],
+)
+def test_image_pixel_attributes_real_exports_leave_out_are_assumed_and_said(
+    tmp_path, pixels, mend, assumed
+):
+    """pydicom refused these pixels ("Missing required element", "Unknown Photometric
+    Interpretation"); a viewer shows them, and so does lungseg, saying what it assumed."""
+    ds = build_dicom(pixels, DicomVariant.MONO2_16BIT)
+    expected, meta = read_cxr(_write(tmp_path, ds, "good.dcm"))
+    assert meta["assumed"] == ""
+    mend(ds)
+    image, meta = read_cxr(_write(tmp_path, ds))
+    np.testing.assert_array_equal(image, expected)
+    assert assumed in meta["assumed"]
+
+
 def test_same_name_gives_same_uids(pixels):
     a, b = build_dicom(pixels, name="n"), build_dicom(pixels, name="n")
     assert a.SOPInstanceUID == b.SOPInstanceUID != build_dicom(pixels, name="m").SOPInstanceUID
