@@ -428,28 +428,44 @@ def _mend_checked_values(ds: Any) -> None:
     not two positive numbers (``0.2``, ``0.2,0.2``) and an instance number, lossy ratio or
     slice thickness that is no number are removed, as from a source without them.
     """
-    from pipeline.io.dicom import numeric_values, spacing_pair
+    from pipeline.io.dicom import spacing_pair
     from pipeline.io.mend import valid_patient_orientation
 
+    there = ds.keys()  # tags: one set lookup each (``in ds`` parses a keyword)
     for keyword, mend in _mended_values():
-        text = str(ds.get(keyword, ""))
+        text = str(ds[_tag(keyword)].value) if _tag(keyword) in there else ""
         mended = mend(text)
         if mended != text:
             setattr(ds, keyword, mended)
-    orientation = ds.get("PatientOrientation") or ""
+    where = _tag("PatientOrientation")
+    orientation = ds[where].value if where in there else ""
     if orientation and not valid_patient_orientation(
         [orientation] if isinstance(orientation, str) else orientation
     ):
         ds.PatientOrientation = ""  # Type 2C: known to be unknown
-    if "PixelSpacing" in ds and spacing_pair(ds, "PixelSpacing") is None:
+    if _tag("PixelSpacing") in there and spacing_pair(ds, "PixelSpacing") is None:
         del ds.PixelSpacing  # the reader found no spacing there either
     for keyword in _NUMBERS_OR_NOTHING:
-        try:
-            usable = all(math.isfinite(v) for v in numeric_values(ds, keyword))
-        except (TypeError, ValueError):
-            usable = False
-        if not usable:
+        if _tag(keyword) in there and not _all_numbers(ds, keyword):
             del ds[keyword]
+
+
+@functools.cache
+def _tag(keyword: str) -> int:
+    """The tag of a keyword pydicom knows."""
+    from pydicom.datadict import tag_for_keyword
+
+    return int(tag_for_keyword(keyword))
+
+
+def _all_numbers(ds: Any, keyword: str) -> bool:
+    """Whether every value of ``keyword`` in ``ds`` is a finite number."""
+    from pipeline.io.dicom import numeric_values
+
+    try:
+        return all(math.isfinite(v) for v in numeric_values(ds, keyword))
+    except (TypeError, ValueError):
+        return False
 
 
 def _standardise_character_set(ds: Any) -> None:
