@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -184,13 +185,50 @@ def mend_image_pixel(ds: Any) -> list[str]:
             setattr(ds, keyword, value)
             notes.append(f"{keyword} {value} (absent)")
     if "NumberOfFrames" in ds and _integer(ds, "NumberOfFrames", -1) < 0:
-        notes.append(f"one frame (the file's Number of Frames is {ds['NumberOfFrames'].value!r})")
+        frames = _written(ds, "NumberOfFrames")
+        notes.append(f"one frame (the file's Number of Frames is {frames!r})")
         del ds.NumberOfFrames
     allocated = _integer(ds, "BitsAllocated", 0)
     if allocated and _integer(ds, "BitsStored", 0) > allocated:
         notes.append(f"BitsStored {allocated} (the file has {ds.BitsStored}, > Bits Allocated)")
         ds.BitsStored = allocated
     return notes
+
+
+def mend_rescale(ds: Any) -> list[str]:
+    """Drop a Rescale Slope/Intercept that is not one finite number each, or whose slope is 0.
+
+    Applied, such a rescale made every pixel the same (slope 0) or not a number (an
+    infinity), silently; text or an empty value failed the image. Without it the stored
+    values are used, as where a file has none.
+
+    Returns:
+        What was assumed (none for a usable or absent rescale).
+    """
+    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+        return []
+    try:
+        (slope,), (intercept,) = (
+            numeric_values(ds, k) for k in ("RescaleSlope", "RescaleIntercept")
+        )
+        usable = bool(np.isfinite(slope) and np.isfinite(intercept) and slope != 0)
+    except (TypeError, ValueError):  # text, empty, several values
+        usable = False
+    if usable:
+        return []
+    slope, intercept = (_written(ds, k) for k in ("RescaleSlope", "RescaleIntercept"))
+    del ds.RescaleSlope, ds.RescaleIntercept
+    return [f"no rescale (the file's Rescale Slope {slope!r}, Intercept {intercept!r})"]
+
+
+def _written(ds: Any, keyword: str) -> str:
+    """The value of ``keyword`` as the file writes it (its text, not pydicom's reading)."""
+    value = ds.get_item(keyword).value
+    if isinstance(value, bytes):
+        return value.decode("ascii", "replace").strip(" \x00")
+    if value is None or isinstance(value, str):
+        return value or ""
+    return "\\".join(map(str, value)) if isinstance(value, Sequence) else str(value)
 
 
 def _check_sop_class(ds: Any, path: str | os.PathLike) -> None:
@@ -568,7 +606,8 @@ def read_dicom(
 
     Returns:
         The image and its metadata (see :func:`dicom_metadata`; also ``voi``, ``inverted``,
-        ``assumed``: what :func:`mend_image_pixel` supplied, "" for a well-formed file,
+        ``assumed``: what :func:`mend_image_pixel` and :func:`mend_rescale` supplied and a
+        skipped window, "" for a well-formed file,
         and when reduced ``reduced_from``, the full grid's ``(rows, columns)``, and
         ``reduction``, the factor).
 
@@ -579,7 +618,7 @@ def read_dicom(
     path = Path(path)
     ds = read_dataset(path, force=force)
     check_radiograph(ds, path, allow_lateral=allow_lateral)
-    assumed = mend_image_pixel(ds)
+    assumed = mend_image_pixel(ds) + mend_rescale(ds)
     from pipeline.io.reduced import recentre
 
     stored, factor, shift = decode_at(ds, path, min_size, network_size)

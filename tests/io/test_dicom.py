@@ -248,6 +248,22 @@ def test_image_pixel_attributes_real_exports_leave_out_are_assumed_and_said(
     assert assumed in meta["assumed"]
 
 
+@pytest.mark.parametrize(
+    ("slope", "intercept"), [("0", "0"), ("inf", "0"), ("abc", "0"), ("1", ""), ("2\\3", "0")]
+)
+def test_an_unusable_rescale_is_left_out_and_said(tmp_path, pixels, slope, intercept):
+    """Slope 0 made every pixel the same and an infinity every pixel NaN, silently; text
+    failed the image and an empty value raised a TypeError."""
+    ds = build_dicom(pixels, DicomVariant.MONO2_16BIT)
+    expected, _ = read_cxr(_write(tmp_path, ds, "good.dcm"))
+    with_raw_value(with_raw_value(ds, "RescaleSlope", slope), "RescaleIntercept", intercept)
+    image, meta = read_cxr(_write(tmp_path, ds))
+    np.testing.assert_array_equal(image, expected)
+    assert meta["assumed"] == (
+        f"no rescale (the file's Rescale Slope {slope!r}, Intercept {intercept!r})"
+    )
+
+
 def test_same_name_gives_same_uids(pixels):
     a, b = build_dicom(pixels, name="n"), build_dicom(pixels, name="n")
     assert a.SOPInstanceUID == b.SOPInstanceUID != build_dicom(pixels, name="m").SOPInstanceUID
