@@ -75,13 +75,13 @@ def dicom_folder(folder: Path, pixels: np.ndarray, count: int = 1, variant: str 
     return folder
 
 
-def with_raw_value(ds: Any, keyword: str, text: str) -> Any:
+def with_raw_value(ds: Any, keyword: str, text: str, encoding: str = "utf-8") -> Any:
     """``ds`` with ``keyword`` holding ``text`` as the file's bytes (pydicom would refuse it)."""
     from pydicom.datadict import dictionary_VR, tag_for_keyword
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
-    tag, value = Tag(tag_for_keyword(keyword)), text.encode()
+    tag, value = Tag(tag_for_keyword(keyword)), text.encode(encoding)
     value += b" " * (len(value) % 2)
     ds._dict[tag] = RawDataElement(tag, dictionary_VR(tag), len(value), value, 0, False, True)
     return ds

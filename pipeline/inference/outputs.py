@@ -437,6 +437,7 @@ def _mend_checked_values(ds: Any) -> None:
         mended = mend(text)
         if mended != text:
             setattr(ds, keyword, mended)
+    _single_valued_name(ds, there)
     where = _tag("PatientOrientation")
     orientation = ds[where].value if where in there else ""
     if orientation and not valid_patient_orientation(
@@ -448,6 +449,20 @@ def _mend_checked_values(ds: Any) -> None:
     for keyword in _NUMBERS_OR_NOTHING:
         if _tag(keyword) in there and not _all_numbers(ds, keyword):
             del ds[keyword]
+
+
+def _single_valued_name(ds: Any, there: Any) -> None:
+    r"""Make a Patient's Name written with a backslash (``A\B``, read as two names) one name.
+
+    highdicom takes one name only; the SEG carries the file's text as it is, so its bytes
+    still match the source's (a name is never changed: it must match).
+    """
+    from pydicom.multival import MultiValue
+    from pydicom.valuerep import PersonName
+
+    where = _tag("PatientName")
+    if where in there and isinstance(names := ds[where].value, MultiValue):
+        ds.PatientName = PersonName("\\".join(str(name) for name in names))
 
 
 @functools.cache

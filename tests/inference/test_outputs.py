@@ -448,6 +448,41 @@ def test_sources_with_malformed_checked_values_get_segs_with_them_mended(
             assert not errors, f"{kind}: {errors}"
 
 
+@pytest.mark.parametrize(
+    ("charset", "name"), [(None, "DOE^JOHN\\DOE^J"), ("ISO_IR 100", "Müller^Jürgen\\Müller^J")]
+)
+def test_a_patient_name_written_as_two_names_is_carried_as_the_file_writes_it(
+    case_pixels, shipped_model, charset, name
+):
+    """A name with a backslash is two values to pydicom, which highdicom refused (``Invalid
+    type for a person name``): the source had no SEG and was tried again on every run."""
+    from pipeline.inference.lungs import measure
+    from pipeline.inference.outputs import SegTemplates, encode_dicom
+
+    pixels = next(iter(case_pixels.values()))
+    source = build_dicom(pixels, DicomVariant.MONO2_16BIT, name="pn", spacing_mm=0.35)
+    del source.PixelData
+    if charset:
+        source.SpecificCharacterSet = charset
+    with_raw_value(source, "PatientName", name, "latin-1")  # the file's own character set
+    buffer = pydicom.filebase.DicomBytesIO()
+    pydicom.dcmwrite(buffer, source, enforce_file_format=True)
+    read = pydicom.dcmread(pydicom.filebase.DicomBytesIO(buffer.getvalue()))
+    assert len(read.PatientName) == 2  # pydicom reads two names
+    mask = np.zeros(pixels.shape, dtype=bool)
+    mask[100:300, 50:200] = True
+    m = measure(mask, mask.astype(np.float32), "L\\F", (0.35, 0.35))
+    algorithm = shipped_model.identity.algorithm()
+    encoded = _assert_as_highdicom(read, m, SegTemplates(), SegTemplates(), algorithm)
+    seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encoded))
+    written = pydicom.dcmread(pydicom.filebase.DicomBytesIO(buffer.getvalue()))
+    assert seg.get_item("PatientName").value == written.get_item("PatientName").value  # bytes
+    assert "\\".join(map(str, seg.PatientName)) == name
+    sr = sr_of(read, seg, m, shipped_model.identity)
+    sr = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encode_dicom(sr)))
+    assert sr.get_item("PatientName").value == written.get_item("PatientName").value
+
+
 @pytest.mark.parametrize("keyword", ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
 def test_a_source_without_a_reference_uid_gets_an_error_naming_it(
     case_pixels, shipped_model, keyword
