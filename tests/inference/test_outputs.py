@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import pydicom
@@ -206,13 +207,25 @@ def _assert_as_highdicom(source, m, templates, encoder, algorithm) -> bytes:
     return expected
 
 
-def _one_lung(shape: tuple[int, int]):
+def _one_lung(shape: tuple[int, int], spacing: tuple[float, float] = (math.nan, math.nan)):
     """Measures of a rectangle as the right lung (left on the image)."""
     from pipeline.inference.lungs import measure
 
     mask = np.zeros(shape, dtype=bool)
     mask[100:300, 50:200] = True
-    return measure(mask, mask.astype(np.float32), "L\\F")
+    return measure(mask, mask.astype(np.float32), "L\\F", spacing)
+
+
+def _file_bytes(source) -> bytes:
+    """``source`` as a DICOM file's bytes."""
+    buffer = pydicom.filebase.DicomBytesIO()
+    pydicom.dcmwrite(buffer, source, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _read(data: bytes):
+    """The dataset of a DICOM file's bytes, as pydicom reads a file."""
+    return pydicom.dcmread(pydicom.filebase.DicomBytesIO(data))
 
 
 def test_sizes_spacings_and_compression_ratios_share_a_template_yet_stay_highdicoms(
@@ -413,7 +426,6 @@ def test_sources_with_malformed_checked_values_get_segs_with_them_mended(
     import shutil
     import subprocess
 
-    from pipeline.inference.lungs import measure
     from pipeline.inference.outputs import SegTemplates
 
     pixels = next(iter(case_pixels.values()))
@@ -422,12 +434,8 @@ def test_sources_with_malformed_checked_values_get_segs_with_them_mended(
     if keyword == "LossyImageCompressionRatio":
         source.LossyImageCompression = "01"
     with_raw_value(source, keyword, value)
-    buffer = pydicom.filebase.DicomBytesIO()
-    pydicom.dcmwrite(buffer, source, enforce_file_format=True)
-    read = pydicom.dcmread(pydicom.filebase.DicomBytesIO(buffer.getvalue()))
-    mask = np.zeros(pixels.shape, dtype=bool)
-    mask[100:300, 50:200] = True
-    m = measure(mask, mask.astype(np.float32), "L\\F", (0.35, 0.35))
+    read = _read(_file_bytes(source))
+    m = _one_lung(pixels.shape, (0.35, 0.35))
     algorithm = shipped_model.identity.algorithm()
     encoded = _assert_as_highdicom(read, m, SegTemplates(), SegTemplates(), algorithm)
     seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encoded))
@@ -456,7 +464,6 @@ def test_a_patient_name_written_as_two_names_is_carried_as_the_file_writes_it(
 ):
     """A name with a backslash is two values to pydicom, which highdicom refused (``Invalid
     type for a person name``): the source had no SEG and was tried again on every run."""
-    from pipeline.inference.lungs import measure
     from pipeline.inference.outputs import SegTemplates, encode_dicom
 
     pixels = next(iter(case_pixels.values()))
@@ -465,17 +472,13 @@ def test_a_patient_name_written_as_two_names_is_carried_as_the_file_writes_it(
     if charset:
         source.SpecificCharacterSet = charset
     with_raw_value(source, "PatientName", name, "latin-1")  # the file's own character set
-    buffer = pydicom.filebase.DicomBytesIO()
-    pydicom.dcmwrite(buffer, source, enforce_file_format=True)
-    read = pydicom.dcmread(pydicom.filebase.DicomBytesIO(buffer.getvalue()))
+    data = _file_bytes(source)
+    read, written = _read(data), _read(data)  # ``written`` keeps the file's raw bytes
     assert len(read.PatientName) == 2  # pydicom reads two names
-    mask = np.zeros(pixels.shape, dtype=bool)
-    mask[100:300, 50:200] = True
-    m = measure(mask, mask.astype(np.float32), "L\\F", (0.35, 0.35))
+    m = _one_lung(pixels.shape, (0.35, 0.35))
     algorithm = shipped_model.identity.algorithm()
     encoded = _assert_as_highdicom(read, m, SegTemplates(), SegTemplates(), algorithm)
-    seg = pydicom.dcmread(pydicom.filebase.DicomBytesIO(encoded))
-    written = pydicom.dcmread(pydicom.filebase.DicomBytesIO(buffer.getvalue()))
+    seg = _read(encoded)
     assert seg.get_item("PatientName").value == written.get_item("PatientName").value  # bytes
     assert "\\".join(map(str, seg.PatientName)) == name
     sr = sr_of(read, seg, m, shipped_model.identity)
