@@ -6,7 +6,7 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,7 @@ class Journal:
     ):
         self.path = Path(out_dir) / JOURNAL.format(tag=tag)
         self.rows: dict[str, dict[str, Any]] = {}
+        self.sources: dict[str, list[int]] = {}
         self.header = dict(header)
         self.resumed = self.path.is_file() and not overwrite
         if self.resumed:
@@ -98,6 +99,9 @@ class Journal:
             except json.JSONDecodeError:
                 continue  # a line cut by a crash: that input is simply redone
             self.rows[row["key"]] = row["row"]
+            self.sources.pop(row["key"], None)
+            if row.get("source") is not None:
+                self.sources[row["key"]] = row["source"]
 
     def _drop_cut_line(self) -> None:
         """Truncate a last line a kill cut short, so the next record starts a line of its own."""
@@ -107,14 +111,33 @@ class Journal:
                 fh.truncate(data.rfind(b"\n") + 1)
                 os.fsync(fh.fileno())
 
-    def done(self, key: str) -> bool:
-        """Whether ``key`` finished in this or an earlier run."""
-        return key in self.rows
+    def done(self, key: str, signature: Callable[[], list[int] | None] | None = None) -> bool:
+        """Whether ``key`` finished in this or an earlier run.
 
-    def record(self, key: str, row: dict[str, Any], sync: bool = True) -> None:
-        """Append one finished input (flushed; fsync'ed now, or by :meth:`sync` if not ``sync``)."""
+        Args:
+            key: the input.
+            signature: gives the input file's signature now; where ``key``'s line recorded
+                one (an input that failed), it is done only while the two agree.
+        """
+        if key not in self.rows:
+            return False
+        recorded = self.sources.get(key)
+        return recorded is None or signature is None or signature() == recorded
+
+    def record(
+        self, key: str, row: dict[str, Any], sync: bool = True, source: list[int] | None = None
+    ) -> None:
+        """Append one finished input (flushed; fsync'ed now, or by :meth:`sync` if not ``sync``).
+
+        ``source``: the input file's signature as it was read, for a row that failed (see
+        :meth:`done`).
+        """
         self.rows[key] = row
-        self._fh.write(json.dumps({"key": key, "row": row}) + "\n")
+        self.sources.pop(key, None)
+        line = {"key": key, "row": row}
+        if source is not None:
+            self.sources[key] = line["source"] = source
+        self._fh.write(json.dumps(line) + "\n")
         self._fh.flush()
         self._unsynced = True
         if sync:

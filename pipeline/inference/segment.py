@@ -7,13 +7,16 @@ process batches and runs the network. The workers are as many as the CPUs the jo
 (:func:`resolve_workers`) and are replaced by a fresh pool every so many images (small ones
 counting less: :func:`recycle_weight`) without the stream draining (:class:`PoolRotation`).
 Bounded queues keep memory flat whatever the number of inputs. Each finished input is
-journalled, so a rerun skips it; every file is written atomically and durably.
+journalled, so a rerun skips it (one that failed only while its file stays as it was; one
+that could not be opened, or whose outputs could not be written, is not journalled); every
+file is written atomically and durably.
 ``dicomweb+http(s)://`` inputs are fetched into ``OUT/dicomweb`` first
 (:mod:`pipeline.io.dicomweb`) and, with ``store_back``, their SEG objects stored back.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -299,7 +302,14 @@ class Segmenter:
         """Process every job not yet in the journal; return this run's counts."""
         from tqdm import tqdm
 
-        todo = [j for j in jobs if not self.journal.done(j.key)]
+        from pipeline.io.images import file_signature
+
+        # a failed or skipped input is tried again when its file has changed since
+        todo = [
+            j
+            for j in jobs
+            if not self.journal.done(j.key, functools.partial(file_signature, j.file.path))
+        ]
         if self.journal.resumed:
             self._remove_stale_temporaries(todo)
         start = time.perf_counter()
@@ -455,8 +465,7 @@ class Segmenter:
             reason = f"its outputs would overwrite those of {job.collides_with}"
             done.set_result((row(job.file.path, Status.FAILED.value, reason), {}))
         elif "error" in decoded:
-            status, reason = decoded["error"]
-            done.set_result((row(job.file.path, status, reason), {}))
+            done.set_result((_input_error_row(job.file.path, decoded), {}))
         else:
             self.summary.add_all(decoded["stages"])
             args = (job.file.path, job.file.relative, decoded, self.context)
@@ -500,12 +509,26 @@ class Segmenter:
         self._tb_pending = []
 
     def _commit(self, job: Job, result: dict[str, Any]) -> None:
+        source = result.pop("source", None)  # the input's signature, for a row that failed
         if result.pop("retry", False):  # reported, not journalled: the next run tries again
             self.retry_rows[job.key] = result
         else:
-            self.journal.record(job.key, result, sync=False)
+            self.journal.record(job.key, result, sync=False, source=source)
         self.summary.counts[result["status"]] += 1
         self.summary.processed += 1
+
+
+def _input_error_row(path: Path, decoded: dict[str, Any]) -> dict[str, Any]:
+    """The report row of an input that did not decode (see :func:`~.workers.decode`).
+
+    One that could not be opened is tried again on the next run (``retry``); any other
+    carries the file's signature (``source``), so the journal skips it only while the file
+    stays as it was.
+    """
+    status, reason = decoded["error"]
+    if decoded.get("retry"):
+        return {**row(path, status, f"{reason} (tried again on the next run)"), "retry": True}
+    return {**row(path, status, reason), "source": decoded.get("source")}
 
 
 class PoolRotation:

@@ -112,9 +112,13 @@ def decode(path: Path, sidecar: bool, keep: KeepImage, predictor: Any) -> dict[s
     Returns:
         ``item`` (the preprocessed dictionary), ``original`` (the decoded image, as ``keep``
         says), ``stages`` (wall and CPU seconds of decode and preprocess), ``start``; or
-        ``error`` (status, reason).
+        ``error`` (status, reason) with ``source`` (the file's
+        :func:`~pipeline.io.images.file_signature` before it was read, so a file completed
+        or replaced since is tried again) and, where the file could not be opened at all,
+        ``retry``.
     """
     from pipeline.io.errors import InputError
+    from pipeline.io.images import file_signature
     from pipeline.io.png import to_uint8
 
     clock = Stopwatch()
@@ -122,6 +126,7 @@ def decode(path: Path, sidecar: bool, keep: KeepImage, predictor: Any) -> dict[s
     if sidecar:
         out["error"] = (Status.SKIPPED.value, "not an image file (by its suffix)")
         return out
+    out["source"] = file_signature(path)  # before reading: a copy still growing differs later
     try:
         loaded = predictor.load(path)
         if keep is KeepImage.FLOAT:
@@ -133,6 +138,7 @@ def decode(path: Path, sidecar: bool, keep: KeepImage, predictor: Any) -> dict[s
         clock.lap("preprocess")
     except InputError as err:
         out["error"] = (err.status, err.reason)
+        out["retry"] = err.transient
     except Exception as err:  # any decoder failure is reported, not fatal
         out["error"] = (Status.FAILED.value, f"{type(err).__name__}: {err}")
     return out

@@ -10,6 +10,7 @@ from pipeline.io.errors import (
     NoPixelDataError,
     NotAnImageError,
     TruncatedFileError,
+    UnreadableFileError,
     UnsupportedSOPClassError,
 )
 from pipeline.io.reader import CXRReader, LoadCXR, LoadCXRd, read_cxr
@@ -26,6 +27,7 @@ __all__ = [
     "NoPixelDataError",
     "NotAnImageError",
     "TruncatedFileError",
+    "UnreadableFileError",
     "UnsupportedSOPClassError",
     "VOISource",
     "is_dicom_file",

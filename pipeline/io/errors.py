@@ -20,6 +20,9 @@ class InputError(Exception):
     """
 
     status = "failed"
+    #: Whether the cause lies outside the file's content (it could not be opened): a batch
+    #: reports it and tries the file again on its next run.
+    transient = False
 
     def __init__(self, path: str | os.PathLike, reason: str):
         self.path = str(path)
@@ -29,6 +32,12 @@ class InputError(Exception):
 
 class NotAnImageError(InputError):
     """The file is neither DICOM nor an image format the reader knows."""
+
+
+class UnreadableFileError(NotAnImageError):
+    """The file could not be opened or read (gone since it was listed, no permission, EIO)."""
+
+    transient = True
 
 
 class TruncatedFileError(InputError):

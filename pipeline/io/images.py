@@ -27,6 +27,7 @@ from pipeline.io.errors import (
     MultiFrameError,
     NotAnImageError,
     TruncatedFileError,
+    UnreadableFileError,
 )
 
 _MAGIC: tuple[tuple[int, bytes, InputFormat], ...] = (
@@ -62,20 +63,35 @@ def detect_format(path: str | os.PathLike) -> InputFormat | None:
         preamble).
 
     Raises:
-        NotAnImageError: the file is missing, unreadable or empty.
+        UnreadableFileError: the file is missing or cannot be read.
+        NotAnImageError: the file is empty.
     """
     path = Path(path)
     try:
         with open(path, "rb") as fh:
             head = fh.read(132)
     except OSError as err:
-        raise NotAnImageError(path, f"cannot be opened: {err.strerror or err}") from err
+        raise UnreadableFileError(path, f"cannot be opened: {err.strerror or err}") from err
     if not head:
         raise NotAnImageError(path, "file is empty (0 bytes)")
     for offset, magic, fmt in _MAGIC:
         if head[offset : offset + len(magic)] == magic:
             return fmt
     return _SUFFIXES.get(_suffix(path))
+
+
+def file_signature(path: str | os.PathLike) -> list[int] | None:
+    """What changes when a file is written, replaced or changed in any way; None if it is gone.
+
+    Inode, size, and the modification and status-change times in nanoseconds: a copy still
+    being written, one completed since, a file replaced by another of the same name or
+    given read permission all differ from it.
+    """
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def value_range(arr: np.ndarray) -> tuple[float, float]:

@@ -504,6 +504,64 @@ def test_two_runs_over_the_same_files_write_identical_seg_files(
     assert seg.InstanceCreationTime == seg.ContentTime == "120000"
 
 
+def _journalled(out: Path) -> dict[str, dict]:
+    """The journal's lines after its header, by input path (the last line of each wins)."""
+    lines = (out / "journal.jsonl").read_text().splitlines()[1:]
+    return {line["row"]["path"]: line for line in map(json.loads, lines)}
+
+
+def test_a_file_gone_after_listing_is_reported_and_tried_again_once_back(
+    tmp_path, data_dir, monkeypatch
+):
+    """A file that cannot be opened (moved away, no permission, an I/O error) says nothing
+    of its content: it was journalled as failed, so a rerun never tried it again."""
+    import pipeline.inference.segment as segment_module
+
+    inputs, out = _png_folder(tmp_path, data_dir, 2), tmp_path / "out"
+    victim = sorted(inputs.iterdir())[0]
+    aside = tmp_path / victim.name
+    real_plan = segment_module.plan
+
+    def plan_then_move(*args):
+        jobs = real_plan(*args)
+        victim.rename(aside)  # gone between listing and reading
+        return jobs
+
+    monkeypatch.setattr(segment_module, "plan", plan_then_move)
+    argv = ["segment", str(inputs), "-o", str(out), "--no-progress", "--workers", "0"]
+    argv += ["--formats", "mask"]
+    assert main(argv) == EXIT_FAILED
+    row = _report(out)[str(victim)]
+    assert row["status"] == "failed" and "cannot be opened" in row["reason"]
+    assert "tried again on the next run" in row["reason"]
+    assert str(victim) not in _journalled(out)
+    monkeypatch.setattr(segment_module, "plan", real_plan)
+    aside.rename(victim)
+    assert main(argv) == EXIT_OK
+    assert {r["status"] for r in _report(out).values()} == {"ok"}
+
+
+def test_a_file_still_being_copied_is_tried_again_once_it_has_changed(tmp_path, data_dir):
+    """A copy read half-written fails as truncated; it was journalled for good, so the rerun
+    meant to pick up the rest of an export never tried it again. Unchanged, it is not read
+    again."""
+    inputs, out = _png_folder(tmp_path, data_dir, 2), tmp_path / "out"
+    growing = sorted(inputs.iterdir())[0]
+    whole = growing.read_bytes()
+    growing.write_bytes(whole[: len(whole) // 3])
+    argv = ["segment", str(inputs), "-o", str(out), "--no-progress", "--workers", "0"]
+    argv += ["--formats", "mask"]
+    assert main(argv) == EXIT_FAILED
+    assert _report(out)[str(growing)]["status"] == "failed"
+    assert _journalled(out)[str(growing)]["source"]  # the file as it was read
+    assert main(argv) == EXIT_FAILED  # unchanged: still failed, not read again
+    assert json.loads((out / "summary.json").read_text())["this_run"]["processed"] == 0
+    growing.write_bytes(whole)  # the copy completes
+    assert main(argv) == EXIT_OK
+    assert {r["status"] for r in _report(out).values()} == {"ok"}
+    assert (out / "masks" / f"{growing.stem}.png").is_file()
+
+
 @pytest.mark.parametrize("count", [None, 2])
 def test_pixels_pass_through_the_shared_slots_and_every_slot_comes_back(
     radiograph_folder, tmp_path, monkeypatch, count

@@ -100,3 +100,32 @@ def test_truncated_nifti(tmp_path, pixels):
 def test_missing_file(tmp_path):
     with pytest.raises(NotAnImageError, match="cannot be opened"):
         read_cxr(tmp_path / "nope.png")
+
+
+def test_a_file_that_cannot_be_opened_is_a_transient_error_naming_it(tmp_path):
+    from pipeline.io import UnreadableFileError
+
+    missing = tmp_path / "gone.png"
+    with pytest.raises(UnreadableFileError, match=r"gone\.png: cannot be opened") as info:
+        read_cxr(missing)
+    assert info.value.transient and isinstance(info.value, NotAnImageError)
+
+
+def test_a_file_signature_changes_when_the_file_is_completed_or_replaced(tmp_path):
+    import os
+
+    from pipeline.io.images import file_signature
+
+    path = tmp_path / "x.png"
+    path.write_bytes(b"half")
+    seen = [file_signature(path)]
+    assert file_signature(path) == seen[0]  # reading nothing changes nothing
+    path.write_bytes(b"half and the rest")  # completed
+    seen.append(file_signature(path))
+    other = tmp_path / "y.png"
+    other.write_bytes(b"half and the rest")
+    os.replace(other, path)  # replaced by another file of the same name and size
+    seen.append(file_signature(path))
+    assert len({tuple(s) for s in seen}) == len(seen)
+    path.unlink()
+    assert file_signature(path) is None
