@@ -110,3 +110,47 @@ def test_anatomical_target_is_warped_with_the_label(lung_mask):
     assert moved >= 3
     plain = Compose(training_transforms("default", "visible"))({"image": boxed, "label": boxed})
     assert plain["label"].shape == (1, 256, 256)
+
+
+@pytest.mark.parametrize(("fill", "surround"), [("black", 0.0), ("white", 1.0), ("edge", 0.25)])
+def test_shrink_into_frame_by_hand(fill, surround):
+    from pipeline.transforms.augment import shrink_into_frame
+
+    image = np.full((1, 40, 60), 0.25, dtype=np.float32)
+    image[:, 10:30, 20:40] = 0.75
+    label = np.zeros((1, 40, 60), dtype=np.float32)
+    label[:, 10:30, 20:40] = 1
+    framed, (moved,) = shrink_into_frame(image, [label], 0.5, (0.0, 1.0), fill)
+    assert framed.shape == image.shape and framed.dtype == image.dtype
+    assert np.argwhere(moved[0]).min(0).tolist() == [5, 40]  # top edge, right edge
+    assert np.argwhere(moved[0]).max(0).tolist() == [14, 49]
+    assert moved.sum() == label.sum() / 4 and set(np.unique(moved)) == {0.0, 1.0}
+    assert np.allclose(framed[:, 20:, :], surround) and np.allclose(framed[:, :, :30], surround)
+    assert np.allclose(framed[0, 6:14, 41:49], 0.75)  # the image came along, inside its frame
+    with pytest.raises(ValueError, match=r"scale 1\.5 must be in \(0, 1\]"):
+        shrink_into_frame(image, [label], 1.5, (0.5, 0.5))
+
+
+def test_small_field_moves_image_label_and_ignore_map_together(lung_mask):
+    from pipeline.transforms.augment import RandSmallFieldd
+
+    mask = torch.from_numpy(lung_mask[None].astype(np.float32))
+    image = mask * 0.5 + 0.25
+    t = RandSmallFieldd(keys=["image", "label", "ignore"], prob=1.0, scale_range=(0.6, 0.6))
+    t.set_random_state(3)
+    out = t({"image": image, "label": mask, "ignore": mask.clone()})
+    assert isinstance(out["label"], torch.Tensor) and out["label"].shape == mask.shape
+    assert torch.equal(out["label"], out["ignore"])
+    assert out["label"].sum().item() == pytest.approx(mask.sum().item() * 0.36, rel=0.03)
+    lung = out["label"][0] > 0
+    assert out["image"][0][lung].median().item() == pytest.approx(0.75)  # edges blend
+    untouched = RandSmallFieldd(keys=["image", "label"], prob=0.0)({"image": image, "label": mask})
+    assert untouched["image"] is image
+
+
+def test_only_the_robust_preset_shrinks_lungs_into_a_frame():
+    from pipeline.transforms.augment import RandSmallFieldd
+
+    for preset, expected in (("robust", True), ("default", False), ("light", False)):
+        kinds = [type(t) for t in augmentations(preset)]
+        assert (RandSmallFieldd in kinds) is expected, preset
