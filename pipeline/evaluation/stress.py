@@ -3,9 +3,9 @@
 Each test case of the split is segmented clean and under every **stress** at three
 severities, seeded by case name, stress and severity (the same images on every machine and
 every run). The reference is the case's lung-field mask, moved with the image where the
-stress moves it (portable-film geometry). The tuberculosis-positive cases are reported as
-their own group of the clean run. A model that outputs the anatomical lung field is scored
-where the reference decides (:mod:`pipeline.evaluation.lung_field`).
+stress moves it (portable-film geometry, a small field). The tuberculosis-positive cases
+are reported as their own group of the clean run. A model that outputs the anatomical lung
+field is scored where the reference decides (:mod:`pipeline.evaluation.lung_field`).
 
 The generator here is deliberately **not** the training augmentation's
 (:mod:`pipeline.transforms.pathology`, smooth random fields pulled towards the soft-tissue
@@ -32,6 +32,12 @@ level): it measures generalisation, not memory of the augmentation.
   the reference does so without any gas); their difference is what the gas adds. The
   training simulation is a dome-following pocket instead
   (:func:`pipeline.transforms.pathology.gas_region`).
+- ``small_field``: the lungs smaller in the image, as on a collimated film or a small
+  patient on a large detector: the radiograph shrunk to 80 / 67 / 55 % of its size, up to
+  15 % of the room off-centre, in a noisy surround at a grey level drawn from the image's
+  own (2nd-98th percentile) behind a blurred edge (reference shrunk with it). The training
+  augmentation shrinks into hard-edged black, white or border-level frames instead
+  (:class:`pipeline.transforms.augment.RandSmallFieldd`).
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ class Stress(StrEnum):
     DEVICES = "devices"
     PORTABLE = "portable"
     GAS = "gas"
+    SMALL_FIELD = "small_field"
 
 
 def case_rng(name: str, stress: Stress, severity: int) -> np.random.Generator:
@@ -223,6 +230,24 @@ def portable(image: np.ndarray, mask: np.ndarray, severity: int, rng: np.random.
     return np.clip(out, 0, 1).astype(np.float32), moved
 
 
+def small_field(image: np.ndarray, mask: np.ndarray, severity: int, rng: np.random.Generator):
+    """Lungs smaller in the image: returns ``(image, mask)``, both shrunk (module docstring)."""
+    scale = {1: 0.8, 2: 0.67, 3: 0.55}[severity]
+    room = (1 - scale) * np.asarray(image.shape, dtype=np.float64)
+    shift = rng.uniform(-0.15, 0.15, size=2) * room  # off-centre by up to 15 % of the room
+    matrix = np.eye(2) / scale
+    centre = (np.asarray(image.shape) - 1) / 2
+    offset = centre - matrix @ (centre + shift)
+    shrunk = ndimage.affine_transform(image, matrix, offset, order=1, cval=0.0)
+    support = ndimage.affine_transform(np.ones_like(image), matrix, offset, order=0, cval=0.0)
+    weight = ndimage.gaussian_filter(support, 1.5 * image.shape[0] / 512)  # penumbra
+    level = float(np.quantile(image, rng.uniform(0.02, 0.98)))
+    surround = level + rng.normal(0, 0.02, size=image.shape)
+    out = shrunk * weight + surround * (1 - weight)
+    moved = ndimage.affine_transform(mask.astype(np.uint8), matrix, offset, order=0) > 0
+    return np.clip(out, 0, 1).astype(np.float32), moved
+
+
 def _ellipse(shape: tuple[int, int], centre: tuple[float, float], radii: tuple[float, float]):
     yy, xx = np.ogrid[: shape[0], : shape[1]]
     return ((yy - centre[0]) / radii[0]) ** 2 + ((xx - centre[1]) / radii[1]) ** 2 <= 1
@@ -300,6 +325,8 @@ def apply_stress(
     rng = case_rng(name, stress, severity)
     if stress is Stress.PORTABLE:
         return portable(image, mask, severity, rng)
+    if stress is Stress.SMALL_FIELD:
+        return small_field(image, mask, severity, rng)
     out = GENERATORS[stress](image, mask, severity, rng)
     return np.clip(out, 0, 1).astype(np.float32), mask
 

@@ -253,8 +253,8 @@ class RandSmallFieldd(RandomizableTransform, MapTransform):
     def __init__(
         self,
         keys: KeysCollection,
-        prob: float = 0.25,
-        scale_range: tuple[float, float] = (0.55, 0.9),
+        prob: float = 0.5,
+        scale_range: tuple[float, float] = (0.5, 0.9),
         allow_missing_keys: bool = False,
     ):
         MapTransform.__init__(self, keys, allow_missing_keys)
@@ -294,7 +294,7 @@ def augmentations(
         preset: ``default`` (the method's), ``robust`` (the method's plus simulated
             opacities, effusions, devices, gas under the diaphragm and poor films inside a
             larger rotation/scale range: :mod:`pipeline.transforms.pathology`; and, since
-            bundle 0.9.0, a quarter of the samples shrunk into a black, white or
+            bundle 0.9.0, half the samples shrunk to 50-90 % into a black, white or
             border-level frame, :class:`RandSmallFieldd`), ``light``
             (affine only, for quick runs) or ``none``.
         keys: image and label keys (geometric transforms apply to all of them).

@@ -64,6 +64,20 @@ def test_disease_keeps_the_reference_and_portable_films_move_it_with_the_image(c
         apply_stress(image, lung, Stress.EFFUSION, 4, "x")
 
 
+def test_a_small_field_shrinks_the_reference_with_the_image(case):
+    from scipy import ndimage
+
+    image, lung = case
+    for severity, scale in zip(SEVERITIES, (0.8, 0.67, 0.55), strict=True):
+        out, moved = apply_stress(image, lung, Stress.SMALL_FIELD, severity, "x")
+        assert int(moved.sum()) == pytest.approx(lung.sum() * scale**2, rel=0.03)
+        support = ndimage.binary_dilation(moved, iterations=3)
+        rows, cols = np.nonzero(support)
+        assert out.shape == image.shape and rows.min() > 0 and cols.min() > 0
+        # the image came along with its lungs: they stay darker than the body around them
+        assert out[moved].mean() < out[rows.min() : rows.max(), cols.min() : cols.max()].mean()
+
+
 def test_consolidation_raises_the_lung_to_the_cardiac_level(case):
     image, lung = case
     out, _ = apply_stress(image, lung, Stress.CONSOLIDATION, 3, "x")
@@ -118,7 +132,7 @@ def test_the_table_pairs_each_case_with_its_clean_dice_and_checks_the_targets():
 
 def test_conditions_cover_every_stress_at_every_severity():
     got = conditions()
-    assert got[0] == (Stress.CLEAN, 0) and len(got) == 1 + 6 * len(SEVERITIES)
+    assert got[0] == (Stress.CLEAN, 0) and len(got) == 1 + 7 * len(SEVERITIES)
     assert conditions(["GAS"]) == [(Stress.CLEAN, 0)] + [(Stress.GAS, v) for v in SEVERITIES]
 
 
