@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -32,7 +31,7 @@ from monai.transforms import (
 )
 from monai.utils import convert_to_dst_type, ensure_tuple_rep
 
-from pipeline.enums import LungField
+from pipeline.enums import LungField, StrEnum
 from pipeline.transforms.lung_field import LungFieldTargetd
 from pipeline.transforms.pathology import RandAcquisitiond, RandPathologyd
 
@@ -208,14 +207,17 @@ def shrink_into_frame(
         labels: ``(C, H, W)`` label maps (nearest; 0 outside the shrunk image).
         scale: the shrunk image's size over the frame's, in (0, 1].
         offset: where the shrunk image lies in the room left, per axis, in [0, 1].
-        fill: the surround's value (:class:`Fill`).
+        fill: the surround's value (:class:`Fill`, or its name).
 
     Returns:
         The framed image and labels, each of its input's shape and type.
+
+    Raises:
+        ValueError: a scale outside (0, 1] or an unknown fill (the allowed values quoted).
     """
     if not 0 < scale <= 1:
         raise ValueError(f"scale {scale!r} must be in (0, 1]")
-    fill = Fill(fill)
+    fill = Fill.parse(fill)
     rows, cols = image.shape[-2:]
     size = (max(1, round(rows * scale)), max(1, round(cols * scale)))
     top, left = (round((n - m) * f) for n, m, f in zip((rows, cols), size, offset, strict=True))

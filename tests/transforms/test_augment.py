@@ -129,6 +129,8 @@ def test_shrink_into_frame_by_hand(fill, surround):
     assert np.allclose(framed[0, 6:14, 41:49], 0.75)  # the image came along, inside its frame
     with pytest.raises(ValueError, match=r"scale 1\.5 must be in \(0, 1\]"):
         shrink_into_frame(image, [label], 1.5, (0.5, 0.5))
+    with pytest.raises(ValueError, match="Fill 'grey' is not one of: black, white, edge"):
+        shrink_into_frame(image, [label], 0.5, (0.5, 0.5), "grey")
 
 
 def test_small_field_moves_image_label_and_ignore_map_together(lung_mask):
