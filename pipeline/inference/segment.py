@@ -41,6 +41,7 @@ from pipeline.inference.workers import (
     finish_in_worker,
     init_worker,
     keep_freed_memory,
+    retry_row,
     safe_finish,
     share_with_forked_workers,
     start_forkserver,
@@ -527,7 +528,7 @@ def _input_error_row(path: Path, decoded: dict[str, Any]) -> dict[str, Any]:
     """
     status, reason = decoded["error"]
     if decoded.get("retry"):
-        return {**row(path, status, f"{reason} (tried again on the next run)"), "retry": True}
+        return retry_row(path, reason, status)
     return {**row(path, status, reason), "source": decoded.get("source")}
 
 

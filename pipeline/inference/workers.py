@@ -93,9 +93,13 @@ def safe_finish(
         return _retry_row(path, err), {}
 
 
+def retry_row(path: Path, reason: str, status: str = Status.FAILED.value) -> dict[str, Any]:
+    """A report row the batch reports but does not journal: the next run tries it again."""
+    return {**row(path, status, f"{reason} (tried again on the next run)"), "retry": True}
+
+
 def _retry_row(path: Path, err: Exception) -> dict[str, Any]:
-    reason = f"writing outputs: {type(err).__name__}: {err} (tried again on the next run)"
-    return {**row(path, Status.FAILED.value, reason), "retry": True}
+    return retry_row(path, f"writing outputs: {type(err).__name__}: {err}")
 
 
 class KeepImage(StrEnum):
