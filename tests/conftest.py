@@ -87,6 +87,25 @@ def with_raw_value(ds: Any, keyword: str, text: str, encoding: str = "utf-8") ->
     return ds
 
 
+def write_raw_dataset(ds: Any, path: Path, implicit: bool = True, little: bool = True) -> Path:
+    """``ds`` written as old archives write it: no preamble, no file meta, no transfer syntax.
+
+    Native 16-bit pixels are swapped into the dataset's byte order.
+    """
+    from pydicom.filebase import DicomFileLike
+    from pydicom.filewriter import write_dataset
+
+    del ds.file_meta
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not little:  # native pixels in the dataset's byte order
+        ds.PixelData = np.frombuffer(ds.PixelData, "<u2").astype(">u2").tobytes()
+    with open(path, "wb") as fh:
+        fp = DicomFileLike(fh)
+        fp.is_implicit_VR, fp.is_little_endian = implicit, little
+        write_dataset(fp, ds)
+    return path
+
+
 def child_pids(pid: int) -> set[int]:
     """The processes whose parent is ``pid`` (Linux /proc)."""
     out = set()

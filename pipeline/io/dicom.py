@@ -195,6 +195,47 @@ def mend_image_pixel(ds: Any) -> list[str]:
     return notes
 
 
+#: Transfer syntaxes a dataset read without file meta can be in, by how pydicom parsed it:
+#: ``(implicit VR, little endian)``. Explicit VR Big Endian (retired) is the one big-endian one.
+NATIVE_SYNTAXES = {
+    (True, True): "1.2.840.10008.1.2",  # Implicit VR Little Endian: DICOM's default
+    (False, True): "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    (False, False): "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
+}
+
+
+def mend_transfer_syntax(ds: Any, path: str | os.PathLike) -> list[str]:
+    """Name the transfer syntax of a raw dataset (no file meta) by how it was parsed.
+
+    Old archives and some PACS exports write datasets without the Part 10 file meta, and so
+    without a Transfer Syntax UID; pydicom reads the header (guessing the VR encoding and
+    byte order) but refuses the pixels. Native (uncompressed) pixels are in the encoding the
+    header was read in, which is set as the file's transfer syntax.
+
+    Returns:
+        What was assumed (none where the file names its transfer syntax).
+
+    Raises:
+        DecodeError: the pixels are encapsulated, i.e. compressed by a codec nothing names.
+    """
+    meta = ds.get("file_meta")
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return []
+    if "PixelData" in ds and ds["PixelData"].is_undefined_length:
+        raise DecodeError(
+            path,
+            "pixel data is compressed (encapsulated) but no Transfer Syntax UID names its codec",
+        )
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import UID
+
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    syntax = UID(NATIVE_SYNTAXES.get((bool(implicit), bool(little)), NATIVE_SYNTAXES[True, True]))
+    ds.file_meta = meta if meta is not None else FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+    return [f"{syntax.name} (no Transfer Syntax UID: read as the header is encoded)"]
+
+
 def mend_rescale(ds: Any) -> list[str]:
     """Drop a Rescale Slope/Intercept that is not one finite number each, or whose slope is 0.
 
@@ -606,7 +647,8 @@ def read_dicom(
 
     Returns:
         The image and its metadata (see :func:`dicom_metadata`; also ``voi``, ``inverted``,
-        ``assumed``: what :func:`mend_image_pixel` and :func:`mend_rescale` supplied and a
+        ``assumed``: what :func:`mend_transfer_syntax`, :func:`mend_image_pixel` and
+        :func:`mend_rescale` supplied and a
         skipped window, "" for a well-formed file,
         and when reduced ``reduced_from``, the full grid's ``(rows, columns)``, and
         ``reduction``, the factor).
@@ -618,7 +660,7 @@ def read_dicom(
     path = Path(path)
     ds = read_dataset(path, force=force)
     check_radiograph(ds, path, allow_lateral=allow_lateral)
-    assumed = mend_image_pixel(ds) + mend_rescale(ds)
+    assumed = mend_transfer_syntax(ds, path) + mend_image_pixel(ds) + mend_rescale(ds)
     from pipeline.io.reduced import recentre
 
     stored, factor, shift = decode_at(ds, path, min_size, network_size)

@@ -26,7 +26,15 @@ from pipeline.inference.segment import (
     plan,
     resolve_workers,
 )
-from tests.conftest import child_pids, dice, dice_where_decided, dicom_folder, is_running, load_png
+from tests.conftest import (
+    child_pids,
+    dice,
+    dice_where_decided,
+    dicom_folder,
+    is_running,
+    load_png,
+    write_raw_dataset,
+)
 
 
 def _digest(root: Path) -> dict[str, str]:
@@ -280,7 +288,8 @@ def test_sources_with_malformed_headers_get_a_seg_or_a_note_and_are_not_tried_ag
     pixels, tmp_path
 ):
     """A dashed study date and a spelled-out sex are mended in the SEG, and a Photometric
-    Interpretation left out is assumed (the reason says so); a source without a
+    Interpretation left out is assumed (the reason says so), as is the transfer syntax of a
+    dataset written without file meta (its pixels were refused); a source without a
     Series Instance UID has nothing a SEG could reference: its row says so (masks written)
     and is journalled, not retried on every run as a failure to write would be."""
     from pipeline.io.convert import build_dicom, write_dicom
@@ -293,6 +302,8 @@ def test_sources_with_malformed_headers_get_a_seg_or_a_note_and_are_not_tried_ag
     unreferenced = build_dicom(pixels, "mono2-16bit", name="unreferenced")
     del unreferenced.SeriesInstanceUID
     write_dicom(unreferenced, root / "unreferenced.dcm")
+    raw = build_dicom(pixels, "mono2-16bit", name="raw")  # as old archives write it
+    write_raw_dataset(raw, root / "IM0001", implicit=False, little=False)
     argv = ["segment", str(root), "-o", str(out), "--no-progress", "--formats", "seg,mask"]
     assert main([*argv, "--workers", "0"]) == EXIT_OK
     rows = {Path(r["path"]).name: r for r in _report(out).values()}
@@ -307,6 +318,11 @@ def test_sources_with_malformed_headers_get_a_seg_or_a_note_and_are_not_tried_ag
     )
     assert not (out / "seg" / "unreferenced.dcm").exists()
     assert (out / "masks" / "unreferenced.png").is_file()
+    assert rows["IM0001"]["reason"] == (
+        "assumed Explicit VR Big Endian (no Transfer Syntax UID: read as the header is encoded)"
+    )
+    seg = pydicom.dcmread(out / "seg" / "IM0001.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == raw.SeriesInstanceUID
     assert main(argv) == EXIT_OK
     assert json.loads((out / "summary.json").read_text())["this_run"]["processed"] == 0
 

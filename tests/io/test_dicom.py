@@ -25,7 +25,7 @@ from pipeline.io import (
     read_cxr,
 )
 from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
-from tests.conftest import with_raw_value
+from tests.conftest import with_raw_value, write_raw_dataset
 
 
 def _expected(variant: DicomVariant, p: np.ndarray) -> np.ndarray:
@@ -262,6 +262,32 @@ def test_an_unusable_rescale_is_left_out_and_said(tmp_path, pixels, slope, inter
     assert meta["assumed"] == (
         f"no rescale (the file's Rescale Slope {slope!r}, Intercept {intercept!r})"
     )
+
+
+@pytest.mark.parametrize(
+    ("implicit", "little", "syntax"),
+    [
+        (True, True, "Implicit VR Little Endian"),
+        (False, True, "Explicit VR Little Endian"),
+        (False, False, "Explicit VR Big Endian"),
+    ],
+)
+def test_a_dataset_without_file_meta_is_read_in_the_encoding_of_its_header(
+    tmp_path, pixels, implicit, little, syntax
+):
+    """Such a file was read but its pixels refused ("'file_meta' has no (0002,0010) 'Transfer
+    Syntax UID' element"): a failed row for every raw dataset of an old archive."""
+    expected, _ = read_cxr(_write(tmp_path, build_dicom(pixels, DicomVariant.MONO2_16BIT), "a.dcm"))
+    ds = build_dicom(pixels, DicomVariant.MONO2_16BIT)
+    image, meta = read_cxr(write_raw_dataset(ds, tmp_path / "raw", implicit, little))
+    np.testing.assert_array_equal(image, expected)
+    assert meta["assumed"] == f"{syntax} (no Transfer Syntax UID: read as the header is encoded)"
+
+
+def test_compressed_pixels_without_a_transfer_syntax_name_the_reason(tmp_path, pixels):
+    ds = build_dicom(pixels, DicomVariant.RLE)
+    with pytest.raises(DecodeError, match=r"raw: pixel data is compressed .* no Transfer Syntax"):
+        read_cxr(write_raw_dataset(ds, tmp_path / "raw", implicit=False, little=True))
 
 
 def test_same_name_gives_same_uids(pixels):
