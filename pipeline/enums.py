@@ -101,6 +101,21 @@ class QAFlag(StrEnum):
     IMPLAUSIBLE_RATIO = "implausible_left_right_ratio"
     LOW_CONFIDENCE = "low_confidence"
     SMALL_FOR_HEMITHORAX = "small_for_hemithorax"
+    INVERTED_POLARITY = "inverted_polarity"  # segmented as its negative (polarity check)
+
+
+class Polarity(StrEnum):
+    """How the network saw an image: as read, or as its negative (the polarity check's call)."""
+
+    AS_READ = "as_read"
+    INVERTED = "inverted"
+
+
+class PolarityMode(StrEnum):
+    """Whether the polarity check runs: ``auto`` (on images the network is unsure of) or not."""
+
+    AUTO = "auto"
+    AS_READ = "as_read"
 
 
 class LungField(StrEnum):

@@ -177,6 +177,11 @@ def describe_flag(flag: QAFlag | str) -> str:
             f"{MIN_HEMITHORAX_FILL:.0%} of a box half the lungs' span wide and the span tall "
             "(disease, collapse or missed opacified lung: check the mask)"
         ),
+        QAFlag.INVERTED_POLARITY: (
+            "the image looked inverted (lungs bright; a header that inverts it, or a "
+            "negative): the network was surer of its negative, which was segmented instead "
+            "(check the file's Photometric Interpretation and the mask)"
+        ),
     }
     return messages[QAFlag.parse(flag)]
 

@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.enums import LungField
+from pipeline.enums import LungField, Polarity, QAFlag
 from pipeline.inference.bundle import BUNDLE, ModelIdentity, bundle_parser, identity_of
 from pipeline.inference.lungs import LungMeasures, mean_inside, measure_sides
-from pipeline.transforms.geometry import resize_to
+from pipeline.inference.polarity import INVERTED_NOTE, PolarityCheck
+from pipeline.transforms.geometry import META_KEY, LetterboxParams, resize_to
 
 
 @dataclass
@@ -72,6 +73,27 @@ def _plain_tensor(image: Any) -> torch.Tensor:
 
 def _spacing(meta: dict[str, Any]) -> tuple[float, float]:
     return tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
+
+
+def _canvas_region(item: dict[str, Any]) -> tuple[slice, slice]:
+    """The rows and columns a preprocessed item's image covers on its letterbox canvas.
+
+    The letterbox parameters are the image's MetaTensor metadata, or, for an item sent
+    between processes, its ``image_meta``; without them the whole canvas.
+    """
+    meta = getattr(item["image"], "meta", None) or item.get("image_meta") or {}
+    if META_KEY not in meta:
+        return slice(None), slice(None)
+    params = LetterboxParams.from_meta(meta[META_KEY])
+    (top, left), (rows, cols) = params.pad_before, params.resized_shape
+    return slice(top, top + rows), slice(left, left + cols)
+
+
+def _mark_inverted(m: LungMeasures, meta: dict[str, Any]) -> None:
+    """Say on the measures (a QA flag) and the metadata that the negative was segmented."""
+    m.flags.append(QAFlag.INVERTED_POLARITY)
+    meta["polarity"] = Polarity.INVERTED.value
+    meta["assumed"] = "; ".join(filter(None, [meta.get("assumed"), INVERTED_NOTE]))
 
 
 class Predictor:
@@ -112,6 +134,9 @@ class Predictor:
         self.postprocessing = parser.get_parsed_content("postprocessing")
         self.device = parser.get_parsed_content("device")
         self.inferer = parser.get_parsed_content("inferer")
+        self.polarity_check: PolarityCheck | None = (
+            parser.get_parsed_content("polarity_check") if "polarity_check" in parser else None
+        )
         self.micro_batch = int(parser.get("cpu_micro_batch", 0) or 0)
         self._parser = parser
         self.network: torch.nn.Module | None = None
@@ -175,6 +200,24 @@ class Predictor:
             [self.inferer(part, self.network).float().cpu() for part in batch.split(step)]
         )
 
+    def infer(self, items: Sequence[dict[str, Any]]) -> torch.Tensor:
+        """Logits of preprocessed items, as one batch, after the bundle's polarity check.
+
+        Each item gets ``polarity`` (a :class:`~pipeline.inference.polarity.Polarity`
+        value): ``inverted`` where the network was surer of the image's negative, whose
+        logits are then the ones returned (:mod:`pipeline.inference.polarity`).
+        """
+        images = [item["image"] for item in items]
+        logits = self.forward(images)
+        polarities = [Polarity.AS_READ] * len(items)
+        if self.polarity_check is not None and items:
+            batch = torch.stack([_plain_tensor(img) for img in images])
+            regions = [_canvas_region(item) for item in items]
+            logits, polarities = self.polarity_check(batch, regions, logits, self.forward)
+        for item, polarity in zip(items, polarities, strict=True):
+            item["polarity"] = polarity.value
+        return logits
+
     def postprocess(self, item: dict[str, Any], logits: torch.Tensor) -> Prediction:
         """The bundle's post-processing and the lung measures of one image's logits.
 
@@ -190,6 +233,8 @@ class Predictor:
         m: LungMeasures = measure_sides(
             labels == 1, labels == 2, int(out["lung_components"]), confidence, _spacing(meta)
         )
+        if item.get("polarity") == Polarity.INVERTED:
+            _mark_inverted(m, meta)
         return Prediction(labels > 0, prob, m, meta)
 
     # --- whole predictions --------------------------------------------------------------
@@ -199,7 +244,7 @@ class Predictor:
     ) -> list[Prediction]:
         """Predict loaded items as one batch (see :meth:`load`)."""
         items = [self.preprocess(d) for d in loaded]
-        logits = self.forward([it["image"] for it in items])
+        logits = self.infer(items)
         out = []
         for d, item, lg in zip(loaded, items, logits, strict=True):
             pred = self.postprocess(item, lg)

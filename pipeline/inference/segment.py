@@ -453,7 +453,7 @@ class Segmenter:
         """Run the network on the decoded images of a batch; attach each one's logits."""
         ok = [d for _, d in batch if "error" not in d]
         clock = Stopwatch(whole_process=True)  # the network computes on a pool of threads
-        logits = self.model.forward([d["item"]["image"] for d in ok]) if ok else []
+        logits = self.model.infer([d["item"] for d in ok]) if ok else []
         clock.lap("forward")
         self.summary.add_all(clock.stages)
         for d, lg in zip(ok, logits, strict=True):
@@ -637,6 +637,7 @@ def segment(
     store_back: bool = False,
     precision: str | None = None,
     lung_field: str | None = None,
+    polarity: str | None = None,
 ) -> dict[str, Any]:
     """Segment every radiograph under ``inputs`` into ``out_dir``; return the summary.
 
@@ -648,6 +649,9 @@ def segment(
 
     ``precision`` overrides the bundle's (``float32``): ``bfloat16``, or ``auto`` (bfloat16
     where the CPU has it natively, :class:`~pipeline.inference.ensemble.Precision`).
+
+    ``polarity`` overrides the bundle's polarity check (``auto``): ``as_read`` turns it off
+    (:mod:`pipeline.inference.polarity`).
 
     With a ``tb_model`` (:func:`pipeline.tb.screen.segment_and_screen` passes the TB
     bundle's), each segmented image also gets a TB score (research only); images are then
@@ -675,6 +679,8 @@ def segment(
         overrides["precision"] = precision
     if lung_field is not None:
         overrides["lung_field"] = lung_field
+    if polarity is not None:
+        overrides["polarity"] = polarity
     # the network is loaded once the workers are decoding (Segmenter._batches)
     model = Predictor(bundle, rank_device(device), overrides, network=False)
     workers = resolve_workers(workers, model.device)

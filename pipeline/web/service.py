@@ -175,7 +175,7 @@ class UploadService:
 
         item, original = self._decode(path, name)
         with self._lock:
-            logits = self.model.forward([item["image"]])[0]
+            logits = self.model.infer([item])[0]
         prediction = self.model.postprocess(item, logits)
         m, meta = prediction.measures, prediction.meta
         files = render(original, m, self.display_max_size)

@@ -142,6 +142,7 @@ def test_every_qa_flag_is_explained_with_its_limit():
     assert "0.85" in messages[QAFlag.LOW_CONFIDENCE]
     assert "70%" in messages[QAFlag.SMALL_FOR_HEMITHORAX]
     assert "20%" in messages[QAFlag.SMALL_FOR_HEMITHORAX]
+    assert "Photometric Interpretation" in messages[QAFlag.INVERTED_POLARITY]
     assert describe_flag("not_two_components") == messages[QAFlag.NOT_TWO_COMPONENTS]
     with pytest.raises(ValueError, match="not_two_components"):
         describe_flag("blurry")

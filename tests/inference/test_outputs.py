@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -633,3 +634,28 @@ def test_overlay_labels_are_the_nearest_pick_of_the_full_grid():
     for shape in ((512, 384), (1024, 768), (2048, 1536)):
         pil = Image.fromarray(labels).resize(shape[::-1], Image.Resampling.NEAREST)
         np.testing.assert_array_equal(display_labels(m, shape), np.asarray(pil))
+
+
+def test_tb_inputs_of_an_image_segmented_as_its_negative_are_made_from_the_negative(
+    tmp_path, shipped_model
+):
+    """The TB classifier must see the radiograph the way round the lungs were found in."""
+    from pipeline.enums import OutputFormat
+    from pipeline.inference.outputs import Context, write_outputs
+    from pipeline.inference.predictor import Prediction
+
+    image = np.linspace(0, 1, 64 * 48, dtype=np.float32).reshape(64, 48)
+    seen = []
+    ctx = Context(
+        tmp_path,
+        (OutputFormat.MASK,),
+        shipped_model.identity,
+        "20260101000000",
+        tb_inputs=lambda img, right, left: seen.append(img) or img.sum(),
+    )
+    m = _one_lung((64, 48))
+    for polarity in ("as_read", "inverted"):
+        pred = Prediction(m.right | m.left, np.zeros((8, 8), np.float32), m, {"polarity": polarity})
+        write_outputs(tmp_path / "a.png", Path("a.png"), pred, image, ctx)
+    np.testing.assert_array_equal(seen[0], image)
+    np.testing.assert_array_equal(seen[1], 1 - image)

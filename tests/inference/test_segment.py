@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
+from pipeline.inference.polarity import INVERTED_NOTE
 from pipeline.inference.segment import (
     MAX_AUTO_WORKERS,
     PoolRotation,
@@ -1052,3 +1053,30 @@ def test_a_fetch_runs_with_the_garbage_collector_on(tmp_path, monkeypatch):
         paused = not gc.isenabled()
         gc.enable()
     assert seen == [True] and not paused
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_negative_is_segmented_the_right_way_round_and_the_report_says_so(
+    pixels, tmp_path, workers
+):
+    """A file whose pixels are a negative (here: MONOCHROME2 holding one, 512 x 400 so the
+    network sees it letterboxed) lost its lungs. Through one process and through a worker,
+    whose input comes back from the shared slots without its MetaTensor metadata."""
+    from pipeline.io.convert import build_dicom, write_dicom
+
+    root, out = tmp_path / "in", tmp_path / "out"
+    write_dicom(build_dicom(pixels, "mono2-16bit", name="right"), root / "right.dcm")
+    write_dicom(build_dicom(255 - pixels, "mono2-16bit", name="neg"), root / "negative.dcm")
+    argv = ["segment", str(root), "-o", str(out), "--no-progress", "--formats", "seg,mask"]
+    assert main([*argv, "--workers", workers]) == EXIT_OK
+    rows = {Path(r["path"]).name: r for r in _report(out).values()}
+    assert rows["negative.dcm"]["reason"] == f"assumed {INVERTED_NOTE}"
+    assert rows["negative.dcm"]["qa_flags"] == "inverted_polarity"
+    assert rows["right.dcm"]["reason"] == rows["right.dcm"]["qa_flags"] == ""
+    masks = [load_png(out / "masks" / f"{n}.png") > 0 for n in ("right", "negative")]
+    assert dice(*masks) > 0.97
+    assert pydicom.dcmread(out / "seg" / "negative.dcm").SegmentSequence  # the SEG is written
+    as_read = tmp_path / "as_read"  # the check turned off: the negative loses its lungs
+    assert main([*argv[:3], str(as_read), *argv[4:], "--polarity", "as_read"]) == EXIT_OK
+    assert _report(as_read)[str(root / "negative.dcm")]["reason"] == ""
+    assert dice(masks[0], load_png(as_read / "masks" / "negative.png") > 0) < 0.5
