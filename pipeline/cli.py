@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pipeline import __version__
 from pipeline.cpus import fit_threads_to_cpus
-from pipeline.enums import LungField, NetworkName, PolarityMode, TBNetworkName
+from pipeline.enums import LungField, NetworkName, TBNetworkName, ViewCheckMode
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 VOI_CHOICES = ("auto", "lut", "window", "none")
@@ -182,7 +182,7 @@ def _cmd_segment(args: argparse.Namespace) -> int:
         store_back=args.store_back,
         precision=args.precision,
         lung_field=args.lung_field,
-        polarity=args.polarity,
+        view_check=args.view_check,
         **({"tb_bundle": args.tb_bundle} if args.tb else {}),
     )
     counts = summary["counts"]
@@ -710,11 +710,11 @@ def build_parser() -> argparse.ArgumentParser:
         "left lung stops at the heart's border, as most Montgomery/Shenzhen masks)",
     )
     seg.add_argument(
-        "--polarity",
-        choices=[m.value for m in PolarityMode],
+        "--view-check",
+        choices=[m.value for m in ViewCheckMode],
         help="auto (default): an image the network is unsure of is also tried as its "
-        "negative, kept where the network is surer of it (a header that inverts the image; "
-        "flagged inverted_polarity); as_read: the image as its header says",
+        "negative and turned upside down, kept so where the network is surer of it (flagged "
+        "inverted_polarity or upside_down); off: every image as read",
     )
     seg.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     seg.add_argument(

@@ -101,21 +101,23 @@ class QAFlag(StrEnum):
     IMPLAUSIBLE_RATIO = "implausible_left_right_ratio"
     LOW_CONFIDENCE = "low_confidence"
     SMALL_FOR_HEMITHORAX = "small_for_hemithorax"
-    INVERTED_POLARITY = "inverted_polarity"  # segmented as its negative (polarity check)
+    INVERTED_POLARITY = "inverted_polarity"  # segmented as its negative (view check)
+    UPSIDE_DOWN = "upside_down"  # segmented turned by 180 degrees (view check)
 
 
-class Polarity(StrEnum):
-    """How the network saw an image: as read, or as its negative (the polarity check's call)."""
+class View(StrEnum):
+    """How the network saw an image: as read, as its negative, or turned by 180 degrees."""
 
     AS_READ = "as_read"
-    INVERTED = "inverted"
+    NEGATIVE = "negative"
+    ROTATED_180 = "rotated_180"
 
 
-class PolarityMode(StrEnum):
-    """Whether the polarity check runs: ``auto`` (on images the network is unsure of) or not."""
+class ViewCheckMode(StrEnum):
+    """Whether the view check runs: ``auto`` (on images the network is unsure of) or ``off``."""
 
     AUTO = "auto"
-    AS_READ = "as_read"
+    OFF = "off"
 
 
 class LungField(StrEnum):

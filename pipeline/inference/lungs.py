@@ -182,6 +182,11 @@ def describe_flag(flag: QAFlag | str) -> str:
             "negative): the network was surer of its negative, which was segmented instead "
             "(check the file's Photometric Interpretation and the mask)"
         ),
+        QAFlag.UPSIDE_DOWN: (
+            "the image looked upside down: the network was surer of it turned by 180 degrees, "
+            "which was segmented instead, the sides as the turned image shows them (check the "
+            "file's Patient Orientation and the mask)"
+        ),
     }
     return messages[QAFlag.parse(flag)]
 

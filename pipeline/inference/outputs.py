@@ -25,7 +25,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
 from monai.utils import convert_to_numpy
 
-from pipeline.enums import OutputFormat, Polarity, Status
+from pipeline.enums import OutputFormat, Status, View
 from pipeline.inference.bundle import ModelIdentity
 from pipeline.inference.lungs import LungMeasures
 from pipeline.inference.predictor import Prediction
@@ -1561,7 +1561,7 @@ def write_outputs(
     if ctx.tb_inputs is not None:  # scored in batches by the main process, then dropped
         clock.restart()
         image = np.asarray(original, dtype=np.float32)
-        if pred.meta.get("polarity") == Polarity.INVERTED:  # scored as it was segmented
+        if pred.meta.get("view") == View.NEGATIVE:  # scored as it was segmented
             image = 1 - image
         out["tb_input"] = ctx.tb_inputs(image, m.right, m.left)
         clock.lap("tb_inputs")

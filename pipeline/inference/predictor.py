@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.enums import LungField, Polarity, QAFlag
+from pipeline.enums import LungField, QAFlag, View
 from pipeline.inference.bundle import BUNDLE, ModelIdentity, bundle_parser, identity_of
 from pipeline.inference.lungs import LungMeasures, mean_inside, measure_sides
-from pipeline.inference.polarity import INVERTED_NOTE, PolarityCheck
+from pipeline.inference.view_check import NOTES, ViewCheck, turned_orientation
 from pipeline.transforms.geometry import META_KEY, LetterboxParams, resize_to
 
 
@@ -89,11 +89,23 @@ def _canvas_region(item: dict[str, Any]) -> tuple[slice, slice]:
     return slice(top, top + rows), slice(left, left + cols)
 
 
-def _mark_inverted(m: LungMeasures, meta: dict[str, Any]) -> None:
-    """Say on the measures (a QA flag) and the metadata that the negative was segmented."""
-    m.flags.append(QAFlag.INVERTED_POLARITY)
-    meta["polarity"] = Polarity.INVERTED.value
-    meta["assumed"] = "; ".join(filter(None, [meta.get("assumed"), INVERTED_NOTE]))
+def _turn_orientation(item: dict[str, Any]) -> None:
+    """Give a preprocessed item the Patient Orientation of its image turned by 180 degrees."""
+    meta = getattr(item["image"], "meta", None)
+    if meta is None:  # sent between processes: the metadata travels beside the pixels
+        meta = item["image_meta"] = dict(item.get("image_meta") or {})
+    meta["patient_orientation"] = turned_orientation(meta.get("patient_orientation"))
+
+
+#: The QA flag of an image segmented in another view than it was read in.
+VIEW_FLAGS = {View.NEGATIVE: QAFlag.INVERTED_POLARITY, View.ROTATED_180: QAFlag.UPSIDE_DOWN}
+
+
+def _mark_view(m: LungMeasures, meta: dict[str, Any], view: View) -> None:
+    """Say on the measures (a QA flag) and the metadata in which view it was segmented."""
+    m.flags.append(VIEW_FLAGS[view])
+    meta["view"] = view.value
+    meta["assumed"] = "; ".join(filter(None, [meta.get("assumed"), NOTES[view]]))
 
 
 class Predictor:
@@ -134,8 +146,8 @@ class Predictor:
         self.postprocessing = parser.get_parsed_content("postprocessing")
         self.device = parser.get_parsed_content("device")
         self.inferer = parser.get_parsed_content("inferer")
-        self.polarity_check: PolarityCheck | None = (
-            parser.get_parsed_content("polarity_check") if "polarity_check" in parser else None
+        self.view_check: ViewCheck | None = (
+            parser.get_parsed_content("view_checker") if "view_checker" in parser else None
         )
         self.micro_batch = int(parser.get("cpu_micro_batch", 0) or 0)
         self._parser = parser
@@ -201,21 +213,24 @@ class Predictor:
         )
 
     def infer(self, items: Sequence[dict[str, Any]]) -> torch.Tensor:
-        """Logits of preprocessed items, as one batch, after the bundle's polarity check.
+        """Logits of preprocessed items, as one batch, after the bundle's view check.
 
-        Each item gets ``polarity`` (a :class:`~pipeline.inference.polarity.Polarity`
-        value): ``inverted`` where the network was surer of the image's negative, whose
-        logits are then the ones returned (:mod:`pipeline.inference.polarity`).
+        Each item gets ``view`` (a :class:`~pipeline.enums.View` value): ``negative`` or
+        ``rotated_180`` where the network was surer of the image seen so, whose logits
+        (brought back onto the image's grid) are then the ones returned; a turned item's
+        Patient Orientation becomes the turned image's (:mod:`pipeline.inference.view_check`).
         """
         images = [item["image"] for item in items]
         logits = self.forward(images)
-        polarities = [Polarity.AS_READ] * len(items)
-        if self.polarity_check is not None and items:
+        views = [View.AS_READ] * len(items)
+        if self.view_check is not None and items:
             batch = torch.stack([_plain_tensor(img) for img in images])
             regions = [_canvas_region(item) for item in items]
-            logits, polarities = self.polarity_check(batch, regions, logits, self.forward)
-        for item, polarity in zip(items, polarities, strict=True):
-            item["polarity"] = polarity.value
+            logits, views = self.view_check(batch, regions, logits, self.forward)
+        for item, view in zip(items, views, strict=True):
+            item["view"] = view.value
+            if view is View.ROTATED_180:
+                _turn_orientation(item)
         return logits
 
     def postprocess(self, item: dict[str, Any], logits: torch.Tensor) -> Prediction:
@@ -233,8 +248,8 @@ class Predictor:
         m: LungMeasures = measure_sides(
             labels == 1, labels == 2, int(out["lung_components"]), confidence, _spacing(meta)
         )
-        if item.get("polarity") == Polarity.INVERTED:
-            _mark_inverted(m, meta)
+        if item.get("view", View.AS_READ) != View.AS_READ:
+            _mark_view(m, meta, View(item["view"]))
         return Prediction(labels > 0, prob, m, meta)
 
     # --- whole predictions --------------------------------------------------------------

@@ -637,7 +637,7 @@ def segment(
     store_back: bool = False,
     precision: str | None = None,
     lung_field: str | None = None,
-    polarity: str | None = None,
+    view_check: str | None = None,
 ) -> dict[str, Any]:
     """Segment every radiograph under ``inputs`` into ``out_dir``; return the summary.
 
@@ -650,8 +650,8 @@ def segment(
     ``precision`` overrides the bundle's (``float32``): ``bfloat16``, or ``auto`` (bfloat16
     where the CPU has it natively, :class:`~pipeline.inference.ensemble.Precision`).
 
-    ``polarity`` overrides the bundle's polarity check (``auto``): ``as_read`` turns it off
-    (:mod:`pipeline.inference.polarity`).
+    ``view_check`` overrides the bundle's view check (``auto``): ``off`` segments every
+    image as read (:mod:`pipeline.inference.view_check`).
 
     With a ``tb_model`` (:func:`pipeline.tb.screen.segment_and_screen` passes the TB
     bundle's), each segmented image also gets a TB score (research only); images are then
@@ -679,8 +679,8 @@ def segment(
         overrides["precision"] = precision
     if lung_field is not None:
         overrides["lung_field"] = lung_field
-    if polarity is not None:
-        overrides["polarity"] = polarity
+    if view_check is not None:
+        overrides["view_check"] = view_check
     # the network is loaded once the workers are decoding (Segmenter._batches)
     model = Predictor(bundle, rank_device(device), overrides, network=False)
     workers = resolve_workers(workers, model.device)

@@ -654,8 +654,8 @@ def test_tb_inputs_of_an_image_segmented_as_its_negative_are_made_from_the_negat
         tb_inputs=lambda img, right, left: seen.append(img) or img.sum(),
     )
     m = _one_lung((64, 48))
-    for polarity in ("as_read", "inverted"):
-        pred = Prediction(m.right | m.left, np.zeros((8, 8), np.float32), m, {"polarity": polarity})
+    for view in ("as_read", "negative"):
+        pred = Prediction(m.right | m.left, np.zeros((8, 8), np.float32), m, {"view": view})
         write_outputs(tmp_path / "a.png", Path("a.png"), pred, image, ctx)
     np.testing.assert_array_equal(seen[0], image)
     np.testing.assert_array_equal(seen[1], 1 - image)

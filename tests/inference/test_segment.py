@@ -19,7 +19,7 @@ import pytest
 from PIL import Image
 
 from pipeline.cli import EXIT_FAILED, EXIT_OK, EXIT_USAGE, main
-from pipeline.inference.polarity import INVERTED_NOTE
+from pipeline.enums import View
 from pipeline.inference.segment import (
     MAX_AUTO_WORKERS,
     PoolRotation,
@@ -27,6 +27,7 @@ from pipeline.inference.segment import (
     plan,
     resolve_workers,
 )
+from pipeline.inference.view_check import NOTES
 from tests.conftest import (
     child_pids,
     dice,
@@ -1056,27 +1057,37 @@ def test_a_fetch_runs_with_the_garbage_collector_on(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("workers", ["0", "1"])
-def test_a_negative_is_segmented_the_right_way_round_and_the_report_says_so(
+def test_negatives_and_upside_down_films_are_segmented_the_right_way_and_the_report_says_so(
     pixels, tmp_path, workers
 ):
     """A file whose pixels are a negative (here: MONOCHROME2 holding one, 512 x 400 so the
-    network sees it letterboxed) lost its lungs. Through one process and through a worker,
-    whose input comes back from the shared slots without its MetaTensor metadata."""
+    network sees it letterboxed) lost its lungs, one upside down part of them. Through one
+    process and through a worker, whose input comes back from the shared slots without its
+    MetaTensor metadata (the letterbox and the Patient Orientation travel beside it)."""
     from pipeline.io.convert import build_dicom, write_dicom
 
     root, out = tmp_path / "in", tmp_path / "out"
     write_dicom(build_dicom(pixels, "mono2-16bit", name="right"), root / "right.dcm")
     write_dicom(build_dicom(255 - pixels, "mono2-16bit", name="neg"), root / "negative.dcm")
+    upside_down = np.rot90(pixels, 2).copy()
+    write_dicom(build_dicom(upside_down, "mono2-16bit", name="up"), root / "upside_down.dcm")
     argv = ["segment", str(root), "-o", str(out), "--no-progress", "--formats", "seg,mask"]
     assert main([*argv, "--workers", workers]) == EXIT_OK
     rows = {Path(r["path"]).name: r for r in _report(out).values()}
-    assert rows["negative.dcm"]["reason"] == f"assumed {INVERTED_NOTE}"
+    assert rows["negative.dcm"]["reason"] == f"assumed {NOTES[View.NEGATIVE]}"
     assert rows["negative.dcm"]["qa_flags"] == "inverted_polarity"
     assert rows["right.dcm"]["reason"] == rows["right.dcm"]["qa_flags"] == ""
     masks = [load_png(out / "masks" / f"{n}.png") > 0 for n in ("right", "negative")]
     assert dice(*masks) > 0.97
     assert pydicom.dcmread(out / "seg" / "negative.dcm").SegmentSequence  # the SEG is written
+    assert rows["upside_down.dcm"]["reason"] == f"assumed {NOTES[View.ROTATED_180]}"
+    assert rows["upside_down.dcm"]["qa_flags"] == "upside_down"
+    turned = np.rot90(load_png(out / "masks" / "upside_down.png") > 0, 2)  # on the file's grid
+    assert dice(masks[0], turned) > 0.97
+    for side in ("right", "left"):  # the patient's right lung is on the turned image's right
+        area = float(rows["right.dcm"][f"{side}_area_px"])
+        assert float(rows["upside_down.dcm"][f"{side}_area_px"]) == pytest.approx(area, rel=0.05)
     as_read = tmp_path / "as_read"  # the check turned off: the negative loses its lungs
-    assert main([*argv[:3], str(as_read), *argv[4:], "--polarity", "as_read"]) == EXIT_OK
+    assert main([*argv[:3], str(as_read), *argv[4:], "--view-check", "off"]) == EXIT_OK
     assert _report(as_read)[str(root / "negative.dcm")]["reason"] == ""
     assert dice(masks[0], load_png(as_read / "masks" / "negative.png") > 0) < 0.5
