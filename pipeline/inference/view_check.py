@@ -165,3 +165,48 @@ def _unit(name: str, value: float) -> float:
     if not 0.0 <= float(value) <= 1.0:
         raise ValueError(f"{name}: {value!r} is outside [0, 1]")
     return float(value)
+
+
+class ViewCheckInferer:
+    """MONAI-style inferer for MONAI's own workflows: ``inferer``, then ``check`` on the batch.
+
+    The bundle's ``evaluator`` (``python -m monai.bundle run``) runs the network through this,
+    so it segments as :class:`~pipeline.inference.predictor.Predictor` does: the regions come
+    from the batch's letterbox metadata, and a turned image's Patient Orientation is turned in
+    the batch's metadata, which the post-processing's side labelling reads.
+
+    Args:
+        inferer: the plain inferer (``inputs, network -> logits``).
+        check: the :class:`ViewCheck` (None: ``inferer`` alone).
+    """
+
+    def __init__(self, inferer: Callable, check: ViewCheck | None = None):
+        self.inferer, self.check = inferer, check
+
+    def __call__(self, inputs: torch.Tensor, network: torch.nn.Module) -> torch.Tensor:
+        """The logits of a batch ``(B, C, H, W)``, each image in the view the check keeps."""
+        logits = self.inferer(inputs, network)
+        meta = getattr(inputs, "meta", None)
+        if self.check is None or meta is None:
+            return logits
+        plain = inputs.as_tensor() if hasattr(inputs, "as_tensor") else inputs
+        regions = batch_regions(meta, len(plain))
+        logits, views = self.check(plain, regions, logits, lambda x: self.inferer(x, network))
+        orientations = meta.get("patient_orientation")
+        for i, view in enumerate(views):
+            if view is View.ROTATED_180 and isinstance(orientations, list):
+                orientations[i] = turned_orientation(orientations[i])
+        meta["view"] = [v.value for v in views]
+        return logits
+
+
+def batch_regions(meta: Mapping, count: int) -> list[Region]:
+    """Each image's region on its canvas from a collated batch's ``letterbox`` metadata."""
+    box = meta.get("letterbox")
+    if not box:
+        return [(slice(None), slice(None))] * count
+    (top, left), (rows, cols) = box["pad_before"], box["resized_shape"]
+    return [
+        (slice(int(top[i]), int(top[i] + rows[i])), slice(int(left[i]), int(left[i] + cols[i])))
+        for i in range(count)
+    ]

@@ -2,7 +2,8 @@
 
 All of them predict through :class:`pipeline.inference.predictor.Predictor` and the bundle's
 ``inference.json``; this checks the masks they write are identical on 20 held-out radiographs
-(as DICOM with a pixel spacing, the way a hospital sends them).
+(as DICOM with a pixel spacing, the way a hospital sends them), a negative and a film upside
+down among them, so every path applies the bundle's view check.
 """
 
 from __future__ import annotations
@@ -29,14 +30,23 @@ COUNT = 20
 
 @pytest.fixture(scope="module")
 def dicom_folder(tmp_path_factory, data_dir) -> Path:
+    from PIL import Image
+
     from pipeline.io.convert import DicomVariant, build_dicom, write_dicom
 
     root = tmp_path_factory.mktemp("one_path")
-    for case in load_split(data_dir, "test", COUNT):
+    (root / "refs").mkdir()
+    for i, case in enumerate(load_split(data_dir, "test", COUNT)):
         name = Path(case["image"]).stem
-        pixels = load_png(Path(case["image"]))
-        ds = build_dicom(pixels, DicomVariant.MONO2_16BIT, name=name, spacing_mm=0.35)
-        write_dicom(ds, root / "in" / f"{name}.dcm")
+        pixels, truth = load_png(Path(case["image"])), load_png(Path(case["label"]))
+        views = {name: (pixels, truth)}
+        if i == 0:  # one negative and one film upside down: the view check on every path
+            views[f"{name}_negative"] = (255 - pixels, truth)
+            views[f"{name}_upside_down"] = (np.rot90(pixels, 2), np.rot90(truth, 2))
+        for stem, (image, reference) in views.items():
+            ds = build_dicom(image.copy(), DicomVariant.MONO2_16BIT, name=stem, spacing_mm=0.35)
+            write_dicom(ds, root / "in" / f"{stem}.dcm")
+            Image.fromarray(reference.copy()).save(root / "refs" / f"{stem}.png")
     return root
 
 
@@ -48,8 +58,15 @@ def segmented(dicom_folder) -> dict[str, np.ndarray]:
     return {p.stem: load_png(p) > 127 for p in sorted((out / "masks").glob("*.png"))}
 
 
-def test_segment_wrote_every_mask(segmented):
-    assert len(segmented) == COUNT
+def test_segment_wrote_every_mask(segmented, dicom_folder):
+    assert len(segmented) == COUNT + 2
+    with open(dicom_folder / "segment" / "report.csv", newline="") as fh:
+        flags = {Path(r["path"]).stem: r["qa_flags"] for r in csv.DictReader(fh)}
+    for stem, flag in flags.items():
+        expected = {"negative": "inverted_polarity", "upside_down": "upside_down"}
+        view = next((v for v in expected if stem.endswith(f"_{v}")), None)
+        others = [f for v, f in expected.items() if v != view]
+        assert (view is None or expected[view] in flag) and not any(f in flag for f in others)
 
 
 def test_bundle_run_gives_the_same_masks(dicom_folder, segmented):
@@ -97,9 +114,6 @@ def test_evaluate_scores_the_same_masks(dicom_folder, segmented, data_dir):
     from pipeline.evaluation.run import evaluate
 
     masks = dicom_folder / "refs"
-    masks.mkdir()
-    for stem in segmented:
-        (masks / f"{stem}.png").write_bytes((data_dir / "masks" / f"{stem}.png").read_bytes())
     evaluate(dicom_folder / "in", masks, dicom_folder / "evaluate", device="cpu", worst=0)
     with open(dicom_folder / "evaluate" / "per_case.csv", newline="") as fh:
         rows = {Path(r["case"]).stem: r for r in csv.DictReader(fh)}

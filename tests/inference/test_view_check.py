@@ -196,3 +196,19 @@ def test_the_canvas_region_comes_from_the_metadata_in_and_out_of_process(shipped
     assert image[:, : cols.start].abs().sum() == 0 and image[:, cols.stop :].abs().sum() == 0
     assert (rows, cols) == _canvas_region(to_wire({"item": item})["item"])
     assert cols.stop - cols.start < image.shape[1] and rows == slice(0, image.shape[0])
+
+
+def test_batch_regions_read_a_collated_letterbox(shipped_model, held_out):
+    """As MONAI's DataLoader collates the letterbox of a square and a narrow image."""
+    from monai.data import list_data_collate
+
+    from pipeline.inference.predictor import _canvas_region
+    from pipeline.inference.view_check import batch_regions
+
+    items = [
+        shipped_model.preprocess(shipped_model.load(a))
+        for a in (held_out[0], held_out[1][:, 90:-90])
+    ]
+    batch = list_data_collate([{"image": it["image"]} for it in items])["image"]
+    assert batch_regions(batch.meta, 2) == [_canvas_region(it) for it in items]
+    assert batch_regions({}, 2) == [WHOLE, WHOLE]
