@@ -65,7 +65,14 @@ class SpacingSource(StrEnum):
     """Which DICOM attribute gave the pixel spacing reported for an image."""
 
     PIXEL_SPACING = "PixelSpacing"
-    IMAGER_PIXEL_SPACING = "ImagerPixelSpacing"
+    # the detector's spacing brought to the patient by the file's magnification
+    IMAGER_PIXEL_SPACING_MAGNIFICATION = (
+        "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor"
+    )
+    IMAGER_PIXEL_SPACING_DISTANCES = (
+        "ImagerPixelSpacing*DistanceSourceToPatient/DistanceSourceToDetector"
+    )
+    IMAGER_PIXEL_SPACING = "ImagerPixelSpacing"  # at the detector: magnified
     FILE_HEADER = "header"  # NIfTI/MHA/NRRD voxel size
     NONE = "none"
 

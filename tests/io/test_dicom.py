@@ -194,6 +194,59 @@ def test_a_malformed_pixel_spacing_falls_back_to_the_imager_spacing_or_none(tmp_
 
 
 @pytest.mark.parametrize(
+    ("attrs", "spacing", "source"),
+    [
+        ({}, 0.7, "ImagerPixelSpacing"),  # nothing to correct with: the detector's
+        ({"EstimatedRadiographicMagnificationFactor": "1.12"}, 0.625, "ERMF"),
+        ({"DistanceSourceToDetector": "1800", "DistanceSourceToPatient": "1600"}, 0.7 / 1.125, "D"),
+        (  # the estimate wins over the distances
+            {
+                "EstimatedRadiographicMagnificationFactor": "1.4",
+                "DistanceSourceToDetector": "1800",
+                "DistanceSourceToPatient": "1600",
+            },
+            0.5,
+            "ERMF",
+        ),
+        ({"EstimatedRadiographicMagnificationFactor": "0.5"}, 0.7, "ImagerPixelSpacing"),
+        ({"EstimatedRadiographicMagnificationFactor": "abc"}, 0.7, "ImagerPixelSpacing"),
+        (
+            {"DistanceSourceToDetector": "1800", "DistanceSourceToPatient": "0"},
+            0.7,
+            "ImagerPixelSpacing",
+        ),
+        (
+            {"PixelSpacing": "0.7\\0.7", "EstimatedRadiographicMagnificationFactor": "1.12"},
+            0.625,
+            "ERMF",
+        ),
+        (
+            {"PixelSpacing": "0.6\\0.6", "EstimatedRadiographicMagnificationFactor": "1.12"},
+            0.6,
+            "PixelSpacing",
+        ),
+    ],
+)
+def test_the_detector_spacing_is_brought_to_the_patient_by_the_magnification(
+    tmp_path, pixels, attrs, spacing, source
+):
+    """Imager Pixel Spacing is at the detector, where a PA chest is ~1.1-1.2 x magnified:
+    used as it was, lung areas in mm² came out ~1.2-1.4 x too large where the file said by
+    how much (DICOM PS3.3 10.7.1.1). A Pixel Spacing equal to it is the detector's too; one
+    that differs is calibrated and wins."""
+    names = {
+        "ERMF": "ImagerPixelSpacing/EstimatedRadiographicMagnificationFactor",
+        "D": "ImagerPixelSpacing*DistanceSourceToPatient/DistanceSourceToDetector",
+    }
+    ds = build_dicom(pixels, DicomVariant.MONO2_8BIT, spacing_mm=0.7)
+    for keyword, text in attrs.items():
+        with_raw_value(ds, keyword, text)
+    _, meta = read_cxr(_write(tmp_path, ds))
+    assert meta["pixel_spacing"] == pytest.approx((spacing, spacing))
+    assert meta["pixel_spacing_source"] == names.get(source, source)
+
+
+@pytest.mark.parametrize(
     ("center", "width", "function", "why"),
     [
         ("abc", "256", "LINEAR", "not numbers"),
