@@ -1560,12 +1560,25 @@ def write_outputs(
         out["reason"] = "; ".join(filter(None, (out["reason"], _write_seg(*seg_args))))
     if ctx.tb_inputs is not None:  # scored in batches by the main process, then dropped
         clock.restart()
-        image = np.asarray(original, dtype=np.float32)
-        if pred.meta.get("view") == View.NEGATIVE:  # scored as it was segmented
-            image = 1 - image
-        out["tb_input"] = ctx.tb_inputs(image, m.right, m.left)
+        out["tb_input"] = ctx.tb_inputs(*as_segmented(original, m, pred.meta.get("view")))
         clock.lap("tb_inputs")
     return out
+
+
+def as_segmented(
+    original: np.ndarray, m: LungMeasures, view: str | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The image (float32) and its right and left lungs the way the network saw them.
+
+    A negative is inverted back and a turned film turned, so what is measured from them (the
+    TB inputs) sees an upright radiograph with the lungs dark, as the model was trained on.
+    """
+    image, right, left = np.asarray(original, dtype=np.float32), m.right, m.left
+    if view == View.NEGATIVE:
+        image = 1 - image
+    elif view == View.ROTATED_180:
+        image, right, left = (np.ascontiguousarray(a[::-1, ::-1]) for a in (image, right, left))
+    return image, right, left
 
 
 def _write_seg(path: Path, relative: Path, m: LungMeasures, ctx: Context, clock: Stopwatch) -> str:

@@ -33,8 +33,10 @@ def score_cases(
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, crops)``: the TB score and the CNN's input of every case."""
     paths = [c["image"] for c in cases]
-    inputs = [
-        tb_model.prepare(p.image, p.measures.right, p.measures.left)
+    from pipeline.inference.outputs import as_segmented
+
+    inputs = [  # each radiograph upright, lungs dark, as the segmentation saw it
+        tb_model.prepare(*as_segmented(p.image, p.measures, p.meta.get("view")))
         for p in seg_model.predict_from_files(paths, batch_size, keep_image=True)
     ]
     scores = np.concatenate(

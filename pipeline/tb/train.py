@@ -64,15 +64,16 @@ def prepare(
     batch_size: int = 8,
 ) -> Prepared:
     """Segment, crop and describe ``cases`` (datalist items with ``source``/``tuberculosis``)."""
+    from pipeline.inference.outputs import as_segmented
     from pipeline.tb.features import features_at
     from pipeline.tb.inputs import lung_crop
 
     crops, rows = [], []
     paths = [c["image"] for c in cases]
     for p in seg_model.predict_from_files(paths, batch_size, keep_image=True):
-        image, m = p.image, p.measures
-        crops.append(lung_crop(image, m.right | m.left, size, margin).astype(np.float16))
-        rows.append(features_at(image, m.right, m.left))
+        image, right, left = as_segmented(p.image, p.measures, p.meta.get("view"))
+        crops.append(lung_crop(image, right | left, size, margin).astype(np.float16))
+        rows.append(features_at(image, right, left))
     names = sorted(rows[0])
     return Prepared(
         names=[str(c.get("name", Path(c["image"]).name)) for c in cases],

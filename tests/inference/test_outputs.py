@@ -636,10 +636,9 @@ def test_overlay_labels_are_the_nearest_pick_of_the_full_grid():
         np.testing.assert_array_equal(display_labels(m, shape), np.asarray(pil))
 
 
-def test_tb_inputs_of_an_image_segmented_as_its_negative_are_made_from_the_negative(
-    tmp_path, shipped_model
-):
-    """The TB classifier must see the radiograph the way round the lungs were found in."""
+def test_tb_inputs_are_made_from_the_image_the_way_the_network_saw_it(tmp_path, shipped_model):
+    """The TB classifier must see the radiograph upright with the lungs dark: a negative
+    inverted back, a turned film turned with its lungs."""
     from pipeline.enums import OutputFormat
     from pipeline.inference.outputs import Context, write_outputs
     from pipeline.inference.predictor import Prediction
@@ -651,11 +650,15 @@ def test_tb_inputs_of_an_image_segmented_as_its_negative_are_made_from_the_negat
         (OutputFormat.MASK,),
         shipped_model.identity,
         "20260101000000",
-        tb_inputs=lambda img, right, left: seen.append(img) or img.sum(),
+        tb_inputs=lambda img, right, left: seen.append((img, right, left)) or img.sum(),
     )
     m = _one_lung((64, 48))
-    for view in ("as_read", "negative"):
+    for view in ("as_read", "negative", "rotated_180"):
         pred = Prediction(m.right | m.left, np.zeros((8, 8), np.float32), m, {"view": view})
         write_outputs(tmp_path / "a.png", Path("a.png"), pred, image, ctx)
-    np.testing.assert_array_equal(seen[0], image)
-    np.testing.assert_array_equal(seen[1], 1 - image)
+    (read, right, _), (negative, right_negative, _), (turned, right_turned, _) = seen
+    np.testing.assert_array_equal(read, image)
+    np.testing.assert_array_equal(negative, 1 - image)
+    np.testing.assert_array_equal(right_negative, right)
+    np.testing.assert_array_equal(turned, np.rot90(image, 2))
+    np.testing.assert_array_equal(right_turned, np.rot90(right, 2))

@@ -51,3 +51,29 @@ def test_tb_screening_segments_the_lung_field_its_models_were_trained_on(monkeyp
     segment_and_screen(["in"], "out", device="cpu", lung_field="anatomical")
     assert [kw["lung_field"] for kw in seen] == ["visible", "anatomical"]
     assert seen[0]["tb_model"] == "tb"
+
+
+def test_tb_scores_see_each_radiograph_the_way_the_segmentation_saw_it():
+    """A negative the view check turned back is scored as its negative (lungs dark), and a
+    turned film upright with its lungs turned with it."""
+    from pipeline.inference.lungs import measure
+    from pipeline.inference.predictor import Prediction
+    from pipeline.tb.evaluate import score_cases
+
+    image = np.linspace(0, 1, 32 * 24, dtype=np.float32).reshape(32, 24)
+    mask = np.zeros(image.shape, bool)
+    mask[4:20, 2:10] = True
+    m = measure(mask, mask.astype(np.float32))
+    views = ["as_read", "negative", "rotated_180"]
+    preds = [Prediction(mask, mask.astype(np.float32), m, {"view": v}, image) for v in views]
+    seen = []
+    seg_model = SimpleNamespace(predict_from_files=lambda paths, batch_size, keep_image: preds)
+    tb_model = SimpleNamespace(
+        prepare=lambda img, right, left: seen.append((img, right)) or {"crop": img},
+        scores=lambda inputs: np.zeros(len(inputs)),
+    )
+    score_cases([{"image": v} for v in views], tb_model, seg_model)
+    np.testing.assert_array_equal(seen[0][0], image)
+    np.testing.assert_array_equal(seen[1][0], 1 - image)
+    np.testing.assert_array_equal(seen[2][0], np.rot90(image, 2))
+    np.testing.assert_array_equal(seen[2][1], np.rot90(m.right, 2))

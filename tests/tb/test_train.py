@@ -154,3 +154,28 @@ def test_tb_train_usage_errors(tmp_path, capsys):
     assert "--folds" in capsys.readouterr().err
     code = main(["tb", "train", "-o", str(tmp_path), "--network", "vgg", "--max-cases", "4"])
     assert code == EXIT_USAGE and "densenet_small" in capsys.readouterr().err
+
+
+def test_training_crops_see_each_radiograph_the_way_the_segmentation_saw_it(data_dir):
+    """The crops and features of a negative the view check turned back are those of the
+    image the right way round, as for the batch job's TB inputs."""
+    from types import SimpleNamespace
+
+    from pipeline.inference.lungs import measure
+    from pipeline.inference.predictor import Prediction
+    from pipeline.tb.train import prepare
+    from tests.conftest import load_png
+
+    image = load_png(data_dir / "images" / "MCUCXR_0104_1.png").astype(np.float32) / 255
+    mask = load_png(data_dir / "masks" / "MCUCXR_0104_1.png") > 127
+    m = measure(mask, mask.astype(np.float32))
+    preds = [
+        Prediction(mask, mask.astype(np.float32), m, {"view": "as_read"}, image),
+        Prediction(mask, mask.astype(np.float32), m, {"view": "negative"}, 1 - image),
+    ]
+    seg_model = SimpleNamespace(predict_from_files=lambda paths, batch_size, keep_image: preds)
+    cases = [{"image": str(i), "tuberculosis": 0, "source": "x"} for i in range(2)]
+    prepared = prepare(cases, seg_model, size=64)
+    np.testing.assert_allclose(prepared.crops[1], prepared.crops[0], atol=1e-3)
+    # texture features bin the intensities: 1 - (1 - x) in float32 moves a few pixels a bin
+    np.testing.assert_allclose(prepared.features[1], prepared.features[0], rtol=0.05, atol=1e-3)
