@@ -71,6 +71,13 @@ def _plain_tensor(image: Any) -> torch.Tensor:
     return image.as_tensor() if hasattr(image, "as_tensor") else torch.as_tensor(image)
 
 
+def _stacked(images: Sequence[torch.Tensor | np.ndarray] | torch.Tensor) -> torch.Tensor:
+    """Preprocessed ``(1, H, W)`` images as one plain ``(B, 1, H, W)`` batch (once)."""
+    if isinstance(images, torch.Tensor) and not hasattr(images, "meta"):
+        return images
+    return torch.stack([_plain_tensor(img) for img in images])
+
+
 def _spacing(meta: dict[str, Any]) -> tuple[float, float]:
     return tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
 
@@ -189,8 +196,8 @@ class Predictor:
         return self.preprocessing(dict(loaded))
 
     @torch.inference_mode()
-    def forward(self, images: Sequence[torch.Tensor | np.ndarray]) -> torch.Tensor:
-        """Logits of preprocessed ``(1, H, W)`` images, as one batch, returned on the CPU.
+    def forward(self, images: Sequence[torch.Tensor | np.ndarray] | torch.Tensor) -> torch.Tensor:
+        """Logits of preprocessed ``(1, H, W)`` images (or their ready batch), on the CPU.
 
         The batch is a plain tensor: a MetaTensor would route every operation of the
         network through its metadata handling. On the CPU the network sees
@@ -203,7 +210,7 @@ class Predictor:
         """
         if self.network is None:
             raise RuntimeError("this Predictor was built with network=False (see load_network)")
-        batch = torch.stack([_plain_tensor(img) for img in images]).to(self.device)
+        batch = _stacked(images).to(self.device)
         batch = batch.contiguous(memory_format=torch.channels_last)  # the network's layout
         step = (
             self.micro_batch if self.device.type == "cpu" and self.micro_batch > 0 else len(batch)
@@ -220,11 +227,10 @@ class Predictor:
         (brought back onto the image's grid) are then the ones returned; a turned item's
         Patient Orientation becomes the turned image's (:mod:`pipeline.inference.view_check`).
         """
-        images = [item["image"] for item in items]
-        logits = self.forward(images)
+        batch = _stacked([item["image"] for item in items])
+        logits = self.forward(batch)
         views = [View.AS_READ] * len(items)
         if self.view_check is not None and items:
-            batch = torch.stack([_plain_tensor(img) for img in images])
             regions = [_canvas_region(item) for item in items]
             logits, views = self.view_check(batch, regions, logits, self.forward)
         for item, view in zip(items, views, strict=True):

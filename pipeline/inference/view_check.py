@@ -14,11 +14,11 @@ image whose confidence (:func:`lung_confidence`) is low through the network agai
 candidate :class:`~pipeline.enums.View` (:func:`as_seen`: its negative, or turned by 180
 degrees; the letterbox padding stays black and in place; each view has its own threshold,
 :data:`VIEWS`) and keeps the view the network is surest of, where that beats the image as
-read by more than ``margin``. The
-logits of a turned view are turned back (:func:`as_stored`), so the mask lies on the
-file's own grid; its sides are decided as the turned image shows them
-(:func:`turned_orientation`). Images above the thresholds (92-98 % of right images) cost
-nothing more than the confidence. Measured on the shared split (README *View check*).
+read by more than ``margin``. The logits of a turned view are turned back
+(:func:`as_stored`), so the mask lies on the file's own grid; its sides are decided as the
+turned image shows them (:func:`turned_orientation`). Images above the thresholds (92-98 %
+of right images) cost nothing more than the confidence. Measured on the shared split (README
+*View check*).
 """
 
 from __future__ import annotations
