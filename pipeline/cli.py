@@ -99,6 +99,13 @@ def _parse_set(items: list[str]) -> dict[str, object]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from pipeline.cpus import loader_workers
+
+    if args.workers is not None:
+        try:
+            args.workers = loader_workers(args.workers)
+        except ValueError as err:
+            raise UsageError(str(err)) from err
     from pipeline.training.run import train_from_options
 
     result, output = train_from_options(vars(args), _parse_set(args.set))
@@ -661,7 +668,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--seed", type=int)
     tr.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    tr.add_argument("--workers", type=int, help="data loader worker processes")
+    tr.add_argument(
+        "--workers",
+        help="data loader worker processes (auto: one per usable CPU but one, at most 8; "
+        "default: the bundle's, 0)",
+    )
     tr.add_argument("--resume", type=Path, help="checkpoint (last.pt) to continue from")
     tr.add_argument("--init", type=Path, help="start from these network weights (fine-tuning)")
     tr.add_argument("-o", "--output", type=Path, help="run folder (models/, eval/)")

@@ -13,7 +13,8 @@
 :func:`usable_cpus` takes both; :func:`fit_threads_to_cpus` sets ``OMP_NUM_THREADS`` to it
 before torch loads when a quota is the tighter limit (the command line does, for every
 command); :func:`pipeline.inference.segment.resolve_workers` sizes ``lungseg segment``'s
-worker processes by it.
+worker processes by it, :func:`loader_workers` ``lungseg train --workers auto``'s data
+loader.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 
 #: Where the cgroup file systems are mounted (v2: one hierarchy; v1: one per controller).
@@ -129,3 +130,32 @@ def fit_threads_to_cpus(env: MutableMapping[str, str] | None = None) -> int | No
         return None
     env["OMP_NUM_THREADS"] = str(cpus)
     return cpus
+
+
+#: Most data-loader workers ``auto`` starts for training (augmenting more images at once
+#: than a batch needs gains nothing).
+MAX_LOADER_WORKERS = 8
+
+
+def loader_workers(
+    workers: int | str, cpus: int | None = None, env: Mapping[str, str] | None = None
+) -> int:
+    """The data-loader workers ``workers`` (``"auto"`` or a count >= 0) means for training.
+
+    ``auto``: one per usable CPU (:func:`usable_cpus`) but one, which the training loop
+    keeps; under torchrun the node's CPUs are shared by its ``LOCAL_WORLD_SIZE`` ranks. At
+    most :data:`MAX_LOADER_WORKERS`; 0 (loading in the training process) on one CPU. On 2
+    CPUs that is 1, what this project's CPU trainings ran with.
+
+    Raises:
+        ValueError: neither ``auto`` nor a whole number >= 0 (the value quoted).
+    """
+    text = str(workers).strip().lower()
+    if text != "auto":
+        count = int(text) if text.isdigit() else -1
+        if count < 0:
+            raise ValueError(f"--workers {workers!r} must be auto or a whole number >= 0")
+        return count
+    cpus = usable_cpus() if cpus is None else cpus
+    ranks = max(1, int((os.environ if env is None else env).get("LOCAL_WORLD_SIZE", 1)))
+    return max(0, min(MAX_LOADER_WORKERS, cpus // ranks - 1))

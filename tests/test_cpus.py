@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import pipeline.cpus as cpus
 from pipeline.cpus import cgroup_cpu_limit, fit_threads_to_cpus, usable_cpus
 
@@ -81,6 +83,8 @@ def test_threads_are_left_alone_once_torch_is_loaded(one_cpu_quota):
 SCRIPT = """
 import sys
 from pathlib import Path
+
+import pytest
 import pipeline.cpus as cpus
 cpus.CGROUP_ROOT, cpus.PROC_CGROUP = Path(sys.argv[1]), Path(sys.argv[2])
 cpus.affinity_cpus = lambda: 4
@@ -97,3 +101,41 @@ def test_torch_runs_as_many_threads_as_the_quota_allows(one_cpu_quota):
         [sys.executable, "-c", SCRIPT, *args], capture_output=True, text=True, env=env, check=True
     )
     assert out.stdout.split() == ["1", "1"]
+
+
+@pytest.mark.parametrize(
+    ("value", "cpus", "env", "expected"),
+    [
+        ("auto", 2, {}, 1),  # what this project's CPU trainings ran with
+        ("auto", 1, {}, 0),  # loading in the training process
+        ("auto", 16, {}, 8),  # capped
+        ("auto", 16, {"LOCAL_WORLD_SIZE": "4"}, 3),  # a node's CPUs shared by its ranks
+        ("3", 2, {}, 3),
+        (0, 2, {}, 0),
+    ],
+)
+def test_loader_workers_auto_leaves_the_training_loop_a_cpu(value, cpus, env, expected):
+    from pipeline.cpus import loader_workers
+
+    assert loader_workers(value, cpus=cpus, env=env) == expected
+
+
+def test_train_workers_auto_is_resolved_and_a_bad_value_is_a_usage_error(
+    one_cpu_quota, monkeypatch, capsys
+):
+    """``lungseg train --workers`` took only a number; ``auto`` now sizes it to the CPUs."""
+    import pipeline.training.run as run
+    from pipeline.cli import EXIT_USAGE, main
+
+    seen = {}
+
+    def fake_train(options, extra):
+        seen.update(options)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(run, "train_from_options", fake_train)
+    with pytest.raises(SystemExit):
+        main(["train", "--workers", "auto", "--max-cases", "1"])
+    assert seen["workers"] == 0  # one CPU (the quota): the training loop keeps it
+    assert main(["train", "--workers", "many"]) == EXIT_USAGE
+    assert "--workers 'many' must be auto or a whole number >= 0" in capsys.readouterr().err
