@@ -6,10 +6,12 @@ import csv
 import io
 import json
 import os
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from pipeline.enums import Status
 from pipeline.io.atomic import atomic_path
 
 #: Columns of ``report.csv`` (``report.jsonl`` has the same keys), in order.
@@ -187,6 +189,21 @@ def write_reports(
 
 def _json(value: Any) -> Any:
     return None if isinstance(value, float) and value != value else value
+
+
+def tallies(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """How many segmented rows raised each QA flag and took their spacing from each source.
+
+    For ``summary.json``: a batch's QA flags (``inverted_polarity``, ``upside_down``,
+    ``small_for_hemithorax``...) and the spacing its mm² areas stand on, at a glance.
+    """
+    flags: Counter[str] = Counter()
+    sources: Counter[str] = Counter()
+    for r in rows:
+        if r.get("status") == Status.OK.value:
+            flags.update(r.get("qa_flags") or [])
+            sources[str(r.get("pixel_spacing_source") or "none")] += 1
+    return {"qa_flags": dict(sorted(flags.items())), "pixel_spacing_sources": dict(sources)}
 
 
 def write_summary(out_dir: str | os.PathLike, summary: Mapping[str, Any], tag: str = "") -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from pipeline.enums import OutputFormat, Status
 from pipeline.inference.outputs import Context, load_standard_tables, output_path, row
 from pipeline.inference.predictor import Predictor
-from pipeline.inference.report import Journal, write_reports, write_summary
+from pipeline.inference.report import Journal, tallies, write_reports, write_summary
 from pipeline.inference.slots import SlotRef, Slots
 from pipeline.inference.timing import Stopwatch, split
 from pipeline.inference.workers import (
@@ -707,6 +707,7 @@ def segment(
     counts = {s.value: sum(r["status"] == s.value for r in rows) for s in Status}
     summary = {
         "counts": counts,
+        **tallies(rows),
         "inputs": len(jobs),
         "this_run": {
             "processed": run.processed,

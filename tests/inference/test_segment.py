@@ -167,6 +167,10 @@ def test_overlays_nifti_and_summary(segmented):
     )
     summary = json.loads((out / "summary.json").read_text())
     assert summary["counts"] == {"ok": 7, "skipped": 3, "failed": 2} and summary["inputs"] == 12
+    ok = [r for r in _report(out).values() if r["status"] == "ok"]
+    sources = [r["pixel_spacing_source"] for r in ok]
+    assert summary["pixel_spacing_sources"] == {s: sources.count(s) for s in set(sources)}
+    assert summary["qa_flags"] == {}  # right radiographs: nothing flagged
     assert len(summary["model"]["checkpoint_sha256"]) == 64 and summary["software"]["monai"]
     # the decoders too: lossy JPEG decoders may differ by a unit (pipeline.io.decoders)
     assert {"imagecodecs", "pillow", "pyjpegls"} <= summary["software"].keys()
@@ -1082,6 +1086,9 @@ def test_negatives_and_upside_down_films_are_segmented_the_right_way_and_the_rep
     assert pydicom.dcmread(out / "seg" / "negative.dcm").SegmentSequence  # the SEG is written
     assert rows["upside_down.dcm"]["reason"] == f"assumed {NOTES[View.ROTATED_180]}"
     assert rows["upside_down.dcm"]["qa_flags"] == "upside_down"
+    summary = json.loads((out / "summary.json").read_text())  # the batch at a glance
+    assert summary["qa_flags"] == {"inverted_polarity": 1, "upside_down": 1}
+    assert summary["pixel_spacing_sources"] == {"none": 3}
     turned = np.rot90(load_png(out / "masks" / "upside_down.png") > 0, 2)  # on the file's grid
     assert dice(masks[0], turned) > 0.97
     for side in ("right", "left"):  # the patient's right lung is on the turned image's right
