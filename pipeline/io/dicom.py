@@ -19,6 +19,7 @@ The output is a ``float32`` array ``rows x columns`` in [0, 1] and a metadata di
 from __future__ import annotations
 
 import os
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -159,19 +160,22 @@ def mend_image_pixel(ds: Any) -> list[str]:
     """Supply what old or hand-made files leave out of the Image Pixel module; mend spellings.
 
     Real exports omit Photometric Interpretation, Samples per Pixel, Pixel Representation
-    or Bits Stored, or write ``monochrome2``; pydicom then refuses the pixels. What a viewer
-    assumes is set on ``ds``: one sample, MONOCHROME2, unsigned, Bits Stored = Bits Allocated
-    (also where Bits Stored exceeds it), one frame where Number of Frames is no number; the
-    spelling in upper case.
+    or Bits Stored, or write ``monochrome2``, ``MONOCHROME 2`` or a term the standard does
+    not define (``GRAYSCALE``); pydicom then refuses the pixels. What a viewer assumes is set
+    on ``ds``: one sample, MONOCHROME2 (for a one-sample image without a palette, where the
+    term is absent or unknown), unsigned, Bits Stored = Bits Allocated (also where Bits
+    Stored exceeds it), one frame where Number of Frames is no number; the defined term's
+    spelling.
 
     Returns:
         What was assumed, one phrase each (none for a well-formed file).
     """
     notes = []
     written = str(ds.get("PhotometricInterpretation", "") or "")
-    photometric = written.strip().upper()
-    if not photometric and _integer(ds, "SamplesPerPixel", 1) == 1:
-        photometric = "MONOCHROME2"
+    photometric = _defined_term(written)
+    grey = _integer(ds, "SamplesPerPixel", 1) == 1 and "RedPaletteColorLookupTableData" not in ds
+    if photometric not in PHOTOMETRICS and grey:
+        photometric = "MONOCHROME2"  # absent or unknown (GRAYSCALE...): what a viewer shows
     if photometric != written and photometric in PHOTOMETRICS:
         ds.PhotometricInterpretation = photometric
         notes.append(f"Photometric Interpretation {photometric} (the file has {written!r})")
@@ -234,6 +238,16 @@ def mend_transfer_syntax(ds: Any, path: str | os.PathLike) -> list[str]:
     ds.file_meta = meta if meta is not None else FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = syntax
     return [f"{syntax.name} (no Transfer Syntax UID: read as the header is encoded)"]
+
+
+def _defined_term(written: str) -> str:
+    """The Photometric Interpretation term ``written`` spells, else ``written`` upper-cased.
+
+    Case, spaces, underscores and hyphens are ignored (``Monochrome-2``, ``MONOCHROME 2``).
+    """
+    compact = re.sub(r"[\s_\-]", "", written).upper()
+    terms = {re.sub(r"[\s_\-]", "", t): t for t in PHOTOMETRICS}
+    return terms.get(compact, written.strip().upper())
 
 
 def mend_rescale(ds: Any) -> list[str]:

@@ -280,6 +280,14 @@ def test_an_unusable_window_is_skipped_in_auto_and_named_when_asked_for(
             lambda ds: with_raw_value(ds, "PhotometricInterpretation", "monochrome2"),
             "'monochrome2'",
         ),
+        (
+            lambda ds: with_raw_value(ds, "PhotometricInterpretation", "MONOCHROME 2"),
+            "MONOCHROME2 (the file has 'MONOCHROME 2')",
+        ),
+        (
+            lambda ds: with_raw_value(ds, "PhotometricInterpretation", "GRAYSCALE"),
+            "MONOCHROME2 (the file has 'GRAYSCALE')",
+        ),
         (lambda ds: delattr(ds, "SamplesPerPixel"), "SamplesPerPixel 1 (absent)"),
         (lambda ds: delattr(ds, "PixelRepresentation"), "PixelRepresentation 0 (absent)"),
         (lambda ds: delattr(ds, "BitsStored"), "BitsStored 16 (absent)"),
