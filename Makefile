@@ -23,7 +23,7 @@ $(STAMP): setup.cfg pyproject.toml
 
 demo: install
 	$(BIN)/lungseg dicomize --data "$(LUNGSEG_DATA)" --count 14 --pixel-spacing 0.35 -o $(DEMO_OUT)/dicom
-	$(BIN)/lungseg segment $(DEMO_OUT)/dicom -o $(DEMO_OUT)/segmented --no-progress
+	$(BIN)/lungseg segment $(DEMO_OUT)/dicom -o $(DEMO_OUT)/segmented --no-progress --overwrite
 
 test: install
 	$(BIN)/python -m pytest
