@@ -240,14 +240,20 @@ def mend_transfer_syntax(ds: Any, path: str | os.PathLike) -> list[str]:
     return [f"{syntax.name} (no Transfer Syntax UID: read as the header is encoded)"]
 
 
+def _compact(term: str) -> str:
+    return re.sub(r"[\s_\-]", "", term).upper()
+
+
+#: Each Photometric Interpretation defined term by its spelling without separators.
+_COMPACT_TERMS = {_compact(t): t for t in PHOTOMETRICS}
+
+
 def _defined_term(written: str) -> str:
     """The Photometric Interpretation term ``written`` spells, else ``written`` upper-cased.
 
     Case, spaces, underscores and hyphens are ignored (``Monochrome-2``, ``MONOCHROME 2``).
     """
-    compact = re.sub(r"[\s_\-]", "", written).upper()
-    terms = {re.sub(r"[\s_\-]", "", t): t for t in PHOTOMETRICS}
-    return terms.get(compact, written.strip().upper())
+    return _COMPACT_TERMS.get(_compact(written), written.strip().upper())
 
 
 def mend_rescale(ds: Any) -> list[str]:
@@ -557,27 +563,29 @@ def _magnification(ds: Any) -> tuple[float, SpacingSource]:
 
 def _one_number(ds: Any, keyword: str) -> float | None:
     """A single-valued numeric attribute as a finite positive float, else None."""
-    try:
-        values = numeric_values(ds, keyword)
-    except (TypeError, ValueError):
-        return None
-    ok = len(values) == 1 and np.isfinite(values[0]) and values[0] > 0
-    return values[0] if ok else None
+    values = positive_values(ds, keyword, 1)
+    return None if values is None else values[0]
 
 
-def spacing_pair(ds: Any, keyword: str) -> tuple[float, float] | None:
-    """Row and column spacing from a spacing attribute, or None when it gives none.
+def positive_values(ds: Any, keyword: str, count: int) -> tuple[float, ...] | None:
+    """The ``count`` finite positive numbers an attribute holds, or None when it holds other.
 
-    None for an absent attribute and for what real files carry instead of two positive
-    numbers: one value, three, text (``0.2,0.2``), zeros, infinities.
+    None for an absent attribute and for what real files carry instead: another number of
+    values, text (``0.2,0.2``), zeros, infinities.
     """
     try:
         values = numeric_values(ds, keyword)
     except (TypeError, ValueError):  # pydicom could not read the value as numbers
         return None
-    if len(values) != 2 or not all(np.isfinite(v) and v > 0 for v in values):
+    if len(values) != count or not all(np.isfinite(v) and v > 0 for v in values):
         return None
-    return values[0], values[1]
+    return tuple(values)
+
+
+def spacing_pair(ds: Any, keyword: str) -> tuple[float, float] | None:
+    """Row and column spacing from a spacing attribute: two positive numbers, or None."""
+    pair = positive_values(ds, keyword, 2)
+    return None if pair is None else (pair[0], pair[1])
 
 
 def dicom_metadata(ds: Any) -> dict[str, Any]:
