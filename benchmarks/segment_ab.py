@@ -10,6 +10,9 @@ seconds of the process tree.
 
     .venv/bin/python benchmarks/segment_ab.py --base cc0b3ee [--inputs 512] [--counts 100 1000]
 
+``--fsync-delay-ms 3`` makes every fsync of both runs wait 3 ms (``slow_storage.py``), as a
+network share or a spinning disk would.
+
 The DICOM folders are the ones ``segment_throughput.py`` builds (same ``--work``). Prints a
 Markdown table; ``--out`` also writes the runs as JSON.
 """
@@ -30,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from segment_throughput import INPUTS, ROOT, build_folder
+from slow_storage import fsync_delay_env
 
 
 def worktree(rev: str, where: Path) -> Path:
@@ -41,8 +45,11 @@ def worktree(rev: str, where: Path) -> Path:
     return path
 
 
-def run_once(code: Path, folder: Path, out: Path) -> dict:
-    """One whole ``lungseg segment`` of ``folder`` with the package under ``code``."""
+def run_once(code: Path, folder: Path, out: Path, env: dict[str, str]) -> dict:
+    """One whole ``lungseg segment`` of ``folder`` with the package under ``code``.
+
+    ``env``: variables added to the process's environment (:mod:`slow_storage`'s).
+    """
     shutil.rmtree(out, ignore_errors=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
@@ -58,7 +65,7 @@ def run_once(code: Path, folder: Path, out: Path) -> dict:
             "--no-progress",
         ],
         cwd=code,
-        env={**os.environ, "PYTHONPATH": str(code)},
+        env={**os.environ, **env, "PYTHONPATH": str(code)},
         check=True,
         capture_output=True,
     )
@@ -74,12 +81,14 @@ def run_once(code: Path, folder: Path, out: Path) -> dict:
     }
 
 
-def compare(base: Path, folder: Path, repeats: int, scratch: Path) -> dict[str, list[dict]]:
+def compare(
+    base: Path, folder: Path, repeats: int, scratch: Path, env: dict[str, str]
+) -> dict[str, list[dict]]:
     """Alternate base and working tree ``repeats`` times each on ``folder``."""
     runs: dict[str, list[dict]] = {"base": [], "new": []}
     for _ in range(repeats):
         for name, code in (("base", base), ("new", ROOT)):
-            runs[name].append(run_once(code, folder, scratch / f"out-{name}"))
+            runs[name].append(run_once(code, folder, scratch / f"out-{name}", env))
     return runs
 
 
@@ -107,9 +116,14 @@ def main() -> None:
     parser.add_argument("--distinct", type=int, default=100)
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-segment")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--fsync-delay-ms", type=float, default=0.0, help="slow storage: each fsync waits this"
+    )
     args = parser.parse_args()
+    env = fsync_delay_env(args.fsync_delay_ms, args.work)
+    storage = f", every fsync {args.fsync_delay_ms:g} ms longer" if env else ""
     lines = [
-        f"Base {args.base} against the working tree, runs alternated, medians.",
+        f"Base {args.base} against the working tree, runs alternated, medians{storage}.",
         "",
         "| input | N | runs each | base whole (s) | new whole (s) | speed-up | base steady "
         "(img/s) | new steady (img/s) | new / base | base CPU (s) | new CPU (s) | new / base |",
@@ -122,9 +136,16 @@ def main() -> None:
             for name in args.inputs:
                 for count in args.counts:
                     folder = build_folder(name, count, args.distinct, args.work)
-                    runs = compare(base, folder, args.repeats, Path(tmp))
+                    runs = compare(base, folder, args.repeats, Path(tmp), env)
                     lines.append(row(INPUTS[name][3], count, runs))
-                    results.append({"input": name, "count": count, "runs": runs})
+                    results.append(
+                        {
+                            "input": name,
+                            "count": count,
+                            "fsync_delay_ms": args.fsync_delay_ms,
+                            "runs": runs,
+                        }
+                    )
         finally:
             subprocess.run(
                 ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=False

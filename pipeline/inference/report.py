@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.enums import Status
-from pipeline.io.atomic import atomic_path
+from pipeline.io.atomic import atomic_path, sync_folders
 
 #: Columns of ``report.csv`` (``report.jsonl`` has the same keys), in order.
 REPORT_FIELDS = (
@@ -49,10 +49,12 @@ class Journal:
     """Append-only record of finished inputs; a rerun skips what it lists.
 
     The first line holds the run's settings (model checksum, formats, start time); each
-    following line is one finished input's report row, flushed to the system as it is
-    recorded (a kill -9 loses at most the inputs being processed) and fsync'ed at the latest
-    by :meth:`sync`, which the batch job calls once per batch (a power loss forgets at most
-    one batch's lines, and their inputs, whose outputs are durable already, are redone).
+    following line is one finished input's report row. :meth:`record` keeps it until
+    :meth:`sync` (the batch job calls it once per batch), which first fsyncs the folders its
+    outputs were renamed into (``folders``: renames whose folder fsync was deferred,
+    :func:`~pipeline.io.atomic.deferred_folder_syncs`), then writes and fsyncs the lines:
+    a line on disk always means outputs on disk. A kill or a power loss forgets at most the
+    inputs in flight and one batch's lines; those inputs are redone.
 
     Args:
         out_dir: the batch's output folder.
@@ -82,7 +84,8 @@ class Journal:
             with atomic_path(self.path) as tmp:  # creates OUT, durably
                 Path(tmp).write_text(json.dumps({"run": self.header}) + "\n")
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for appends)
-        self._unsynced = False
+        self._lines: list[str] = []  # recorded, not yet written (see sync)
+        self._folders: set[str] = set()  # their outputs' folders, not yet fsync'ed
 
     def _load(self, header: dict[str, Any]) -> None:
         self._drop_cut_line()
@@ -127,29 +130,46 @@ class Journal:
         return recorded is None or signature is None or signature() == recorded
 
     def record(
-        self, key: str, row: dict[str, Any], sync: bool = True, source: list[int] | None = None
+        self,
+        key: str,
+        row: dict[str, Any],
+        sync: bool = True,
+        source: list[int] | None = None,
+        folders: Iterable[str] = (),
     ) -> None:
-        """Append one finished input (flushed; fsync'ed now, or by :meth:`sync` if not ``sync``).
+        """Record one finished input (written and fsync'ed now, or by :meth:`sync`).
 
-        ``source``: the input file's signature as it was read, for a row that failed (see
-        :meth:`done`).
+        Args:
+            key: the input.
+            row: its report row.
+            sync: write it to disk now.
+            source: the input file's signature as it was read, for a row that failed (see
+                :meth:`done`).
+            folders: folders holding its outputs whose fsync was deferred.
         """
         self.rows[key] = row
         self.sources.pop(key, None)
         line = {"key": key, "row": row}
         if source is not None:
             self.sources[key] = line["source"] = source
-        self._fh.write(json.dumps(line) + "\n")
-        self._fh.flush()
-        self._unsynced = True
+        self._lines.append(json.dumps(line) + "\n")
+        self._folders.update(folders)
         if sync:
             self.sync()
 
     def sync(self) -> None:
-        """Make the lines recorded since the last sync durable (one fsync; none if no lines)."""
-        if self._unsynced:
-            os.fsync(self._fh.fileno())
-            self._unsynced = False
+        """Write the lines recorded since the last sync, durably, after their outputs' folders.
+
+        One fsync per folder and one for the journal; none without lines.
+        """
+        if not self._lines:
+            return
+        sync_folders(self._folders)
+        self._folders.clear()
+        self._fh.write("".join(self._lines))
+        self._fh.flush()
+        self._lines.clear()
+        os.fsync(self._fh.fileno())
 
     def close(self) -> None:
         """Make the recorded lines durable and close the journal file."""

@@ -511,10 +511,11 @@ class Segmenter:
 
     def _commit(self, job: Job, result: dict[str, Any]) -> None:
         source = result.pop("source", None)  # the input's signature, for a row that failed
+        folders = result.pop("folders", ())  # fsync'ed by the journal's next sync
         if result.pop("retry", False):  # reported, not journalled: the next run tries again
             self.retry_rows[job.key] = result
         else:
-            self.journal.record(job.key, result, sync=False, source=source)
+            self.journal.record(job.key, result, sync=False, source=source, folders=folders)
         self.summary.counts[result["status"]] += 1
         self.summary.processed += 1
 

@@ -38,6 +38,7 @@ from pipeline.enums import Status, StrEnum
 from pipeline.inference.outputs import Context, row, write_outputs
 from pipeline.inference.slots import Slots, resolve
 from pipeline.inference.timing import Stopwatch, count_whole_process
+from pipeline.io.atomic import deferred_folder_syncs
 from pipeline.io.errors import OutputError
 
 
@@ -54,12 +55,16 @@ def finish(
         predictor: a :class:`~pipeline.inference.predictor.Predictor` (network not needed).
 
     Returns:
-        ``(report row, wall and CPU seconds per stage)`` (:class:`~.timing.Stopwatch`).
+        ``(report row, wall and CPU seconds per stage)`` (:class:`~.timing.Stopwatch`). The
+        row's ``folders`` lists the folders of its outputs, whose fsync is left to the
+        journal (:meth:`~pipeline.inference.report.Journal.record`): one per batch.
     """
     clock = Stopwatch()
     pred = predictor.postprocess(decoded["item"], decoded["logits"])
     clock.lap("postprocess")
-    out = write_outputs(path, relative, pred, decoded.get("original"), ctx, clock)
+    with deferred_folder_syncs() as folders:
+        out = write_outputs(path, relative, pred, decoded.get("original"), ctx, clock)
+    out["folders"] = sorted(folders)
     return out, clock.stages
 
 

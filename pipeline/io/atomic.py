@@ -7,16 +7,26 @@ rename, its folder after, and a folder it creates is fsync'ed into its parent), 
 line written next can never claim an output that is empty or unnamed on disk. Files get the
 mode the process's umask gives (``0666 & ~umask``), not ``mkstemp``'s private 0600, so shards
 of one batch and other users of a shared folder can read each other's outputs.
+
+Inside :func:`deferred_folder_syncs` the folders' fsyncs wait for the caller, who makes
+them all at once with :func:`sync_folders` before it claims the files (the batch job, once
+per batch before its journal lines: ~3 fsyncs per batch instead of 3 per image).
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+
+#: The folders whose fsync :func:`deferred_folder_syncs` put off, or None: fsync at once.
+_DEFERRED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar(
+    "lungseg_deferred_folder_syncs", default=None
+)
 
 
 def _read_umask() -> int:
@@ -42,6 +52,39 @@ def fsync_path(path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def deferred_folder_syncs() -> Iterator[set[str]]:
+    """Within the block, a durable rename adds its folder to the set yielded, unfsync'ed.
+
+    Each file is still fsync'ed before its rename, so a name that survives a power loss
+    always holds the whole file; until :func:`sync_folders` is called on the set, the new
+    names themselves may not survive one. Whoever records the files as done (a journal
+    line) calls it first. Folders created on the way are fsync'ed into their parents at
+    once, as always.
+    """
+    folders: set[str] = set()
+    token = _DEFERRED.set(folders)
+    try:
+        yield folders
+    finally:
+        _DEFERRED.reset(token)
+
+
+def sync_folders(folders: Iterable[str | os.PathLike]) -> None:
+    """Flush each folder once to disk (the renames in it become durable)."""
+    for folder in sorted({os.fspath(f) for f in folders}):
+        fsync_path(folder)
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush ``folder`` to disk, or leave it to :func:`sync_folders` when deferring."""
+    deferred = _DEFERRED.get()
+    if deferred is None:
+        fsync_path(folder)
+    else:
+        deferred.add(os.fspath(folder))
 
 
 def make_folders(folder: str | os.PathLike, durable: bool = True) -> None:
@@ -73,7 +116,8 @@ def _staged(path: Path, durable: bool) -> Iterator[tuple[int, str]]:
     """A new temporary file beside ``path`` (descriptor, name), renamed to ``path`` on success.
 
     The caller fills the file, fsyncs it (when ``durable``) and closes the descriptor; the
-    rename is followed by the folder's fsync. An exception removes the temporary file.
+    rename is followed by the folder's fsync (or its deferral, :func:`deferred_folder_syncs`).
+    An exception removes the temporary file.
     """
     make_folders(path.parent, durable)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -81,7 +125,7 @@ def _staged(path: Path, durable: bool) -> Iterator[tuple[int, str]]:
         yield fd, tmp
         os.replace(tmp, path)
         if durable:
-            fsync_path(path.parent)
+            _sync_folder(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

@@ -42,6 +42,31 @@ def test_the_file_is_synced_before_the_rename_and_the_folder_after(tmp_path, mon
     assert target.read_bytes() == b"png" and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_deferred_folder_syncs_leave_the_folder_to_the_caller(tmp_path, monkeypatch):
+    """Inside the block each file is still fsync'ed before its rename; its folder is noted."""
+    events = []
+    real_replace = os.replace
+    monkeypatch.setattr(
+        atomic.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+    )
+    monkeypatch.setattr(
+        atomic.os, "replace", lambda a, b: (events.append(("rename", b)), real_replace(a, b))
+    )
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    with atomic.deferred_folder_syncs() as folders:
+        atomic.write_bytes_atomic(masks / "a.png", b"a")
+        atomic.write_text_atomic(masks / "b.txt", "b")
+    assert folders == {str(masks)}
+    assert [e[0] for e in events] == ["fsync", "rename"] * 2  # no folder fsync
+    assert events[0][1].endswith(".tmp") and (masks / "b.txt").read_text() == "b"
+    atomic.sync_folders(folders)
+    assert events[-1] == ("fsync", str(masks))
+    events.clear()
+    atomic.write_bytes_atomic(masks / "c.png", b"c")  # outside the block: at once again
+    assert [e[0] for e in events] == ["fsync", "rename", "fsync"]
+
+
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     target = atomic.write_text_atomic(tmp_path / "summary.json", "old")
     with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
