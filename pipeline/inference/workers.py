@@ -38,7 +38,7 @@ from pipeline.enums import Status, StrEnum
 from pipeline.inference.outputs import Context, row, write_outputs
 from pipeline.inference.slots import Slots, resolve
 from pipeline.inference.timing import Stopwatch, count_whole_process
-from pipeline.io.atomic import deferred_folder_syncs
+from pipeline.io.atomic import concurrent_writes, deferred_folder_syncs
 from pipeline.io.errors import OutputError
 
 
@@ -57,13 +57,16 @@ def finish(
     Returns:
         ``(report row, wall and CPU seconds per stage)`` (:class:`~.timing.Stopwatch`). The
         row's ``folders`` lists the folders of its outputs, whose fsync is left to the
-        journal (:meth:`~pipeline.inference.report.Journal.record`): one per batch.
+        journal (:meth:`~pipeline.inference.report.Journal.record`): one per batch. The
+        files are written on threads, each durable before this returns
+        (:func:`~pipeline.io.atomic.concurrent_writes`).
     """
     clock = Stopwatch()
     pred = predictor.postprocess(decoded["item"], decoded["logits"])
     clock.lap("postprocess")
-    with deferred_folder_syncs() as folders:
+    with deferred_folder_syncs() as folders, concurrent_writes():
         out = write_outputs(path, relative, pred, decoded.get("original"), ctx, clock)
+    clock.lap("write")  # waiting for the last files
     out["folders"] = sorted(folders)
     return out, clock.stages
 

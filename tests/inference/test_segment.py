@@ -843,6 +843,35 @@ def test_output_folders_are_fsynced_once_per_batch_before_the_lines_claiming_the
     assert "folders" not in report_rows.splitlines()[0]
 
 
+def test_on_slow_storage_an_images_files_are_written_on_writer_threads(
+    tmp_path, pixels, monkeypatch
+):
+    """Where fsyncs take milliseconds (a network share), SEG, mask and overlay wait for the
+    disk together (pipeline.io.atomic.concurrent_writes): before, each fsync was waited for
+    in turn by the thread that encoded the files."""
+    import threading
+
+    from pipeline.io import atomic
+
+    dicom_folder(tmp_path / "in", pixels, count=4, variant="mono2-8bit")
+    writers, real_fsync = [], os.fsync
+
+    def slow(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}")
+        if name.endswith(".tmp") and any(f"/{d}/" in name for d in ("seg", "masks", "overlays")):
+            writers.append(threading.current_thread().name)
+        time.sleep(0.003)
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", slow)
+    monkeypatch.setattr(atomic, "_recent_fsync", 0.0, raising=False)
+    argv = ["segment", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--no-progress"]
+    assert main([*argv, "--workers", "0", "--batch-size", "1"]) == EXIT_OK
+    assert len(writers) == 4 * 3
+    assert not writers[0].startswith("lungseg-writer")  # nothing measured yet
+    assert all(name.startswith("lungseg-writer") for name in writers[-3:]), writers
+
+
 def test_the_network_keeps_every_thread_and_the_workers_yield_to_it(
     radiograph_folder, tmp_path, monkeypatch
 ):

@@ -67,6 +67,71 @@ def test_deferred_folder_syncs_leave_the_folder_to_the_caller(tmp_path, monkeypa
     assert [e[0] for e in events] == ["fsync", "rename", "fsync"]
 
 
+def test_concurrent_writes_wait_for_the_disk_together(tmp_path, monkeypatch):
+    """Three files' fsyncs are in flight at once (a barrier of three passes only then), on
+    writer threads; the block ends with every file whole and its folder noted."""
+    import threading
+
+    barrier, threads = threading.Barrier(3, timeout=10), set()
+    real_fsync = os.fsync
+
+    def together(fd):
+        if os.readlink(f"/proc/self/fd/{fd}").endswith(".tmp"):
+            threads.add(threading.current_thread().name)
+            barrier.wait()  # BrokenBarrierError unless the three wait together
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", together)
+    with atomic.deferred_folder_syncs() as folders, atomic.concurrent_writes(slow_fsync=0):
+        for name in ("seg.dcm", "mask.png", "overlay.png"):
+            assert atomic.write_bytes_atomic(tmp_path / name, name.encode()) == tmp_path / name
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == {
+        n: n.encode() for n in ("seg.dcm", "mask.png", "overlay.png")
+    }
+    assert len(threads) == 3 and threading.current_thread().name not in threads
+    assert folders == {str(tmp_path)}
+
+
+def test_a_failed_concurrent_write_is_raised_once_all_are_done(tmp_path, monkeypatch):
+    real_write = atomic._write_all
+
+    def full_for_masks(fd, data):
+        if data == b"mask":
+            raise OSError(28, "No space left on device")
+        real_write(fd, data)
+
+    monkeypatch.setattr(atomic, "_write_all", full_for_masks)
+    with pytest.raises(OSError, match="No space"), atomic.concurrent_writes(slow_fsync=0):
+        atomic.write_bytes_atomic(tmp_path / "mask.png", b"mask")
+        atomic.write_bytes_atomic(tmp_path / "seg.dcm", b"seg")
+    assert (tmp_path / "seg.dcm").read_bytes() == b"seg"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.dcm"]  # no temporary left
+
+
+def test_concurrent_writes_write_at_once_while_fsyncs_are_fast(tmp_path, monkeypatch):
+    """Threads cost CPU a fast disk does not repay: they are used once fsyncs are slow."""
+    import threading
+    import time
+
+    names, real_fsync = [], os.fsync
+    delay = {"seconds": 0.0}
+
+    def fsync(fd):
+        names.append(threading.current_thread().name)
+        time.sleep(delay["seconds"])
+        real_fsync(fd)
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync)
+    monkeypatch.setattr(atomic, "_recent_fsync", 0.0)
+    for seconds in (0.0, 0.0, 0.003, 0.003, 0.003, 0.003):
+        delay["seconds"] = seconds
+        with atomic.deferred_folder_syncs(), atomic.concurrent_writes():
+            atomic.write_bytes_atomic(tmp_path / "mask.png", b"mask")
+    here = threading.current_thread().name
+    assert names[:3] == [here] * 3  # fast, then the first slow one measured here
+    assert names[-1].startswith("lungseg-writer")
+
+
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     target = atomic.write_text_atomic(tmp_path / "summary.json", "old")
     with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
