@@ -241,8 +241,11 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes, durable: bool = Tru
     if pending is not None:  # inside concurrent_writes: on a thread, in this context
         context = contextvars.copy_context()
         context.run(_PENDING.set, None)
-        pending.append(_writers().submit(context.run, _write_bytes, path, data, durable))
-        return path
+        try:
+            pending.append(_writers().submit(context.run, _write_bytes, path, data, durable))
+            return path
+        except RuntimeError:  # no thread to be had (a process or thread limit): here, now
+            pass
     return _write_bytes(path, data, durable)
 
 

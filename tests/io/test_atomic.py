@@ -132,6 +132,20 @@ def test_concurrent_writes_write_at_once_while_fsyncs_are_fast(tmp_path, monkeyp
     assert names[-1].startswith("lungseg-writer")
 
 
+def test_without_a_thread_to_be_had_concurrent_writes_write_at_once(tmp_path, monkeypatch):
+    """A container's process limit (pids.max) can refuse a new thread: the file is still
+    written, here and now, not lost as a failed image."""
+
+    class NoThreads:
+        def submit(self, *args, **kwargs):
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(atomic, "_writers", NoThreads)
+    with atomic.concurrent_writes(slow_fsync=0):
+        atomic.write_bytes_atomic(tmp_path / "mask.png", b"mask")
+        assert (tmp_path / "mask.png").read_bytes() == b"mask"  # already, before the end
+
+
 def test_a_failed_write_leaves_the_previous_file_and_no_temporary(tmp_path):
     target = atomic.write_text_atomic(tmp_path / "summary.json", "old")
     with pytest.raises(RuntimeError), atomic.atomic_path(target) as tmp:
