@@ -77,8 +77,16 @@ def is_dicom_file(path: str | os.PathLike) -> bool:
         return False
 
 
+#: Values larger than this are read from the file only when used (pydicom's ``defer_size``):
+#: an archive's multi-frame cine loops, tomosynthesis or whole-slide objects (hundreds of MB
+#: each) are refused from their header, without their pixels in memory.
+DEFER_BYTES = 16 * 2**20
+
+
 def read_dataset(path: str | os.PathLike, *, force: bool = False) -> Any:
     """Read a DICOM dataset, turning pydicom's failures into typed :class:`InputError`.
+
+    Values over :data:`DEFER_BYTES` (the pixels of large objects) are read when first used.
 
     Args:
         path: the file.
@@ -94,7 +102,7 @@ def read_dataset(path: str | os.PathLike, *, force: bool = False) -> Any:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            ds = pydicom.dcmread(path, force=force)
+            ds = pydicom.dcmread(path, force=force, defer_size=DEFER_BYTES)
     except InvalidDicomError as err:
         raise NotAnImageError(path, "not a DICOM file (no 'DICM' marker)") from err
     except (EOFError, OSError, ValueError, KeyError, TypeError) as err:

@@ -419,6 +419,33 @@ def test_multi_frame_is_skipped(tmp_path, pixels):
     assert err.value.status == "skipped"
 
 
+@pytest.mark.parametrize(
+    ("sop_class", "error"),
+    [
+        ("1.2.840.10008.5.1.4.1.1.3.1", UnsupportedSOPClassError),  # an ultrasound cine loop
+        ("1.2.840.10008.5.1.4.1.1.1.1", MultiFrameError),  # a multi-frame DX
+    ],
+)
+def test_a_large_object_is_refused_without_reading_its_pixels(tmp_path, pixels, sop_class, error):
+    """Before, an archive's 200 MB cine loop was read whole (its bytes in the worker's
+    memory) to be refused from its header; 60 frames of a radiograph (24 MB) here."""
+    import tracemalloc
+
+    ds = build_dicom(pixels, DicomVariant.MONO2_16BIT)
+    ds.set_pixel_data(np.stack([pixels.astype(np.uint16)] * 60), "MONOCHROME2", 16)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    path = _write(tmp_path, ds)
+    assert path.stat().st_size > 20 * 2**20
+    tracemalloc.start()
+    try:
+        with pytest.raises(error):
+            read_cxr(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2**20, f"{peak / 2**20:.0f} MiB allocated to refuse it"
+
+
 def test_zero_size_image(tmp_path, pixels):
     ds = build_dicom(pixels)
     ds.Rows = 0
