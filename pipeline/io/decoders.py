@@ -47,10 +47,12 @@ JPEG_LS_SYNTAXES = ("1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81")
 SYNTAXES = JPEG_SYNTAXES + JPEG_LS_SYNTAXES
 #: What the plugin needs, by transfer syntax (pydicom's plugin contract).
 DECODER_DEPENDENCIES = {uid: ("imagecodecs>=2024.1",) for uid in SYNTAXES}
-#: The plugin tried first, by transfer syntax (the others keep pydicom's order).
+#: The plugins to try first, fastest first, by transfer syntax: the first one installed is
+#: (the others keep pydicom's order, which puts pylibjpeg-libjpeg first for the JPEG family).
 PREFERRED = {
-    **dict.fromkeys(SYNTAXES, LABEL),
-    "1.2.840.10008.1.2.4.50": "pillow",  # JPEG Baseline: libjpeg-turbo in Pillow
+    **dict.fromkeys(JPEG_SYNTAXES, (LABEL,)),
+    **dict.fromkeys(JPEG_LS_SYNTAXES, (LABEL, "pyjpegls")),  # CharLS either way
+    "1.2.840.10008.1.2.4.50": ("pillow",),  # JPEG Baseline: libjpeg-turbo in Pillow
 }
 
 
@@ -108,14 +110,14 @@ def _installed(syntax: str, plugin: str) -> bool:
 
 
 def plugin_for(ds: Any) -> str | None:
-    """The plugin to decode ``ds`` with first (:data:`PREFERRED`), where it is installed."""
+    """The plugin to decode ``ds`` with first: the first of :data:`PREFERRED` installed."""
     meta = getattr(ds, "file_meta", None)
     syntax = str(getattr(meta, "TransferSyntaxUID", ""))
-    plugin = PREFERRED.get(syntax)
-    if plugin is None:
-        return None
-    if plugin == LABEL:
-        if int(ds.get("SamplesPerPixel", 1)) != 1:
-            return None
-        _register()
-    return plugin if _installed(syntax, plugin) else None
+    for plugin in PREFERRED.get(syntax, ()):
+        if plugin == LABEL:
+            if int(ds.get("SamplesPerPixel", 1)) != 1:
+                continue  # colour: the next one, or pydicom's order
+            _register()
+        if _installed(syntax, plugin):
+            return plugin
+    return None

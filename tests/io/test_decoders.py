@@ -250,6 +250,22 @@ def test_a_jpeg_ls_stream_imagecodecs_refuses_goes_to_pydicoms_decoders(pixels, 
     assert refusals, "imagecodecs was not tried first"
 
 
+def test_without_imagecodecs_jpeg_ls_goes_to_pyjpegls_not_pydicoms_order(
+    pixels, monkeypatch, pyjpegls_calls
+):
+    """pydicom's own order tries pylibjpeg-libjpeg first (~3 x slower than CharLS)."""
+    ds, expected = _jpeg_ls(pixels, 12), _pydicoms_own(_jpeg_ls(pixels, 12))
+    real = decoders._installed
+    monkeypatch.setattr(
+        decoders,
+        "_installed",
+        lambda syntax, plugin: plugin != decoders.LABEL and real(syntax, plugin),
+    )
+    assert decoders.plugin_for(ds) == "pyjpegls"
+    np.testing.assert_array_equal(decode_stored(ds, "x.dcm"), expected)
+    assert pyjpegls_calls
+
+
 def test_a_preferred_plugin_not_installed_leaves_pydicoms_order(pixels, monkeypatch):
     ds, expected = _jpeg_ls(pixels, 12), _pydicoms_own(_jpeg_ls(pixels, 12))
     monkeypatch.setattr(decoders, "_installed", lambda syntax, plugin: False)
