@@ -477,6 +477,46 @@ def test_disk_full_stops_the_batch_journals_nothing_unfinished_and_a_rerun_compl
     assert len(list((out / "masks").glob("*.png"))) == 4 and not list(out.rglob("*.tmp"))
 
 
+@pytest.mark.parametrize("threads", [False, True], ids=["inline", "writer-threads"])
+def test_a_full_disk_under_the_durable_writes_stops_the_batch_and_loses_nothing(
+    tmp_path, data_dir, monkeypatch, capsys, threads
+):
+    """The disk fills while a file is being written (below the PNG encoder), inline or on
+    the writer threads slow storage gets (pipeline.io.atomic.concurrent_writes): the batch
+    stops naming the folder, the journal lists only the images whose files are whole, and
+    no temporary file is left; a rerun completes."""
+    import errno
+    import threading
+
+    from pipeline.io import atomic
+
+    inputs, out = _png_folder(tmp_path, data_dir), tmp_path / "out"
+    real, calls = atomic._write_all, []
+
+    def full_after_two(fd, data):
+        calls.append(threading.current_thread().name)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(fd, data)
+
+    monkeypatch.setattr(atomic, "_write_all", full_after_two)
+    monkeypatch.setattr(atomic, "SLOW_FSYNC_SECONDS", -1.0 if threads else 3600.0)
+    argv = ["segment", str(inputs), "-o", str(out), "--no-progress", "--workers", "0"]
+    argv += ["--formats", "mask", "--batch-size", "1"]
+    assert main(argv) == EXIT_FAILED
+    err = capsys.readouterr().err
+    assert str(out) in err and "No space left on device" in err
+    journal = (out / "journal.jsonl").read_text().splitlines()[1:]
+    assert len(journal) == 2  # only the two images whose mask was written
+    assert not list(out.rglob("*.tmp"))
+    assert all(name.startswith("lungseg-writer") == threads for name in calls), calls
+    monkeypatch.setattr(atomic, "_write_all", real)
+    assert main(argv) == EXIT_OK
+    report = _report(out)
+    assert len(report) == 4 and {r["status"] for r in report.values()} == {"ok"}
+    assert len(list((out / "masks").glob("*.png"))) == 4
+
+
 def test_a_failure_while_writing_is_reported_but_retried_by_the_next_run(
     tmp_path, data_dir, monkeypatch
 ):
