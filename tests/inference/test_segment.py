@@ -446,60 +446,32 @@ def _png_folder(tmp_path, data_dir, count=4) -> Path:
     return inputs
 
 
+@pytest.mark.parametrize("where", ["png-writer", "file-inline", "file-on-writer-threads"])
 def test_disk_full_stops_the_batch_journals_nothing_unfinished_and_a_rerun_completes(
-    tmp_path, data_dir, monkeypatch, capsys
+    tmp_path, data_dir, monkeypatch, capsys, where
 ):
-    import errno
-
-    from pipeline.inference import outputs
-
-    inputs, out = _png_folder(tmp_path, data_dir), tmp_path / "out"
-    real, calls = outputs.save_png, []
-
-    def full_after_two(image, path, *args, **kwargs):
-        calls.append(path)
-        if len(calls) > 2:
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real(image, path, *args, **kwargs)
-
-    monkeypatch.setattr(outputs, "save_png", full_after_two)
-    argv = ["segment", str(inputs), "-o", str(out), "--no-progress", "--workers", "0"]
-    argv += ["--formats", "mask", "--batch-size", "1"]
-    assert main(argv) == EXIT_FAILED
-    err = capsys.readouterr().err
-    assert str(out) in err and "No space left on device" in err
-    journal = (out / "journal.jsonl").read_text().splitlines()[1:]
-    assert len(journal) == 2  # only the two images whose mask was written
-    monkeypatch.setattr(outputs, "save_png", real)
-    assert main(argv) == EXIT_OK
-    report = _report(out)
-    assert len(report) == 4 and {r["status"] for r in report.values()} == {"ok"}
-    assert len(list((out / "masks").glob("*.png"))) == 4 and not list(out.rglob("*.tmp"))
-
-
-@pytest.mark.parametrize("threads", [False, True], ids=["inline", "writer-threads"])
-def test_a_full_disk_under_the_durable_writes_stops_the_batch_and_loses_nothing(
-    tmp_path, data_dir, monkeypatch, capsys, threads
-):
-    """The disk fills while a file is being written (below the PNG encoder), inline or on
-    the writer threads slow storage gets (pipeline.io.atomic.concurrent_writes): the batch
-    stops naming the folder, the journal lists only the images whose files are whole, and
-    no temporary file is left; a rerun completes."""
+    """The disk fills from the third mask on: as the PNG is saved, or while its bytes are
+    written (below the encoder), inline or on the writer threads slow storage gets
+    (pipeline.io.atomic.concurrent_writes). The batch stops naming the folder, the journal
+    lists only the images whose files are whole, no temporary is left; a rerun completes."""
     import errno
     import threading
 
+    from pipeline.inference import outputs
     from pipeline.io import atomic
 
     inputs, out = _png_folder(tmp_path, data_dir), tmp_path / "out"
-    real, calls = atomic._write_all, []
+    owner, name = (outputs, "save_png") if where == "png-writer" else (atomic, "_write_all")
+    real, calls = getattr(owner, name), []
 
-    def full_after_two(fd, data):
+    def full_after_two(*args, **kwargs):
         calls.append(threading.current_thread().name)
         if len(calls) > 2:
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(fd, data)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(atomic, "_write_all", full_after_two)
+    monkeypatch.setattr(owner, name, full_after_two)
+    threads = where == "file-on-writer-threads"
     monkeypatch.setattr(atomic, "SLOW_FSYNC_SECONDS", -1.0 if threads else 3600.0)
     argv = ["segment", str(inputs), "-o", str(out), "--no-progress", "--workers", "0"]
     argv += ["--formats", "mask", "--batch-size", "1"]
@@ -510,7 +482,7 @@ def test_a_full_disk_under_the_durable_writes_stops_the_batch_and_loses_nothing(
     assert len(journal) == 2  # only the two images whose mask was written
     assert not list(out.rglob("*.tmp"))
     assert all(name.startswith("lungseg-writer") == threads for name in calls), calls
-    monkeypatch.setattr(atomic, "_write_all", real)
+    monkeypatch.setattr(owner, name, real)
     assert main(argv) == EXIT_OK
     report = _report(out)
     assert len(report) == 4 and {r["status"] for r in report.values()} == {"ok"}

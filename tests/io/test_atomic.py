@@ -26,15 +26,20 @@ def test_outputs_get_the_mode_the_umask_gives(tmp_path, umask, mask, mode):
     assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
-def test_the_file_is_synced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
-    events = []
-    real_replace = os.replace
+@pytest.fixture
+def events(monkeypatch) -> list[tuple[str, str]]:
+    """``("fsync", the file or folder)`` and ``("rename", the new name)``, in order."""
+    noted, real_replace = [], os.replace
     monkeypatch.setattr(
-        atomic.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        atomic.os, "fsync", lambda fd: noted.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
     )
     monkeypatch.setattr(
-        atomic.os, "replace", lambda a, b: (events.append(("rename", b)), real_replace(a, b))
+        atomic.os, "replace", lambda a, b: (noted.append(("rename", b)), real_replace(a, b))
     )
+    return noted
+
+
+def test_the_file_is_synced_before_the_rename_and_the_folder_after(tmp_path, events):
     target = tmp_path / "mask.png"
     atomic.write_bytes_atomic(target, b"png")
     assert [e[0] for e in events] == ["fsync", "rename", "fsync"]
@@ -42,16 +47,8 @@ def test_the_file_is_synced_before_the_rename_and_the_folder_after(tmp_path, mon
     assert target.read_bytes() == b"png" and not list(tmp_path.glob(".*.tmp"))
 
 
-def test_deferred_folder_syncs_leave_the_folder_to_the_caller(tmp_path, monkeypatch):
+def test_deferred_folder_syncs_leave_the_folder_to_the_caller(tmp_path, events):
     """Inside the block each file is still fsync'ed before its rename; its folder is noted."""
-    events = []
-    real_replace = os.replace
-    monkeypatch.setattr(
-        atomic.os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
-    )
-    monkeypatch.setattr(
-        atomic.os, "replace", lambda a, b: (events.append(("rename", b)), real_replace(a, b))
-    )
     masks = tmp_path / "masks"
     masks.mkdir()
     with atomic.deferred_folder_syncs() as folders:
