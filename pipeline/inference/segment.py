@@ -48,7 +48,7 @@ from pipeline.inference.workers import (
     start_method,
     to_wire,
 )
-from pipeline.io.discovery import InputFile, iter_inputs
+from pipeline.io.discovery import InputFile, NamedFolder, iter_inputs
 from pipeline.lean import resume_collector
 
 DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
@@ -660,7 +660,9 @@ def segment(
 
     ``inputs`` may be ``dicomweb+http(s)://`` URLs (:mod:`pipeline.io.dicomweb`): their
     instances (``studies``, ``query``) are fetched into ``OUT/dicomweb`` first; with
-    ``store_back`` each SEG goes back to the server by STOW-RS once.
+    ``store_back`` each SEG goes back to the server by STOW-RS once. ZIP and TAR archives
+    are extracted into ``OUT/archives`` and read as folders named after them
+    (:mod:`pipeline.io.archives`); one that cannot be is a failed row, tried again next run.
 
     Raises:
         FileNotFoundError: an input or the bundle does not exist.
@@ -673,6 +675,7 @@ def segment(
     if OutputFormat.SR in formats and OutputFormat.SEG not in formats:
         raise ValueError(f"--formats {','.join(formats)}: sr references the SEG; add seg")
     inputs, sources = _fetch_dicomweb(inputs, out, studies, query)
+    inputs, unextracted = _extract_archives(inputs, out)
     jobs = plan(inputs, shard)
     # TB inputs are measured on the full-resolution image the TB bundle was trained on
     overrides = {"decode_min_size": None} if tb_model is not None else {}
@@ -703,7 +706,7 @@ def segment(
         journal.close()
     keys = {j.key for j in jobs}
     finished = {**journal.rows, **segmenter.retry_rows}
-    rows = [row for key, row in finished.items() if key in keys]
+    rows = [row for key, row in finished.items() if key in keys] + unextracted
     write_reports(out, rows, tag)
     counts = {s.value: sum(r["status"] == s.value for r in rows) for s in Status}
     summary = {
@@ -768,6 +771,37 @@ def _fetch_dicomweb(
         (out / CACHE).mkdir(parents=True, exist_ok=True)
         local.append(out / CACHE)
     return local, sources
+
+
+def _extract_archives(
+    inputs: Sequence[str | os.PathLike], out: Path
+) -> tuple[list[str | os.PathLike | NamedFolder], list[dict[str, Any]]]:
+    """Extract the ZIP/TAR inputs into ``OUT/archives``; each becomes a folder named after it.
+
+    Returns:
+        The inputs with each archive's folder in its place, and a failed row (retried by the
+        next run) for each archive that could not be extracted, or whose name another
+        archive of this run has.
+    """
+    from pipeline.io.archives import FOLDER, ArchiveError, extract, folder_name, is_archive
+
+    local: list[str | os.PathLike | NamedFolder] = []
+    failed, names = [], set()
+    for item in inputs:
+        if not is_archive(item):
+            local.append(item)
+            continue
+        path = Path(item)
+        if folder_name(path) in names:
+            reason = f"another input archive is named {folder_name(path)!r} too: rename one"
+            failed.append(row(path, Status.FAILED.value, reason))
+            continue
+        names.add(folder_name(path))
+        try:
+            local.append(NamedFolder(extract(path, out / FOLDER), folder_name(path)))
+        except ArchiveError as err:
+            failed.append(row(path, Status.FAILED.value, err.reason))
+    return local, failed
 
 
 def _store_back(sources: Sequence[Any], out: Path) -> int:

@@ -32,7 +32,18 @@ class InputFile:
         return self.path.suffix.lower() in NON_IMAGE_SUFFIXES
 
 
-def iter_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[InputFile]:
+@dataclass(frozen=True)
+class NamedFolder:
+    """A folder input whose files' relative paths start with ``name``.
+
+    An extracted archive: its outputs go under the archive's name, as its files came.
+    """
+
+    folder: Path
+    name: str
+
+
+def iter_inputs(inputs: Sequence[str | os.PathLike | NamedFolder]) -> Iterator[InputFile]:
     """Yield the files under ``inputs`` (files as given, folders recursively, sorted).
 
     Hidden files and folders (a leading dot) are skipped: they are never radiographs and a
@@ -42,13 +53,14 @@ def iter_inputs(inputs: Sequence[str | os.PathLike]) -> Iterator[InputFile]:
         FileNotFoundError: an input does not exist (named in the message).
     """
     for item in inputs:
-        root = Path(item)
+        prefix = Path(item.name) if isinstance(item, NamedFolder) else Path()
+        root = item.folder if isinstance(item, NamedFolder) else Path(item)
         if root.is_file():
             yield InputFile(root, Path(root.name))
         elif root.is_dir():
             for path in sorted(root.rglob("*")):
                 rel = path.relative_to(root)
                 if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-                    yield InputFile(path, rel)
+                    yield InputFile(path, prefix / rel)
         else:
             raise FileNotFoundError(f"input {str(root)!r} does not exist")

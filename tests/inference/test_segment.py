@@ -884,6 +884,45 @@ def test_on_slow_storage_an_images_files_are_written_on_writer_threads(
     assert all(name.startswith("lungseg-writer") for name in writers[-3:]), writers
 
 
+def test_zip_and_tar_archives_are_segmented_as_folders_named_after_them(tmp_path, pixels):
+    """Before, an archive given as an input was one failed row ("not DICOM and not an image
+    format"): the user had to extract it first."""
+    import tarfile
+    import zipfile
+
+    dicom_folder(tmp_path / "files", pixels, count=2, variant="mono2-8bit")
+    with zipfile.ZipFile(tmp_path / "export.zip", "w") as zf:
+        for name in ("0.dcm", "1.dcm"):
+            zf.write(tmp_path / "files" / name, f"study/{name}")
+    with tarfile.open(tmp_path / "set.tar.gz", "w:gz") as tf:
+        tf.add(tmp_path / "files" / "0.dcm", "0.dcm")
+    (tmp_path / "broken.zip").write_bytes(b"PK\x03\x04 not really")
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / n) for n in ("export.zip", "set.tar.gz", "broken.zip")]
+    argv = ["segment", *inputs, "-o", str(out), "--no-progress", "--formats", "mask,seg"]
+    assert main(argv) == EXIT_FAILED  # the broken archive
+    report = _report(out)
+    assert {
+        Path(p).relative_to(out / "archives").as_posix() for p in report if p.startswith(str(out))
+    } == {
+        "export/study/0.dcm",
+        "export/study/1.dcm",
+        "set/0.dcm",
+    }
+    assert report[str(tmp_path / "broken.zip")]["status"] == "failed"
+    assert "neither ZIP nor TAR" in report[str(tmp_path / "broken.zip")]["reason"]
+    assert {r["status"] for p, r in report.items() if p.startswith(str(out))} == {"ok"}
+    masks = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png"))
+    assert masks == ["export/study/0.png", "export/study/1.png", "set/0.png"]
+    assert len(list((out / "seg").rglob("*.dcm"))) == 3
+    (tmp_path / "broken.zip").unlink()  # a rerun: nothing redone, nothing extracted again
+    marker = out / "archives" / "export" / ".lungseg-extracted.json"
+    before = marker.stat().st_mtime_ns
+    assert main(argv[:1] + inputs[:2] + argv[4:]) == EXIT_OK
+    assert marker.stat().st_mtime_ns == before
+    assert len(_report(out)) == 3
+
+
 def test_the_network_keeps_every_thread_and_the_workers_yield_to_it(
     radiograph_folder, tmp_path, monkeypatch
 ):
