@@ -675,8 +675,8 @@ def segment(
     if OutputFormat.SR in formats and OutputFormat.SEG not in formats:
         raise ValueError(f"--formats {','.join(formats)}: sr references the SEG; add seg")
     inputs, sources = _fetch_dicomweb(inputs, out, studies, query)
-    inputs, unextracted = _extract_archives(inputs, out)
-    jobs = plan(inputs, shard)
+    inputs, unextracted, archives = _extract_archives(inputs, out)
+    jobs = [j for j in plan(inputs, shard) if j.file.path not in archives]
     # TB inputs are measured on the full-resolution image the TB bundle was trained on
     overrides = {"decode_min_size": None} if tb_model is not None else {}
     if precision is not None:
@@ -775,33 +775,70 @@ def _fetch_dicomweb(
 
 def _extract_archives(
     inputs: Sequence[str | os.PathLike], out: Path
-) -> tuple[list[str | os.PathLike | NamedFolder], list[dict[str, Any]]]:
-    """Extract the ZIP/TAR inputs into ``OUT/archives``; each becomes a folder named after it.
+) -> tuple[list[str | os.PathLike | NamedFolder], list[dict[str, Any]], set[Path]]:
+    """Extract the ZIP/TAR archives given or found in folders into ``OUT/archives``.
+
+    Each becomes a folder named after it (``name``; one found in a folder: its path there,
+    ``batch1/export``), extracted to ``OUT/archives/<name>``.
 
     Returns:
-        The inputs with each archive's folder in its place, and a failed row (retried by the
-        next run) for each archive that could not be extracted, or whose name another
-        archive of this run has.
+        The inputs with each given archive's folder in its place and the found ones' added,
+        a failed row (retried by the next run) for each archive that could not be extracted
+        or whose name another archive of this run has, and the archives found in folders
+        (not inputs themselves).
     """
-    from pipeline.io.archives import FOLDER, ArchiveError, extract, folder_name, is_archive
+    from pipeline.io.archives import FOLDER, is_archive
 
     local: list[str | os.PathLike | NamedFolder] = []
-    failed, names = [], set()
+    found: list[tuple[Path, str]] = []
     for item in inputs:
-        if not is_archive(item):
-            local.append(item)
+        if is_archive(item):
+            found.append((Path(item), _archive_name(Path(item), None)))
             continue
-        path = Path(item)
-        if folder_name(path) in names:
-            reason = f"another input archive is named {folder_name(path)!r} too: rename one"
-            failed.append(row(path, Status.FAILED.value, reason))
+        local.append(item)
+        if Path(item).is_dir():
+            found += [(a, _archive_name(a, Path(item))) for a in _archives_under(Path(item))]
+    failed, names = [], set()
+    for archive, name in found:
+        if name in names:
+            reason = f"another input archive would be extracted to {name!r} too: rename one"
+            failed.append(row(archive, Status.FAILED.value, reason))
             continue
-        names.add(folder_name(path))
-        try:
-            local.append(NamedFolder(extract(path, out / FOLDER), folder_name(path)))
-        except ArchiveError as err:
-            failed.append(row(path, Status.FAILED.value, err.reason))
-    return local, failed
+        names.add(name)
+        folder = _extracted(archive, out / FOLDER / name, failed)
+        if folder is not None:
+            local.append(NamedFolder(folder, name))
+    return local, failed, {a for a, _ in found}
+
+
+def _archives_under(root: Path) -> list[Path]:
+    """The archives under the folder ``root``, sorted (hidden files and folders left out)."""
+    from pipeline.io.archives import is_archive
+
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if not any(part.startswith(".") for part in p.relative_to(root).parts) and is_archive(p)
+    )
+
+
+def _archive_name(archive: Path, root: Path | None) -> str:
+    """What ``archive`` is called among the outputs: its name, under its folder in ``root``."""
+    from pipeline.io.archives import folder_name
+
+    parent = Path() if root is None else archive.parent.relative_to(root)
+    return (parent / folder_name(archive)).as_posix()
+
+
+def _extracted(archive: Path, target: Path, failed: list[dict[str, Any]]) -> Path | None:
+    """``archive`` extracted to ``target``, or None with its failed row added to ``failed``."""
+    from pipeline.io.archives import ArchiveError, extract
+
+    try:
+        return extract(archive, target.parent, target.name)
+    except ArchiveError as err:
+        failed.append(row(archive, Status.FAILED.value, err.reason))
+        return None
 
 
 def _store_back(sources: Sequence[Any], out: Path) -> int:

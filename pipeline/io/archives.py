@@ -11,16 +11,20 @@ one outside the archive's folder (``..``), a link or a device is refused with th
 the member named (tar's ``data`` filter, PEP 706; ZIP names checked here); an archive whose
 files would not fit the free space of the output folder is refused before anything is
 written; a run killed mid-extraction leaves a hidden partial folder that the next run
-removes.
+removes. Shards of one batch extracting the same archive take turns (a lock file beside the
+folder): the first extracts, the others find its copy.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tarfile
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from pipeline.io.errors import InputError
@@ -52,18 +56,38 @@ def folder_name(path: str | os.PathLike) -> str:
     return name[: -len(suffix)] or name
 
 
-def extract(archive: str | os.PathLike, into: str | os.PathLike) -> Path:
-    """``archive``'s files under ``into/<folder name>``; the copy there if still current.
+def extract(archive: str | os.PathLike, into: str | os.PathLike, name: str | None = None) -> Path:
+    """``archive``'s files under ``into/<name>`` (by default :func:`folder_name`).
+
+    The copy there is kept while it was extracted from the archive as it is now.
 
     Raises:
         ArchiveError: the archive is broken, holds an unsafe member, or does not fit.
     """
     archive, into = Path(archive), Path(into)
-    target = into / folder_name(archive)
+    target = into / (name or folder_name(archive))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(target.parent / f".{target.name}.lock"):  # shards of one batch wait here
+        return _extract_once(archive, target)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on the file ``path`` (made if missing), held for the block."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _extract_once(archive: Path, target: Path) -> Path:
+    """Extract ``archive`` to ``target`` unless the copy there is current (see :func:`extract`)."""
     signature = _signature(archive)
     if _marked(target) == signature:
         return target
-    partial = into / f".{target.name}.partial"
+    partial = target.parent / f".{target.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     try:

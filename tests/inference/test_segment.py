@@ -923,6 +923,26 @@ def test_zip_and_tar_archives_are_segmented_as_folders_named_after_them(tmp_path
     assert len(_report(out)) == 3
 
 
+def test_archives_inside_an_input_folder_are_segmented_under_their_folder(tmp_path, pixels):
+    """A dataset as a folder of tarballs (images_001.tar.gz, ...) beside loose files."""
+    import tarfile
+
+    data = dicom_folder(tmp_path / "data", pixels, count=1, variant="mono2-8bit")
+    dicom_folder(tmp_path / "files", pixels, count=2, variant="mono2-8bit")
+    (data / "batch1").mkdir()
+    for number in ("001", "002"):
+        with tarfile.open(data / "batch1" / f"images_{number}.tar.gz", "w:gz") as tf:
+            tf.add(tmp_path / "files" / "1.dcm", "1.dcm")
+    out = tmp_path / "out"
+    argv = ["segment", str(data), "-o", str(out), "--no-progress", "--formats", "mask"]
+    assert main(argv) == EXIT_OK
+    masks = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png"))
+    assert masks == ["0.png", "batch1/images_001/1.png", "batch1/images_002/1.png"]
+    report = _report(out)
+    assert len(report) == 3 and {r["status"] for r in report.values()} == {"ok"}
+    assert not any(p.endswith(".tar.gz") for p in report)  # the archives are not rows
+
+
 def test_the_network_keeps_every_thread_and_the_workers_yield_to_it(
     radiograph_folder, tmp_path, monkeypatch
 ):

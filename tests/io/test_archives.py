@@ -69,7 +69,7 @@ def test_a_zip_member_outside_the_archive_is_refused(tmp_path):
     archive = _zip(tmp_path / "evil.zip", {"ok.dcm": b"x", "../../escaped.dcm": b"y"})
     with pytest.raises(ArchiveError, match=r"evil\.zip: member '\.\./\.\./escaped\.dcm'"):
         extract(archive, tmp_path / "out")
-    assert not (tmp_path / "escaped.dcm").exists() and not list((tmp_path / "out").iterdir())
+    assert not (tmp_path / "escaped.dcm").exists() and _left(tmp_path / "out") == []
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_a_tar_link_leading_out_is_refused(tmp_path, links):
     archive = _tar(tmp_path / "evil.tar.gz", {"ok.dcm": b"x"}, links)
     with pytest.raises(ArchiveError, match=r"evil\.tar\.gz: cannot be extracted"):
         extract(archive, tmp_path / "out")
-    assert not list((tmp_path / "out").iterdir())  # nothing left, not even the partial copy
+    assert _left(tmp_path / "out") == []  # nothing left, not even the partial copy
 
 
 def test_an_archive_that_does_not_fit_is_refused_before_writing(tmp_path, monkeypatch):
@@ -87,7 +87,7 @@ def test_an_archive_that_does_not_fit_is_refused_before_writing(tmp_path, monkey
     monkeypatch.setattr(archives, "HEADROOM", 2**62)
     with pytest.raises(ArchiveError, match=r"big\.zip: its files need .* MiB free"):
         extract(archive, tmp_path / "out")
-    assert not list((tmp_path / "out").iterdir())
+    assert _left(tmp_path / "out") == []
 
 
 @pytest.mark.parametrize("kind", ["zip", "tar.gz"])
@@ -98,4 +98,37 @@ def test_a_broken_archive_is_named_with_the_reason(tmp_path, kind):
     cut.write_bytes(whole[: len(whole) // 2])
     with pytest.raises(ArchiveError, match=rf"cut\.{kind}: (cannot be extracted|named as)"):
         extract(cut, tmp_path / "out")
-    assert not list((tmp_path / "out").iterdir())
+    assert _left(tmp_path / "out") == []
+
+
+def test_shards_extracting_one_archive_take_turns(tmp_path, monkeypatch):
+    """Two shards of a batch start on the same archive: one extracts, the other waits for
+    it and finds its copy (before the lock, each removed the other's partial folder)."""
+    import threading
+    import time
+
+    archive = _zip(tmp_path / "export.zip", {"a.dcm": b"a"})
+    real, extractions = archives._extract_into, []
+
+    def slow(*args):
+        extractions.append(threading.current_thread().name)
+        time.sleep(0.2)  # long enough for the other shard to arrive meanwhile
+        real(*args)
+
+    monkeypatch.setattr(archives, "_extract_into", slow)
+    results = []
+    shards = [
+        threading.Thread(target=lambda: results.append(extract(archive, tmp_path / "out")))
+        for _ in range(2)
+    ]
+    for shard in shards:
+        shard.start()
+    for shard in shards:
+        shard.join(timeout=30)
+    assert len(extractions) == 1 and len(results) == 2 and results[0] == results[1]
+    assert (results[0] / "a.dcm").read_bytes() == b"a"
+
+
+def _left(folder: Path) -> list[str]:
+    """What an extraction left in ``folder``, its lock files aside."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
