@@ -45,8 +45,7 @@ class ArchiveError(InputError):
 
 def is_archive(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a file named as a ZIP or TAR archive."""
-    name = Path(path).name.lower()
-    return Path(path).is_file() and name.endswith(SUFFIXES)
+    return Path(path).name.lower().endswith(SUFFIXES) and Path(path).is_file()
 
 
 def folder_name(path: str | os.PathLike) -> str:
