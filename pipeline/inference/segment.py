@@ -9,9 +9,12 @@ counting less: :func:`recycle_weight`) without the stream draining (:class:`Pool
 Bounded queues keep memory flat whatever the number of inputs. Each finished input is
 journalled, so a rerun skips it (one that failed only while its file stays as it was; one
 that could not be opened, or whose outputs could not be written, is not journalled); every
-file is written atomically and durably.
+file is written atomically and durably, the folders they went into fsync'ed once per batch
+before the batch's journal lines (:meth:`~pipeline.inference.report.Journal.sync`).
 ``dicomweb+http(s)://`` inputs are fetched into ``OUT/dicomweb`` first
-(:mod:`pipeline.io.dicomweb`) and, with ``store_back``, their SEG objects stored back.
+(:mod:`pipeline.io.dicomweb`) and, with ``store_back``, their SEG objects stored back; ZIP
+and TAR archives, given or found in input folders, are extracted into ``OUT/archives``
+(:mod:`pipeline.io.archives`).
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ they get the cores. On 2 cores this ran 512² radiographs ~20 % faster than one 
 thread beside two equal-priority workers (README, *Throughput*). With the network on a GPU
 the main process mostly waits and the workers have the CPU to themselves.
 
+A worker writes an image's files durably (each fsync'ed before its rename) but leaves their
+folders' fsync to the journal, once per batch; where its fsyncs have been slow (a network
+share) it writes the files on threads, so they wait for the disk together
+(:mod:`pipeline.io.atomic`).
+
 Pixels pass between the batch job's process and its workers through shared memory
 (:mod:`pipeline.inference.slots`: :func:`stash_pixels`), the rest through the pool's pipes.
 
