@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from slow_storage import fsync_delay_env  # beside this script (sys.path[0])
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("decode", "preprocess", "forward", "postprocess", "seg_encode", "write")
@@ -139,7 +140,10 @@ def run_segment(folder: Path, out: Path, args: argparse.Namespace, memory: bool 
     cmd += ["--batch-size", str(args.batch_size), "--device", args.device]
     cmd += ["--precision", args.precision] if args.precision else []
     peak, start = [0, 0, 0], time.perf_counter()  # tree, main process, workers
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {**os.environ, **getattr(args, "env", {})}  # slow storage stood in for, if asked
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
 
     def sample() -> None:
         while memory and proc.poll() is None:
@@ -220,10 +224,13 @@ def _overrides(args: argparse.Namespace) -> dict:
 LOOP_MAX = 250
 
 
-def handwritten_loop(folder: Path, out: Path, limit: int = 100, device: str = "cpu") -> float:
+def handwritten_loop(
+    folder: Path, out: Path, limit: int = 100, device: str = "cpu", env: dict | None = None
+) -> float:
     """The hand-written loop as a whole process (imports included); images/s.
 
-    Its model runs on ``device``, the job's (a user with a GPU puts it there).
+    Its model runs on ``device``, the job's (a user with a GPU puts it there). ``env``:
+    variables added to its environment (the job's slow storage, if any).
     """
     from pipeline.inference.bundle import BUNDLE
 
@@ -232,7 +239,8 @@ def handwritten_loop(folder: Path, out: Path, limit: int = 100, device: str = "c
     cmd = [sys.executable, str(script), "--device", device]
     cmd += [str(Path(BUNDLE) / "models" / "model.ts"), str(out)]
     start = time.perf_counter()
-    subprocess.run([*cmd, *files], check=True, capture_output=True)
+    environment = {**os.environ, **(env or {})}
+    subprocess.run([*cmd, *files], check=True, capture_output=True, env=environment)
     return len(files) / (time.perf_counter() - start)
 
 
@@ -245,7 +253,9 @@ def measure(name: str, count: int, args: argparse.Namespace) -> dict:
     run = summary["this_run"]
     loop = None
     if count <= LOOP_MAX:  # on the job's device, as its user would run it
-        loop = handwritten_loop(folder, args.work / "loop", count, summary["device"])
+        loop = handwritten_loop(
+            folder, args.work / "loop", count, summary["device"], getattr(args, "env", {})
+        )
     forward = (forward_before + forward_only(folder, args)) / 2
     per_image = {s: 1000 * run["stage_seconds"][s] / count for s in STAGES}
     cpu = {s: 1000 * run["stage_cpu_seconds"][s] / count for s in STAGES}
@@ -284,7 +294,14 @@ def main() -> None:
     parser.add_argument("--precision", help="lungseg's --precision (default: the bundle's)")
     parser.add_argument("--work", type=Path, default=ROOT / "outputs" / "bench-segment")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--fsync-delay-ms",
+        type=float,
+        default=0.0,
+        help="slow storage: each fsync of the job and the loop waits this (slow_storage.py)",
+    )
     args = parser.parse_args()
+    args.env = fsync_delay_env(args.fsync_delay_ms, args.work)
 
     results = []
     for name in args.inputs:
@@ -305,7 +322,9 @@ def table(results: list[dict], args: argparse.Namespace) -> str:
         f"Device: {device}, {os.cpu_count()} CPU cores ({used.get('usable_cpus', '?')} usable), "
         f"batch {args.batch_size}, {used.get('workers', args.workers)} workers "
         f"(--workers {args.workers}), {used.get('network_threads', '?')} network threads, "
-        f"{precision}; formats seg, mask, overlay.\n\n"
+        f"{precision}; formats seg, mask, overlay"
+        + (f"; every fsync {args.fsync_delay_ms:g} ms longer" if getattr(args, "env", {}) else "")
+        + ".\n\n"
         "| input | N | whole process (img/s) | steady state (img/s) | hand-written loop, "
         "whole process (img/s) | forward only (img/s) | steady / forward | whole / loop | "
         "outside the network, CPU (ms/img) | outside the network, wall (ms/img) | "
