@@ -715,7 +715,7 @@ def segment(
     summary = {
         "counts": counts,
         **tallies(rows),
-        "inputs": len(jobs),
+        "inputs": len(jobs) + len(unextracted),  # an archive that did not extract: one
         "this_run": {
             "processed": run.processed,
             "seconds": round(run.seconds, 2),

@@ -911,6 +911,8 @@ def test_zip_and_tar_archives_are_segmented_as_folders_named_after_them(tmp_path
     }
     assert report[str(tmp_path / "broken.zip")]["status"] == "failed"
     assert "neither ZIP nor TAR" in report[str(tmp_path / "broken.zip")]["reason"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["inputs"] == 4 and summary["counts"]["failed"] == 1
     assert {r["status"] for p, r in report.items() if p.startswith(str(out))} == {"ok"}
     masks = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png"))
     assert masks == ["export/study/0.png", "export/study/1.png", "set/0.png"]
