@@ -25,8 +25,11 @@ allows it): the masks agree at mean Dice 0.9999 (Baseline 0.99986) on the test s
 
 :func:`plugin_for` names the plugin to try first for a dataset, where it is installed;
 :func:`pipeline.io.dicom.decode_stored` falls back on pydicom's order where it refuses a
-stream. pydicom still does everything around the frame (fragments, the dtype, sign and
-unused bits, colour), so the array has the shape and type its other decoders give.
+stream. Where that plugin is this module's, :func:`decode_direct` decodes the common case
+(one unsigned monochrome frame) straight into its array, as pydicom would give it (Bits
+Allocated, unused bits cleared); for the rest pydicom does everything around the frame
+(fragments, the dtype, sign and unused bits, colour), so the array has the shape and type
+its other decoders give.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ import contextlib
 import functools
 import importlib.util
 from typing import Any
+
+import numpy as np
 
 #: The libjpeg-turbo plugin's name among pydicom's decoding plugins.
 LABEL = "lungseg-imagecodecs"
@@ -82,6 +87,44 @@ def decode_frame(src: bytes, runner: Any) -> bytes:
             f"the frame decodes to {arr.shape}, the dataset says {(runner.rows, runner.columns)}"
         )
     return arr.astype(f"<u{max(1, runner.bits_allocated // 8)}", copy=False).tobytes()
+
+
+def decode_direct(ds: Any) -> np.ndarray | None:
+    """Stored values of a one-frame, unsigned, monochrome JPEG or JPEG-LS dataset, or None.
+
+    The codec decodes the frame into the array returned: pydicom's way copies it twice
+    (the plugin's bytes, then its own buffer) and shifts every value twice for the unused
+    bits, ~9 ms of CPU for a 2048² 12-bit frame (42.6 against 33.4 ms a read here). The
+    result is pydicom's: ``uint`` of Bits Allocated, bits above Bits Stored cleared for JPEG
+    (pydicom leaves them in JPEG-LS; tested against pydicom for 8-16 bits, predictors 1-7,
+    JPEG-LS lossless and near-lossless).
+    None (pydicom decodes it) for anything else: signed values (their sign extension and
+    JPEG-LS's sign correction stay pydicom's), several frames, colour, other Bits
+    Allocated, a frame of another size or wider samples than allocated.
+    """
+    syntax = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    allocated, stored = int(ds.get("BitsAllocated", 0)), int(ds.get("BitsStored", 0))
+    if (
+        syntax not in SYNTAXES
+        or int(ds.get("SamplesPerPixel", 1)) != 1
+        or int(ds.get("PixelRepresentation", 0)) != 0
+        or int(ds.get("NumberOfFrames") or 1) != 1
+        or allocated not in (8, 16)
+        or not 1 <= stored <= allocated
+    ):
+        return None
+    import imagecodecs
+    from pydicom.encaps import generate_frames
+
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    decode = imagecodecs.jpegls_decode if syntax in JPEG_LS_SYNTAXES else imagecodecs.jpeg8_decode
+    arr = decode(frame)
+    if arr.shape != (int(ds.Rows), int(ds.Columns)) or arr.dtype.itemsize > allocated // 8:
+        return None
+    arr = arr.astype(np.uint8 if allocated == 8 else np.uint16, copy=False)
+    if stored < allocated and syntax in JPEG_SYNTAXES:  # pydicom's unused-bit correction
+        np.bitwise_and(arr, (1 << stored) - 1, out=arr)  # (not applied to JPEG-LS)
+    return arr
 
 
 @functools.cache

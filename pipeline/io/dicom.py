@@ -18,6 +18,7 @@ The output is a ``float32`` array ``rows x columns`` in [0, 1] and a metadata di
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import warnings
@@ -340,12 +341,19 @@ def _pixel_array(ds: Any) -> np.ndarray:
     """``ds.pixel_array``, decoded first by the fastest plugin for its syntax.
 
     :mod:`pipeline.io.decoders` (JPEG Lossless and Extended by libjpeg-turbo, JPEG-LS by
-    CharLS, JPEG Baseline by Pillow); where that plugin refuses a stream, pydicom's own
-    order of decoders decides (and raises what they raise).
+    CharLS, JPEG Baseline by Pillow; one unsigned monochrome JPEG or JPEG-LS frame decoded
+    without pydicom's buffers, :func:`~pipeline.io.decoders.decode_direct`); where that
+    plugin refuses a stream, pydicom's own order of decoders decides (and raises what they
+    raise).
     """
-    from pipeline.io.decoders import plugin_for
+    from pipeline.io.decoders import LABEL, decode_direct, plugin_for
 
     plugin = plugin_for(ds)
+    if plugin == LABEL:
+        with contextlib.suppress(Exception):  # any refusal or doubt: pydicom's way below
+            direct = decode_direct(ds)
+            if direct is not None:
+                return direct
     if plugin is not None:
         ds.pixel_array_options(decoding_plugin=plugin)
         try:

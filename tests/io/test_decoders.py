@@ -115,6 +115,36 @@ def test_eight_bit_frames_in_sixteen_bits_allocated(pixels, codec):
     np.testing.assert_array_equal(got, _stored(part, 8, False))
 
 
+@pytest.mark.parametrize("signed", [False, True])
+def test_an_unsigned_frame_is_decoded_without_pydicoms_buffers(
+    pixels, monkeypatch, turbo_calls, signed
+):
+    """~9 ms less CPU a 2048² frame: the codec's array is the result (signed values keep
+    pydicom's sign handling, through the plugin)."""
+    direct, real = [], decoders.decode_direct
+    monkeypatch.setattr(decoders, "decode_direct", lambda ds: direct.append(real(ds)) or direct[-1])
+    got = decode_stored(_dataset(pixels, 12, signed), "x.dcm")
+    assert (direct[0] is not None) == (not signed)
+    assert len(turbo_calls) == 1  # decoded once either way
+    np.testing.assert_array_equal(got, _stored(pixels, 12, signed))
+    assert got.dtype == (np.int16 if signed else np.uint16)
+
+
+@pytest.mark.parametrize("codec", ["jpeg", "jpeg-ls"])
+def test_bits_above_bits_stored_are_cleared_as_pydicom_clears_them(pixels, codec):
+    """A 16-bit codestream under Bits Stored 12 (junk in the 4 high bits, as some modalities
+    write overlays there): the direct decode gives what pydicom gives (JPEG: cleared by its
+    unused-bit step; JPEG-LS: left as they are, as pydicom leaves them)."""
+    part = pixels[:509, :397]
+    ds = _dataset(part, 16) if codec == "jpeg" else _jpeg_ls(part, 16)
+    ds.BitsStored, ds.HighBit = 12, 11
+    expected = _pydicoms_own(ds)
+    got = decode_stored(ds, "x.dcm")
+    assert decoders.decode_direct(ds) is not None  # the direct path took it
+    np.testing.assert_array_equal(got, expected)
+    assert (got.max() < 4096) == (codec == "jpeg") and _stored(part, 16, False).max() >= 4096
+
+
 def test_a_stream_libjpeg_turbo_refuses_goes_to_pydicoms_decoder(pixels, monkeypatch):
     ds, expected = _dataset(pixels, 12), _pydicoms_own(_dataset(pixels, 12))
 
