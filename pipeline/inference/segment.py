@@ -790,17 +790,17 @@ def _extract_archives(
         or whose name another archive of this run has, and the archives found in folders
         (not inputs themselves).
     """
-    from pipeline.io.archives import FOLDER, is_archive
+    from pipeline.io.archives import FOLDER, archives_under, is_archive, output_name
 
     local: list[str | os.PathLike | NamedFolder] = []
     found: list[tuple[Path, str]] = []
     for item in inputs:
         if is_archive(item):
-            found.append((Path(item), _archive_name(Path(item), None)))
+            found.append((Path(item), output_name(Path(item))))
             continue
         local.append(item)
         if Path(item).is_dir():
-            found += [(a, _archive_name(a, Path(item))) for a in _archives_under(Path(item))]
+            found += [(a, output_name(a, Path(item))) for a in archives_under(Path(item))]
     failed, names = [], set()
     for archive, name in found:
         if name in names:
@@ -812,25 +812,6 @@ def _extract_archives(
         if folder is not None:
             local.append(NamedFolder(folder, name))
     return local, failed, {a for a, _ in found}
-
-
-def _archives_under(root: Path) -> list[Path]:
-    """The archives under the folder ``root``, sorted (hidden files and folders left out)."""
-    from pipeline.io.archives import is_archive
-
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if not any(part.startswith(".") for part in p.relative_to(root).parts) and is_archive(p)
-    )
-
-
-def _archive_name(archive: Path, root: Path | None) -> str:
-    """What ``archive`` is called among the outputs: its name, under its folder in ``root``."""
-    from pipeline.io.archives import folder_name
-
-    parent = Path() if root is None else archive.parent.relative_to(root)
-    return (parent / folder_name(archive)).as_posix()
 
 
 def _extracted(archive: Path, target: Path, failed: list[dict[str, Any]]) -> Path | None:

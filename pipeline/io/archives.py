@@ -55,6 +55,24 @@ def folder_name(path: str | os.PathLike) -> str:
     return name[: -len(suffix)] or name
 
 
+def archives_under(root: Path) -> list[Path]:
+    """The archives under the folder ``root``, sorted (hidden files and folders left out)."""
+    return sorted(
+        p
+        for p in root.rglob("*")
+        if not any(part.startswith(".") for part in p.relative_to(root).parts) and is_archive(p)
+    )
+
+
+def output_name(archive: Path, root: Path | None = None) -> str:
+    """What ``archive`` is called among the outputs (``export``, ``batch1/export``).
+
+    Its :func:`folder_name`, under the folder it is in below the input folder ``root``.
+    """
+    parent = Path() if root is None else archive.parent.relative_to(root)
+    return (parent / folder_name(archive)).as_posix()
+
+
 def extract(archive: str | os.PathLike, into: str | os.PathLike, name: str | None = None) -> Path:
     """``archive``'s files under ``into/<name>`` (by default :func:`folder_name`).
 

@@ -116,11 +116,11 @@ def concurrent_writes(slow_fsync: float | None = None) -> Iterator[None]:
 
     Only where this process's file fsyncs have taken ``slow_fsync`` seconds or more on
     average lately (None: :data:`SLOW_FSYNC_SECONDS`; 0: always); elsewhere the files are
-    written at once, as outside. Each
-    file is written, fsync'ed and renamed as at once (with the caller's
-    :func:`deferred_folder_syncs`, if any), so the files of the block wait for the disk
-    together instead of in turn. The block ends when every write has; the first error of
-    any (an ``OSError`` such as a full disk) is raised then, after all are done.
+    written at once, as outside. Each file is written, fsync'ed and renamed as at once
+    (with the caller's :func:`deferred_folder_syncs`, if any), so the files of the block
+    wait for the disk together instead of in turn. The block ends when every write has;
+    the first error of any (an ``OSError`` such as a full disk) is raised then, after all
+    are done (an error of the block's own code is raised instead, also after them).
     """
     if _recent_fsync < (SLOW_FSYNC_SECONDS if slow_fsync is None else slow_fsync):
         yield
