@@ -62,9 +62,9 @@ def finish(
     Returns:
         ``(report row, wall and CPU seconds per stage)`` (:class:`~.timing.Stopwatch`). The
         row's ``folders`` lists the folders of its outputs, whose fsync is left to the
-        journal (:meth:`~pipeline.inference.report.Journal.record`): one per batch. The
-        files are written on threads, each durable before this returns
-        (:func:`~pipeline.io.atomic.concurrent_writes`).
+        journal (:meth:`~pipeline.inference.report.Journal.record`): one per batch. Where
+        fsyncs have been slow the files are written on threads
+        (:func:`~pipeline.io.atomic.concurrent_writes`); each is durable before this returns.
     """
     clock = Stopwatch()
     pred = predictor.postprocess(decoded["item"], decoded["logits"])

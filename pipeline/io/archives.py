@@ -27,6 +27,7 @@ import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
+from pipeline.io.discovery import visible_files
 from pipeline.io.errors import InputError
 
 #: Where archives are extracted, under the output folder.
@@ -57,11 +58,7 @@ def folder_name(path: str | os.PathLike) -> str:
 
 def archives_under(root: Path) -> list[Path]:
     """The archives under the folder ``root``, sorted (hidden files and folders left out)."""
-    return sorted(
-        p
-        for p in root.rglob("*")
-        if not any(part.startswith(".") for part in p.relative_to(root).parts) and is_archive(p)
-    )
+    return [path for path, _ in visible_files(root) if path.name.lower().endswith(SUFFIXES)]
 
 
 def output_name(archive: Path, root: Path | None = None) -> str:
@@ -147,8 +144,6 @@ def _extract_into(archive: Path, folder: Path) -> None:
         else:
             raise ArchiveError(archive, "named as an archive but neither ZIP nor TAR inside")
     except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError, ValueError) as err:
-        if isinstance(err, InputError):
-            raise
         raise ArchiveError(archive, f"cannot be extracted: {err}") from err
 
 

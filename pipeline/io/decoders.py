@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -75,13 +76,10 @@ def decode_frame(src: bytes, runner: Any) -> bytes:
     Raises:
         ValueError: a colour frame, or one whose size differs from the dataset's.
     """
-    import imagecodecs
-
     if runner.samples_per_pixel != 1:
         samples = runner.samples_per_pixel
         raise ValueError(f"{LABEL} decodes monochrome frames, not {samples} samples a pixel")
-    jpeg_ls = str(runner.transfer_syntax) in JPEG_LS_SYNTAXES
-    arr = imagecodecs.jpegls_decode(src) if jpeg_ls else imagecodecs.jpeg8_decode(src)
+    arr = _codec(str(runner.transfer_syntax))(src)
     if arr.shape != (runner.rows, runner.columns):
         raise ValueError(
             f"the frame decodes to {arr.shape}, the dataset says {(runner.rows, runner.columns)}"
@@ -113,18 +111,22 @@ def decode_direct(ds: Any) -> np.ndarray | None:
         or not 1 <= stored <= allocated
     ):
         return None
-    import imagecodecs
     from pydicom.encaps import generate_frames
 
-    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
-    decode = imagecodecs.jpegls_decode if syntax in JPEG_LS_SYNTAXES else imagecodecs.jpeg8_decode
-    arr = decode(frame)
+    arr = _codec(syntax)(next(generate_frames(ds.PixelData, number_of_frames=1)))
     if arr.shape != (int(ds.Rows), int(ds.Columns)) or arr.dtype.itemsize > allocated // 8:
         return None
     arr = arr.astype(np.uint8 if allocated == 8 else np.uint16, copy=False)
     if stored < allocated and syntax in JPEG_SYNTAXES:  # pydicom's unused-bit correction
         np.bitwise_and(arr, (1 << stored) - 1, out=arr)  # (not applied to JPEG-LS)
     return arr
+
+
+def _codec(syntax: str) -> Callable[[bytes], np.ndarray]:
+    """The decoder of one frame of ``syntax``: CharLS for JPEG-LS, else libjpeg-turbo."""
+    import imagecodecs
+
+    return imagecodecs.jpegls_decode if syntax in JPEG_LS_SYNTAXES else imagecodecs.jpeg8_decode
 
 
 @functools.cache

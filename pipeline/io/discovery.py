@@ -58,9 +58,18 @@ def iter_inputs(inputs: Sequence[str | os.PathLike | NamedFolder]) -> Iterator[I
         if root.is_file():
             yield InputFile(root, Path(root.name))
         elif root.is_dir():
-            for path in sorted(root.rglob("*")):
-                rel = path.relative_to(root)
-                if path.is_file() and not any(part.startswith(".") for part in rel.parts):
-                    yield InputFile(path, prefix / rel)
+            for path, rel in visible_files(root):
+                yield InputFile(path, prefix / rel)
         else:
             raise FileNotFoundError(f"input {str(root)!r} does not exist")
+
+
+def visible_files(root: Path) -> Iterator[tuple[Path, Path]]:
+    """The files under the folder ``root``, sorted, with their paths relative to it.
+
+    Hidden files and folders (a leading dot) are left out (see :func:`iter_inputs`).
+    """
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+            yield path, rel
