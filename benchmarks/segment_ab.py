@@ -11,7 +11,9 @@ seconds of the process tree.
     .venv/bin/python benchmarks/segment_ab.py --base cc0b3ee [--inputs 512] [--counts 100 1000]
 
 ``--fsync-delay-ms 3`` makes every fsync of both runs wait 3 ms (``slow_storage.py``), as a
-network share or a spinning disk would.
+network share or a spinning disk would. ``--as-zip`` gives the files as one ZIP archive
+(deflated, made once beside the folder) and reports the most bytes ``OUT/archives`` held
+while the job ran (sampled every 20 ms).
 
 The DICOM folders are the ones ``segment_throughput.py`` builds (same ``--work``). Prints a
 Markdown table; ``--out`` also writes the runs as JSON.
@@ -28,7 +30,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import zipfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -53,6 +57,9 @@ def run_once(code: Path, folder: Path, out: Path, env: dict[str, str]) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
+    done, peak = threading.Event(), [0]
+    watcher = threading.Thread(target=_watch, args=(out / "archives", done, peak), daemon=True)
+    watcher.start()
     subprocess.run(
         [
             sys.executable,
@@ -70,6 +77,8 @@ def run_once(code: Path, folder: Path, out: Path, env: dict[str, str]) -> dict:
         capture_output=True,
     )
     wall = time.perf_counter() - start
+    done.set()
+    watcher.join()
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     summary = json.loads((out / "summary.json").read_text())
@@ -77,8 +86,44 @@ def run_once(code: Path, folder: Path, out: Path, env: dict[str, str]) -> dict:
         "wall_s": round(wall, 2),
         "steady": summary["this_run"]["images_per_second"],
         "cpu_s": round(cpu, 2),
+        "archives_peak_mib": round(peak[0] / 2**20, 1),
         "version": summary["model"]["version"],
     }
+
+
+def _watch(folder: Path, done: threading.Event, peak: list[int]) -> None:
+    """Keep in ``peak[0]`` the most bytes of files under ``folder`` until ``done``."""
+    while not done.wait(0.02):
+        peak[0] = max(peak[0], _bytes_under(folder))
+
+
+def _bytes_under(folder: Path) -> int:
+    total = 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                total += _bytes_under(Path(entry.path))
+            else:
+                total += entry.stat(follow_symlinks=False).st_size
+        except OSError:  # removed meanwhile
+            continue
+    return total
+
+
+def as_zip(folder: Path) -> Path:
+    """``folder``'s files in one deflated ZIP beside it (made once; members under its name)."""
+    archive = folder.with_name(f"{folder.name}.zip")
+    if not archive.is_file():
+        partial = archive.with_suffix(".partial")
+        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+                zf.write(path, path.relative_to(folder.parent).as_posix())
+        partial.replace(archive)
+    return archive
 
 
 def compare(
@@ -99,6 +144,11 @@ def row(label: str, count: int, runs: dict[str, list[dict]]) -> str:
         for k, v in runs.items()
     }
     b, n = med["base"], med["new"]
+    peak = {k: max(r.get("archives_peak_mib", 0.0) for r in v) for k, v in runs.items()}
+    staged = (
+        f" (OUT/archives peak {peak['base']:g} → {peak['new']:g} MiB)" if any(peak.values()) else ""
+    )
+    label += staged
     return (
         f"| {label} | {count} | {len(runs['new'])} | {b['wall_s']:.2f} | {n['wall_s']:.2f} | "
         f"{b['wall_s'] / n['wall_s']:.2f} | {b['steady']:.1f} | {n['steady']:.1f} | "
@@ -119,6 +169,7 @@ def main() -> None:
     parser.add_argument(
         "--fsync-delay-ms", type=float, default=0.0, help="slow storage: each fsync waits this"
     )
+    parser.add_argument("--as-zip", action="store_true", help="the files as one ZIP archive")
     args = parser.parse_args()
     env = fsync_delay_env(args.fsync_delay_ms, args.work)
     storage = f", every fsync {args.fsync_delay_ms:g} ms longer" if env else ""
@@ -136,6 +187,7 @@ def main() -> None:
             for name in args.inputs:
                 for count in args.counts:
                     folder = build_folder(name, count, args.distinct, args.work)
+                    folder = as_zip(folder) if args.as_zip else folder
                     runs = compare(base, folder, args.repeats, Path(tmp), env)
                     lines.append(row(INPUTS[name][3], count, runs))
                     results.append(
@@ -143,6 +195,7 @@ def main() -> None:
                             "input": name,
                             "count": count,
                             "fsync_delay_ms": args.fsync_delay_ms,
+                            "as_zip": args.as_zip,
                             "runs": runs,
                         }
                     )

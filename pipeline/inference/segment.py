@@ -13,13 +13,13 @@ file is written atomically and durably, the folders they went into fsync'ed once
 before the batch's journal lines (:meth:`~pipeline.inference.report.Journal.sync`).
 ``dicomweb+http(s)://`` inputs are fetched into ``OUT/dicomweb`` first
 (:mod:`pipeline.io.dicomweb`) and, with ``store_back``, their SEG objects stored back; ZIP
-and TAR archives, given or found in input folders, are extracted into ``OUT/archives``
-(:mod:`pipeline.io.archives`).
+and TAR archives, given or found in input folders, are read under ``OUT/archives``
+(:mod:`pipeline.io.archives`): a ZIP member written there just before it is decoded and
+removed once journalled, a TAR archive extracted there first.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import time
@@ -306,14 +306,9 @@ class Segmenter:
         """Process every job not yet in the journal; return this run's counts."""
         from tqdm import tqdm
 
-        from pipeline.io.images import file_signature
-
         # a failed or skipped input is tried again when its file has changed since
-        todo = [
-            j
-            for j in jobs
-            if not self.journal.done(j.key, functools.partial(file_signature, j.file.path))
-        ]
+        todo = [j for j in jobs if not self.journal.done(j.key, j.file.signature)]
+        _remove_staged([j for j in jobs if j.file.member], set(map(id, todo)))
         if self.journal.resumed:
             self._remove_stale_temporaries(todo)
         start = time.perf_counter()
@@ -401,9 +396,9 @@ class Segmenter:
         if isinstance(pool, ProcessPoolExecutor):
             pixels = not args[1] and self.slots is not None  # a sidecar has none
             slot = self._slot_of[job.key] = self.slots.take() if pixels else None
-            return pool.submit(decode_in_worker, *args, slot)
+            return pool.submit(decode_in_worker, *args, slot, job.file.member)
         done: Future = Future()
-        done.set_result(decode(*args, self.model))
+        done.set_result(decode(*args, self.model, job.file.member))
         return done
 
     def _from_slot(self, decoded: dict[str, Any]) -> dict[str, Any]:
@@ -444,8 +439,14 @@ class Segmenter:
             yield decoded
 
     def _remove_stale_temporaries(self, todo: list[Job]) -> None:
-        """Delete temporaries a killed run left beside the outputs it was writing."""
+        """Delete temporaries a killed run left beside the outputs it was writing.
+
+        And those of the archive members it was writing out (:func:`~pipeline.io.archives.stage`).
+        """
         for job in todo:
+            if job.file.member and job.file.path.parent.is_dir():
+                for tmp in job.file.path.parent.glob(f".{job.file.path.name}.*.staging"):
+                    tmp.unlink(missing_ok=True)
             for fmt in self.formats:
                 target = job.output(self.out_dir, fmt)
                 if target.parent.is_dir():
@@ -519,8 +520,17 @@ class Segmenter:
             self.retry_rows[job.key] = result
         else:
             self.journal.record(job.key, result, sync=False, source=source, folders=folders)
+        if job.file.member:  # written out for this image only: the archive keeps it
+            job.file.path.unlink(missing_ok=True)
         self.summary.counts[result["status"]] += 1
         self.summary.processed += 1
+
+
+def _remove_staged(members: list[Job], todo: set[int]) -> None:
+    """Remove what a killed run left of archive members it had written out and finished."""
+    for job in members:
+        if id(job) not in todo:
+            job.file.path.unlink(missing_ok=True)
 
 
 def _input_error_row(path: Path, decoded: dict[str, Any]) -> dict[str, Any]:
@@ -664,8 +674,9 @@ def segment(
     ``inputs`` may be ``dicomweb+http(s)://`` URLs (:mod:`pipeline.io.dicomweb`): their
     instances (``studies``, ``query``) are fetched into ``OUT/dicomweb`` first; with
     ``store_back`` each SEG goes back to the server by STOW-RS once. ZIP and TAR archives
-    are extracted into ``OUT/archives`` and read as folders named after them
-    (:mod:`pipeline.io.archives`); one that cannot be is a failed row, tried again next run.
+    are read as folders named after them (:mod:`pipeline.io.archives`): a ZIP member is
+    written to ``OUT/archives`` as it is read and removed once finished, a TAR archive
+    extracted there first; one that cannot be read is a failed row, tried again next run.
 
     Raises:
         FileNotFoundError: an input or the bundle does not exist.
@@ -792,7 +803,7 @@ def _extract_archives(
     """
     from pipeline.io.archives import FOLDER, archives_under, is_archive, output_name
 
-    local: list[str | os.PathLike | NamedFolder] = []
+    local: list[str | os.PathLike | NamedFolder | InputFile] = []
     found: list[tuple[Path, str]] = []
     for item in inputs:
         if is_archive(item):
@@ -808,21 +819,27 @@ def _extract_archives(
             failed.append(row(archive, Status.FAILED.value, reason))
             continue
         names.add(name)
-        folder = _extracted(archive, out / FOLDER / name, failed)
-        if folder is not None:
-            local.append(NamedFolder(folder, name))
+        local += _archive_inputs(archive, out / FOLDER / name, name, failed)
     return local, failed, {a for a, _ in found}
 
 
-def _extracted(archive: Path, target: Path, failed: list[dict[str, Any]]) -> Path | None:
-    """``archive`` extracted to ``target``, or None with its failed row added to ``failed``."""
-    from pipeline.io.archives import ArchiveError, extract
+def _archive_inputs(
+    archive: Path, target: Path, name: str, failed: list[dict[str, Any]]
+) -> list[NamedFolder | InputFile]:
+    """``archive``'s files as inputs under the name ``name``; none if it cannot be read.
+
+    A ZIP's members, each written to ``target`` when read; a TAR extracted to ``target``.
+    An archive that cannot be read adds its failed row to ``failed``.
+    """
+    from pipeline.io.archives import ArchiveError, extract, is_zip, zip_inputs
 
     try:
-        return extract(archive, target.parent, target.name)
+        if is_zip(archive):
+            return list(zip_inputs(archive, target, name))
+        return [NamedFolder(extract(archive, target.parent, target.name), name)]
     except ArchiveError as err:
         failed.append(row(archive, Status.FAILED.value, err.reason))
-        return None
+        return []
 
 
 def _store_back(sources: Sequence[Any], out: Path) -> int:

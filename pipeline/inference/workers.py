@@ -43,7 +43,9 @@ from pipeline.enums import Status, StrEnum
 from pipeline.inference.outputs import Context, row, write_outputs
 from pipeline.inference.slots import Slots, resolve
 from pipeline.inference.timing import Stopwatch, count_whole_process
+from pipeline.io.archives import stage
 from pipeline.io.atomic import concurrent_writes, deferred_folder_syncs
+from pipeline.io.discovery import ArchiveMember
 from pipeline.io.errors import OutputError
 
 
@@ -123,16 +125,25 @@ class KeepImage(StrEnum):
     FLOAT = "float"  # the image itself, as the TB inputs need for 12-16-bit data
 
 
-def decode(path: Path, sidecar: bool, keep: KeepImage, predictor: Any) -> dict[str, Any]:
+def decode(
+    path: Path,
+    sidecar: bool,
+    keep: KeepImage,
+    predictor: Any,
+    member: ArchiveMember | None = None,
+) -> dict[str, Any]:
     """Decode and preprocess one file; errors become an ``error`` entry, never a raise.
+
+    A ``member`` (of a ZIP archive) is first written to ``path``
+    (:func:`~pipeline.io.archives.stage`); the batch removes it once its row is journalled.
 
     Returns:
         ``item`` (the preprocessed dictionary), ``original`` (the decoded image, as ``keep``
         says), ``stages`` (wall and CPU seconds of decode and preprocess), ``start``; or
         ``error`` (status, reason) with ``source`` (the file's
         :func:`~pipeline.io.images.file_signature` before it was read, so a file completed
-        or replaced since is tried again) and, where the file could not be opened at all,
-        ``retry``.
+        or replaced since is tried again; a member's own signature) and, where the file
+        could not be opened at all, ``retry``.
     """
     from pipeline.io.errors import InputError
     from pipeline.io.images import file_signature
@@ -143,8 +154,11 @@ def decode(path: Path, sidecar: bool, keep: KeepImage, predictor: Any) -> dict[s
     if sidecar:
         out["error"] = (Status.SKIPPED.value, "not an image file (by its suffix)")
         return out
-    out["source"] = file_signature(path)  # before reading: a copy still growing differs later
+    # before reading: a copy still growing differs later
+    out["source"] = member.signature() if member else file_signature(path)
     try:
+        if member is not None:
+            stage(member, path)
         loaded = predictor.load(path)
         if keep is KeepImage.FLOAT:
             out["original"] = loaded["image"].numpy()[0].astype("float32", copy=False)
@@ -465,7 +479,11 @@ def stash_pixels(wire: dict[str, Any], slots: Slots, slot: int) -> dict[str, Any
 
 
 def decode_in_worker(
-    path: Path, sidecar: bool, keep: KeepImage, slot: int | None = None
+    path: Path,
+    sidecar: bool,
+    keep: KeepImage,
+    slot: int | None = None,
+    member: ArchiveMember | None = None,
 ) -> dict[str, Any]:
     """:func:`decode` with the preprocessing loaded by :func:`init_worker`, for the pipe.
 
@@ -474,8 +492,9 @@ def decode_in_worker(
         sidecar: skip it (not an image file, by its suffix).
         keep: which copy of the decoded image to keep for finishing.
         slot: the shared slot its pixels go to (:func:`stash_pixels`; None: the pipe).
+        member: the ZIP member to write to ``path`` first (None: a file on disk).
     """
-    decoded = decode(path, sidecar, keep, _WORKER["predictor"])
+    decoded = decode(path, sidecar, keep, _WORKER["predictor"], member)
     if _is_large(decoded):
         trim_now_and_then()
     wire = to_wire(decoded)

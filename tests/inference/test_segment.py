@@ -917,12 +917,80 @@ def test_zip_and_tar_archives_are_segmented_as_folders_named_after_them(tmp_path
     masks = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png"))
     assert masks == ["export/study/0.png", "export/study/1.png", "set/0.png"]
     assert len(list((out / "seg").rglob("*.dcm"))) == 3
+    # the ZIP's members were written out one by one and removed; the TAR was extracted
+    assert [p for p in (out / "archives" / "export").rglob("*") if p.is_file()] == []
     (tmp_path / "broken.zip").unlink()  # a rerun: nothing redone, nothing extracted again
-    marker = out / "archives" / "export" / ".lungseg-extracted.json"
+    marker = out / "archives" / "set" / ".lungseg-extracted.json"
     before = marker.stat().st_mtime_ns
     assert main(argv[:1] + inputs[:2] + argv[4:]) == EXIT_OK
     assert marker.stat().st_mtime_ns == before
     assert len(_report(out)) == 3
+    assert [p for p in (out / "archives" / "export").rglob("*") if p.is_file()] == []
+
+
+def _zip_of(folder: Path, archive: Path) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.iterdir()):
+            zf.write(path, f"study/{path.name}")
+    return archive
+
+
+def _staged_files(out: Path) -> list[Path]:
+    return [p for p in (out / "archives").rglob("*") if p.is_file()]
+
+
+def test_a_zip_is_read_a_member_at_a_time_and_never_twice(tmp_path, pixels, monkeypatch):
+    """Before, a ZIP was extracted whole first: as much disk again as the archive, and no
+    image segmented until the last member was out. Now the disk holds the members in
+    flight only (at batch 1 without workers: 2 depths and the batch, 5), each removed once
+    its row is journalled, and a rerun reads none of them again."""
+    from pipeline.inference import workers
+
+    archive = _zip_of(dicom_folder(tmp_path / "files", pixels, count=9), tmp_path / "x.zip")
+    out = tmp_path / "out"
+    real, present = workers.stage, []
+
+    def counted(member, path):
+        real(member, path)
+        present.append(len(_staged_files(out)))
+
+    monkeypatch.setattr(workers, "stage", counted)
+    argv = ["segment", str(archive), "-o", str(out), "--no-progress", "--formats", "mask"]
+    argv += ["--workers", "0", "--batch-size", "1"]
+    assert main(argv) == EXIT_OK
+    assert len(present) == 9 and 2 <= max(present) <= 5, present
+    assert _staged_files(out) == []
+    masks = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png"))
+    assert masks == [f"x/study/{i}.png" for i in range(9)]
+    leftover = out / "archives" / "x" / "study" / "3.dcm"  # as a killed run leaves one
+    leftover.write_bytes(b"staged")
+    present.clear()
+    assert main(argv) == EXIT_OK
+    assert present == [] and _staged_files(out) == []
+
+
+def test_a_broken_zip_member_is_a_failed_row_and_the_batch_goes_on(tmp_path, pixels, monkeypatch):
+    from pipeline.inference import workers
+
+    archive = _zip_of(dicom_folder(tmp_path / "files", pixels, count=3), tmp_path / "x.zip")
+    raw = bytearray(archive.read_bytes())
+    raw[raw.index(b"study/1.dcm") + len("study/1.dcm") + 500] ^= 0xFF  # in 1.dcm's data
+    archive.write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    argv = ["segment", str(archive), "-o", str(out), "--no-progress", "--formats", "mask"]
+    assert main([*argv, "--workers", "0"]) == EXIT_FAILED
+    report = _report(out)
+    broken = report[str(out / "archives" / "x" / "study" / "1.dcm")]
+    assert broken["status"] == "failed"
+    assert "member 'study/1.dcm' of" in broken["reason"] and "x.zip" in broken["reason"]
+    assert [r["status"] for p, r in sorted(report.items()) if p != broken["path"]] == ["ok"] * 2
+    assert _staged_files(out) == []
+    staged = []
+    monkeypatch.setattr(workers, "stage", lambda member, path: staged.append(path))
+    assert main([*argv, "--workers", "0"]) == EXIT_FAILED  # the archive unchanged: not retried
+    assert staged == [] and _report(out)[broken["path"]]["status"] == "failed"
 
 
 def test_archives_inside_an_input_folder_are_segmented_under_their_folder(tmp_path, pixels):

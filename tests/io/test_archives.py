@@ -1,4 +1,4 @@
-"""ZIP and TAR archives extracted once, safely, into the output folder (pipeline.io.archives)."""
+"""ZIP members read one at a time and TAR archives extracted once, safely (pipeline.io.archives)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from pipeline.io import archives
-from pipeline.io.archives import ArchiveError, extract, folder_name, is_archive
+from pipeline.io.archives import (
+    ArchiveError,
+    StagingError,
+    extract,
+    folder_name,
+    is_archive,
+    stage,
+    zip_inputs,
+)
 
 
 def _zip(path: Path, members: dict[str, bytes]) -> Path:
@@ -132,3 +140,69 @@ def test_shards_extracting_one_archive_take_turns(tmp_path, monkeypatch):
 def _left(folder: Path) -> list[str]:
     """What an extraction left in ``folder``, its lock files aside."""
     return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
+def test_zip_members_are_inputs_sorted_and_visible_as_a_folder_s_files(tmp_path):
+    archive = _zip(
+        tmp_path / "export.zip",
+        {
+            "b/2.dcm": b"two",
+            "a/1.dcm": b"one",
+            "__MACOSX/a/._1.dcm": b"resource fork",
+            ".DS_Store": b"finder",
+            "a/": b"",  # a folder entry
+        },
+    )
+    inputs = zip_inputs(archive, tmp_path / "out" / "archives" / "export", "export")
+    assert [f.relative.as_posix() for f in inputs] == ["export/a/1.dcm", "export/b/2.dcm"]
+    assert inputs[0].path == tmp_path / "out" / "archives" / "export" / "a" / "1.dcm"
+    assert not inputs[0].path.exists()  # nothing is written until it is read
+    assert inputs[0].member.archive == archive and inputs[0].member.info.filename == "a/1.dcm"
+
+
+def test_a_zip_member_is_written_out_whole_from_its_offset(tmp_path):
+    data = {f"s/{i}.dcm": os.urandom(3000) + bytes(5000) for i in range(3)}
+    archive = _zip(tmp_path / "export.zip", data)
+    for found in zip_inputs(archive, tmp_path / "staged", "export"):
+        stage(found.member, found.path)
+        assert found.path.read_bytes() == data[found.member.info.filename]
+    assert sorted(p.name for p in (tmp_path / "staged" / "s").iterdir()) == [
+        "0.dcm",
+        "1.dcm",
+        "2.dcm",
+    ]  # no temporaries left
+
+
+def test_a_broken_zip_member_is_named_and_leaves_nothing(tmp_path):
+    """A bit flipped in a member's data: its CRC-32 fails as it is read."""
+    data = os.urandom(20_000)
+    archive = _zip(tmp_path / "export.zip", {"a.dcm": data, "b.dcm": b"fine"})
+    raw = bytearray(archive.read_bytes())
+    found = {f.member.info.filename: f for f in zip_inputs(archive, tmp_path / "st", "export")}
+    start = raw.index(b"a.dcm") + len("a.dcm") + 100  # inside a.dcm's compressed data
+    raw[start] ^= 0xFF
+    archive.write_bytes(bytes(raw))
+    with pytest.raises(ArchiveError, match=r"member 'a\.dcm' of .*export\.zip cannot be read"):
+        stage(found["a.dcm"].member, found["a.dcm"].path)
+    assert list((tmp_path / "st").iterdir()) == []
+    stage(found["b.dcm"].member, found["b.dcm"].path)  # the others still read
+    assert found["b.dcm"].path.read_bytes() == b"fine"
+
+
+def test_a_zip_member_is_not_read_when_encrypted_or_the_archive_is_gone(tmp_path):
+    archive = _zip(tmp_path / "export.zip", {"a.dcm": b"x"})
+    (found,) = zip_inputs(archive, tmp_path / "st", "export")
+    found.member.info.flag_bits |= 0x1
+    with pytest.raises(ArchiveError, match="is encrypted"):
+        stage(found.member, found.path)
+    found.member.info.flag_bits &= ~0x1
+    archive.unlink()
+    with pytest.raises(StagingError, match=r"member 'a\.dcm' .* cannot be read") as err:
+        stage(found.member, found.path)
+    assert err.value.transient and found.member.signature() is None
+
+
+def test_a_zip_member_leading_out_is_refused_when_listed(tmp_path):
+    archive = _zip(tmp_path / "evil.zip", {"ok.dcm": b"x", "../../escaped.dcm": b"y"})
+    with pytest.raises(ArchiveError, match=r"evil\.zip: member '\.\./\.\./escaped\.dcm'"):
+        zip_inputs(archive, tmp_path / "st", "evil")
