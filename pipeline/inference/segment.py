@@ -516,6 +516,8 @@ class Segmenter:
     def _commit(self, job: Job, result: dict[str, Any]) -> None:
         source = result.pop("source", None)  # the input's signature, for a row that failed
         folders = result.pop("folders", ())  # fsync'ed by the journal's next sync
+        if job.file.member:  # the row names the member, not its passing copy
+            result["path"] = job.file.member.location
         if result.pop("retry", False):  # reported, not journalled: the next run tries again
             self.retry_rows[job.key] = result
         else:

@@ -25,6 +25,11 @@ class ArchiveMember:
     archive: Path
     info: zipfile.ZipInfo
 
+    @property
+    def location(self) -> str:
+        """Where the member is: ``<archive>/<member path>`` (as ``zipfile.Path`` names it)."""
+        return f"{self.archive}/{self.info.filename}"
+
     def signature(self) -> list[int | str] | None:
         """What changes when the member or its archive changes (cf. ``file_signature``).
 
