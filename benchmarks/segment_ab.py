@@ -11,9 +11,9 @@ seconds of the process tree.
     .venv/bin/python benchmarks/segment_ab.py --base cc0b3ee [--inputs 512] [--counts 100 1000]
 
 ``--fsync-delay-ms 3`` makes every fsync of both runs wait 3 ms (``slow_storage.py``), as a
-network share or a spinning disk would. ``--as-zip`` gives the files as one ZIP archive
-(deflated, made once beside the folder) and reports the most bytes ``OUT/archives`` held
-while the job ran (sampled every 20 ms).
+network share or a spinning disk would. ``--archive zip`` (or ``tar.gz``) gives the files as
+one archive (deflated or gzipped, made once beside the folder) and reports the most bytes
+``OUT/archives`` held while the job ran (sampled every 20 ms).
 
 The DICOM folders are the ones ``segment_throughput.py`` builds (same ``--work``). Prints a
 Markdown table; ``--out`` also writes the runs as JSON.
@@ -114,14 +114,22 @@ def _bytes_under(folder: Path) -> int:
     return total
 
 
-def as_zip(folder: Path) -> Path:
-    """``folder``'s files in one deflated ZIP beside it (made once; members under its name)."""
-    archive = folder.with_name(f"{folder.name}.zip")
+def as_archive(folder: Path, kind: str) -> Path:
+    """``folder``'s files in one archive beside it (made once; members under its name)."""
+    import tarfile
+
+    archive = folder.with_name(f"{folder.name}.{kind}")
     if not archive.is_file():
-        partial = archive.with_suffix(".partial")
-        with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
-            for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-                zf.write(path, path.relative_to(folder.parent).as_posix())
+        partial = archive.with_name(f"{archive.name}.partial")
+        files = sorted(p for p in folder.rglob("*") if p.is_file())
+        if kind == "zip":
+            with zipfile.ZipFile(partial, "w", zipfile.ZIP_DEFLATED) as zf:
+                for path in files:
+                    zf.write(path, path.relative_to(folder.parent).as_posix())
+        else:
+            with tarfile.open(partial, "w:gz") as tf:
+                for path in files:
+                    tf.add(path, path.relative_to(folder.parent).as_posix())
         partial.replace(archive)
     return archive
 
@@ -169,7 +177,9 @@ def main() -> None:
     parser.add_argument(
         "--fsync-delay-ms", type=float, default=0.0, help="slow storage: each fsync waits this"
     )
-    parser.add_argument("--as-zip", action="store_true", help="the files as one ZIP archive")
+    parser.add_argument(
+        "--archive", choices=["zip", "tar.gz"], help="the files as one archive of this kind"
+    )
     args = parser.parse_args()
     env = fsync_delay_env(args.fsync_delay_ms, args.work)
     storage = f", every fsync {args.fsync_delay_ms:g} ms longer" if env else ""
@@ -187,7 +197,7 @@ def main() -> None:
             for name in args.inputs:
                 for count in args.counts:
                     folder = build_folder(name, count, args.distinct, args.work)
-                    folder = as_zip(folder) if args.as_zip else folder
+                    folder = as_archive(folder, args.archive) if args.archive else folder
                     runs = compare(base, folder, args.repeats, Path(tmp), env)
                     lines.append(row(INPUTS[name][3], count, runs))
                     results.append(
@@ -195,7 +205,7 @@ def main() -> None:
                             "input": name,
                             "count": count,
                             "fsync_delay_ms": args.fsync_delay_ms,
-                            "as_zip": args.as_zip,
+                            "archive": args.archive,
                             "runs": runs,
                         }
                     )

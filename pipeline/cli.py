@@ -691,8 +691,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument(
         "inputs",
         nargs="+",
-        help="files, folders (searched recursively), ZIP/TAR archives (a ZIP read member by "
-        "member, a TAR extracted into OUT/archives) or dicomweb+http(s)://host/prefix",
+        help="files, folders (searched recursively), ZIP/TAR archives (read member by member, "
+        "each written to OUT/archives while read) or dicomweb+http(s)://host/prefix",
     )
     seg.add_argument("--study", action="append", default=[], help="DICOMweb: a Study UID")
     seg.add_argument(

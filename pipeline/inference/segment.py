@@ -13,9 +13,10 @@ file is written atomically and durably, the folders they went into fsync'ed once
 before the batch's journal lines (:meth:`~pipeline.inference.report.Journal.sync`).
 ``dicomweb+http(s)://`` inputs are fetched into ``OUT/dicomweb`` first
 (:mod:`pipeline.io.dicomweb`) and, with ``store_back``, their SEG objects stored back; ZIP
-and TAR archives, given or found in input folders, are read under ``OUT/archives``
-(:mod:`pipeline.io.archives`): a ZIP member written there just before it is decoded and
-removed once journalled, a TAR archive extracted there first.
+and TAR archives, given or found in input folders, are read a member at a time
+(:mod:`pipeline.io.archives`): each member written to ``OUT/archives`` just before it is
+decoded (a ZIP's by the worker, a TAR's by the archive's one stream, :func:`tar_streams`)
+and removed once journalled.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pipeline.enums import OutputFormat, Status
@@ -51,7 +52,8 @@ from pipeline.inference.workers import (
     start_method,
     to_wire,
 )
-from pipeline.io.discovery import InputFile, NamedFolder, iter_inputs
+from pipeline.io.archives import ArchiveError, TarStream
+from pipeline.io.discovery import ArchiveMember, InputFile, iter_inputs
 from pipeline.lean import resume_collector
 
 DEFAULT_FORMATS = (OutputFormat.SEG, OutputFormat.MASK, OutputFormat.OVERLAY)
@@ -318,8 +320,13 @@ class Segmenter:
             start_forkserver()  # its imports run beside the first pool's work (start_method)
         if self.workers:
             self.slots = Slots(2 * self.depth + self.batch_size + 2)
-        with PoolRotation(self._pool, every, self._forks) as pools:
-            self._stream(pools, todo, bar)
+        self._streams = tar_streams(todo, self.depth)
+        try:
+            with PoolRotation(self._pool, every, self._forks) as pools:
+                self._stream(pools, todo, bar)
+        finally:
+            for stream in self._streams.values():
+                stream.close()
         bar.close()
         self.summary.seconds = time.perf_counter() - start
         return self.summary
@@ -393,12 +400,20 @@ class Segmenter:
         args = (job.file.path, job.file.is_sidecar, keep)
         if job.collides_with:  # reported as failed without decoding
             args = (job.file.path, True, KeepImage.NONE)
+        done: Future = Future()
+        member = job.file.member
+        if member is not None and member.info is None and not args[1]:  # a TAR's: streamed
+            try:
+                self._streams[stream_key(job)].take(member.key)
+            except ArchiveError as err:
+                done.set_result(unreadable_member(member, err))
+                return done
+            member = None  # written out: a file like any other now
         if isinstance(pool, ProcessPoolExecutor):
             pixels = not args[1] and self.slots is not None  # a sidecar has none
             slot = self._slot_of[job.key] = self.slots.take() if pixels else None
-            return pool.submit(decode_in_worker, *args, slot, job.file.member)
-        done: Future = Future()
-        done.set_result(decode(*args, self.model, job.file.member))
+            return pool.submit(decode_in_worker, *args, slot, member)
+        done.set_result(decode(*args, self.model, member))
         return done
 
     def _from_slot(self, decoded: dict[str, Any]) -> dict[str, Any]:
@@ -526,6 +541,41 @@ class Segmenter:
             job.file.path.unlink(missing_ok=True)
         self.summary.counts[result["status"]] += 1
         self.summary.processed += 1
+
+
+def tar_streams(todo: list[Job], ahead: int) -> dict[tuple[Path, Path], TarStream]:
+    """A stream for each TAR archive with members in ``todo`` to decode (see :class:`TarStream`).
+
+    Keyed by :func:`stream_key`: an archive given under two names is read once for each.
+
+    Args:
+        todo: the jobs to run, in order (a TAR's members in the archive's order).
+        ahead: members each stream writes out before the batch takes them, at most.
+    """
+    wanted: dict[tuple[Path, Path], dict[int, Path]] = {}
+    for job in todo:
+        member = job.file.member
+        decoded = not job.file.is_sidecar and not job.collides_with  # the others: never taken
+        if member is not None and member.info is None and decoded:
+            wanted.setdefault(stream_key(job), {})[member.key] = job.file.path
+    return {key: TarStream(key[0], paths, ahead) for key, paths in wanted.items()}
+
+
+def stream_key(job: Job) -> tuple[Path, Path]:
+    """The archive of ``job``'s member and the folder its members are written out under."""
+    depth = len(PurePosixPath(job.file.member.name).parts)
+    return job.file.member.archive, job.file.path.parents[depth - 1]
+
+
+def unreadable_member(member: ArchiveMember, err: ArchiveError) -> dict[str, Any]:
+    """What :func:`~.workers.decode` returns for a member that could not be written out."""
+    return {
+        "start": time.perf_counter(),
+        "stages": {},
+        "source": member.signature(),
+        "error": (err.status, err.reason),
+        "retry": err.transient,
+    }
 
 
 def _remove_staged(members: list[Job], todo: set[int]) -> None:
@@ -676,9 +726,9 @@ def segment(
     ``inputs`` may be ``dicomweb+http(s)://`` URLs (:mod:`pipeline.io.dicomweb`): their
     instances (``studies``, ``query``) are fetched into ``OUT/dicomweb`` first; with
     ``store_back`` each SEG goes back to the server by STOW-RS once. ZIP and TAR archives
-    are read as folders named after them (:mod:`pipeline.io.archives`): a ZIP member is
-    written to ``OUT/archives`` as it is read and removed once finished, a TAR archive
-    extracted there first; one that cannot be read is a failed row, tried again next run.
+    are read as folders named after them, a member at a time (:mod:`pipeline.io.archives`):
+    each is written to ``OUT/archives`` as it is read and removed once finished; an archive
+    that cannot be read is a failed row, tried again next run.
 
     Raises:
         FileNotFoundError: an input or the bundle does not exist.
@@ -691,7 +741,7 @@ def segment(
     if OutputFormat.SR in formats and OutputFormat.SEG not in formats:
         raise ValueError(f"--formats {','.join(formats)}: sr references the SEG; add seg")
     inputs, sources = _fetch_dicomweb(inputs, out, studies, query)
-    inputs, unextracted, archives = _extract_archives(inputs, out)
+    inputs, unreadable, archives = _open_archives(inputs, out)
     jobs = [j for j in plan(inputs, shard) if j.file.path not in archives]
     # TB inputs are measured on the full-resolution image the TB bundle was trained on
     overrides = {"decode_min_size": None} if tb_model is not None else {}
@@ -722,13 +772,13 @@ def segment(
         journal.close()
     keys = {j.key for j in jobs}
     finished = {**journal.rows, **segmenter.retry_rows}
-    rows = [row for key, row in finished.items() if key in keys] + unextracted
+    rows = [row for key, row in finished.items() if key in keys] + unreadable
     write_reports(out, rows, tag)
     counts = {s.value: sum(r["status"] == s.value for r in rows) for s in Status}
     summary = {
         "counts": counts,
         **tallies(rows),
-        "inputs": len(jobs) + len(unextracted),  # an archive that did not extract: one
+        "inputs": len(jobs) + len(unreadable),  # an archive that could not be read: one
         "this_run": {
             "processed": run.processed,
             "seconds": round(run.seconds, 2),
@@ -789,23 +839,24 @@ def _fetch_dicomweb(
     return local, sources
 
 
-def _extract_archives(
+def _open_archives(
     inputs: Sequence[str | os.PathLike], out: Path
-) -> tuple[list[str | os.PathLike | NamedFolder], list[dict[str, Any]], set[Path]]:
-    """Extract the ZIP/TAR archives given or found in folders into ``OUT/archives``.
+) -> tuple[list[str | os.PathLike | InputFile], list[dict[str, Any]], set[Path]]:
+    """The members of the ZIP/TAR archives given or found in folders, as inputs.
 
-    Each becomes a folder named after it (``name``; one found in a folder: its path there,
-    ``batch1/export``), extracted to ``OUT/archives/<name>``.
+    Each archive reads as a folder named after it (``name``; one found in a folder: its
+    path there, ``batch1/export``), its members written out under ``OUT/archives/<name>``
+    while they are read (:mod:`pipeline.io.archives`).
 
     Returns:
-        The inputs with each given archive's folder in its place and the found ones' added,
-        a failed row (retried by the next run) for each archive that could not be extracted
-        or whose name another archive of this run has, and the archives found in folders
-        (not inputs themselves).
+        The inputs with each given archive's members in its place and the found ones'
+        added, a failed row (retried by the next run) for each archive that could not be
+        read or whose name another archive of this run has, and the archives found in
+        folders (not inputs themselves).
     """
     from pipeline.io.archives import FOLDER, archives_under, is_archive, output_name
 
-    local: list[str | os.PathLike | NamedFolder | InputFile] = []
+    local: list[str | os.PathLike | InputFile] = []
     found: list[tuple[Path, str]] = []
     for item in inputs:
         if is_archive(item):
@@ -817,7 +868,7 @@ def _extract_archives(
     failed, names = [], set()
     for archive, name in found:
         if name in names:
-            reason = f"another input archive would be extracted to {name!r} too: rename one"
+            reason = f"another input archive would be read as {name!r} too: rename one"
             failed.append(row(archive, Status.FAILED.value, reason))
             continue
         names.add(name)
@@ -827,18 +878,15 @@ def _extract_archives(
 
 def _archive_inputs(
     archive: Path, target: Path, name: str, failed: list[dict[str, Any]]
-) -> list[NamedFolder | InputFile]:
-    """``archive``'s files as inputs under the name ``name``; none if it cannot be read.
+) -> list[InputFile]:
+    """``archive``'s files as inputs named ``name``, written out under ``target`` when read.
 
-    A ZIP's members, each written to ``target`` when read; a TAR extracted to ``target``.
-    An archive that cannot be read adds its failed row to ``failed``.
+    An archive that cannot be read gives none and adds its failed row to ``failed``.
     """
-    from pipeline.io.archives import ArchiveError, extract, is_zip, zip_inputs
+    from pipeline.io.archives import archive_inputs
 
     try:
-        if is_zip(archive):
-            return list(zip_inputs(archive, target, name))
-        return [NamedFolder(extract(archive, target.parent, target.name), name)]
+        return archive_inputs(archive, target, name)
     except ArchiveError as err:
         failed.append(row(archive, Status.FAILED.value, err.reason))
         return []

@@ -1,7 +1,7 @@
 """Find input files and map them to output paths that mirror the input tree.
 
-An input file is a file on disk or a ZIP archive's member (:class:`ArchiveMember`), which
-:func:`pipeline.io.archives.stage` writes to its path just before it is read.
+An input file is a file on disk or an archive's member (:class:`ArchiveMember`), written to
+its path just before it is read (:mod:`pipeline.io.archives`).
 """
 
 from __future__ import annotations
@@ -20,27 +20,40 @@ NON_IMAGE_SUFFIXES = frozenset(
 
 @dataclass(frozen=True)
 class ArchiveMember:
-    """A ZIP archive's member, as its central directory describes it (offset, sizes, CRC)."""
+    """A ZIP or TAR archive's member, as the archive's index describes it.
+
+    Attributes:
+        archive: the archive file.
+        name: the member's name in it.
+        size: its size, uncompressed.
+        key: what else tells it apart: a ZIP member's CRC-32, a TAR member's offset.
+        info: a ZIP member's entry of the central directory (offset, sizes, CRC, method),
+            all a worker needs to read it; None for a TAR member, which the archive's one
+            stream writes out (:class:`pipeline.io.archives.TarStream`).
+    """
 
     archive: Path
-    info: zipfile.ZipInfo
+    name: str
+    size: int
+    key: int
+    info: zipfile.ZipInfo | None = None
 
     @property
     def location(self) -> str:
-        """Where the member is: ``<archive>/<member path>`` (as ``zipfile.Path`` names it)."""
-        return f"{self.archive}/{self.info.filename}"
+        """Where the member is: ``<archive>/<member name>`` (as ``zipfile.Path`` names it)."""
+        return f"{self.archive}/{self.name}"
 
     def signature(self) -> list[int | str] | None:
         """What changes when the member or its archive changes (cf. ``file_signature``).
 
-        The member's CRC-32 and size, and the archive's size and modification time; None
-        when the archive is gone.
+        Its :attr:`key` and size, and the archive's size and modification time; None when
+        the archive is gone.
         """
         try:
             st = os.stat(self.archive)
         except OSError:
             return None
-        return [self.info.CRC, self.info.file_size, st.st_size, st.st_mtime_ns]
+        return [self.key, self.size, st.st_size, st.st_mtime_ns]
 
 
 @dataclass(frozen=True)
@@ -73,20 +86,7 @@ class InputFile:
         return self.path.suffix.lower() in NON_IMAGE_SUFFIXES
 
 
-@dataclass(frozen=True)
-class NamedFolder:
-    """A folder input whose files' relative paths start with ``name``.
-
-    An extracted archive: its outputs go under the archive's name, as its files came.
-    """
-
-    folder: Path
-    name: str
-
-
-def iter_inputs(
-    inputs: Sequence[str | os.PathLike | NamedFolder | InputFile],
-) -> Iterator[InputFile]:
+def iter_inputs(inputs: Sequence[str | os.PathLike | InputFile]) -> Iterator[InputFile]:
     """Yield the files under ``inputs`` (files as given, folders recursively, sorted).
 
     Hidden files and folders (a leading dot) are skipped: they are never radiographs and a
@@ -100,13 +100,12 @@ def iter_inputs(
         if isinstance(item, InputFile):
             yield item
             continue
-        prefix = Path(item.name) if isinstance(item, NamedFolder) else Path()
-        root = item.folder if isinstance(item, NamedFolder) else Path(item)
+        root = Path(item)
         if root.is_file():
             yield InputFile(root, Path(root.name))
         elif root.is_dir():
             for path, rel in visible_files(root):
-                yield InputFile(path, prefix / rel)
+                yield InputFile(path, rel)
         else:
             raise FileNotFoundError(f"input {str(root)!r} does not exist")
 

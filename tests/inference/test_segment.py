@@ -884,11 +884,15 @@ def test_on_slow_storage_an_images_files_are_written_on_writer_threads(
     assert all(name.startswith("lungseg-writer") for name in writers[-3:]), writers
 
 
-def test_zip_and_tar_archives_are_segmented_as_folders_named_after_them(tmp_path, pixels):
+def test_zip_and_tar_archives_are_segmented_as_folders_named_after_them(
+    tmp_path, pixels, monkeypatch
+):
     """Before, an archive given as an input was one failed row ("not DICOM and not an image
     format"): the user had to extract it first."""
     import tarfile
     import zipfile
+
+    from pipeline.inference import segment as segment_module
 
     dicom_folder(tmp_path / "files", pixels, count=2, variant="mono2-8bit")
     with zipfile.ZipFile(tmp_path / "export.zip", "w") as zf:
@@ -902,10 +906,10 @@ def test_zip_and_tar_archives_are_segmented_as_folders_named_after_them(tmp_path
     argv = ["segment", *inputs, "-o", str(out), "--no-progress", "--formats", "mask,seg"]
     assert main(argv) == EXIT_FAILED  # the broken archive
     report = _report(out)
-    assert set(report) == {
-        f"{tmp_path}/export.zip/study/0.dcm",  # a ZIP member, named in its archive
+    assert set(report) == {  # each member named in its archive
+        f"{tmp_path}/export.zip/study/0.dcm",
         f"{tmp_path}/export.zip/study/1.dcm",
-        str(out / "archives" / "set" / "0.dcm"),  # a TAR's file, in its extracted copy
+        f"{tmp_path}/set.tar.gz/0.dcm",
         str(tmp_path / "broken.zip"),
     }
     assert report[str(tmp_path / "broken.zip")]["status"] == "failed"
@@ -916,15 +920,14 @@ def test_zip_and_tar_archives_are_segmented_as_folders_named_after_them(tmp_path
     masks = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png"))
     assert masks == ["export/study/0.png", "export/study/1.png", "set/0.png"]
     assert len(list((out / "seg").rglob("*.dcm"))) == 3
-    # the ZIP's members were written out one by one and removed; the TAR was extracted
-    assert [p for p in (out / "archives" / "export").rglob("*") if p.is_file()] == []
-    (tmp_path / "broken.zip").unlink()  # a rerun: nothing redone, nothing extracted again
-    marker = out / "archives" / "set" / ".lungseg-extracted.json"
-    before = marker.stat().st_mtime_ns
+    # the members were written out one by one and removed: no copy of either archive
+    assert _staged_files(out) == [out / "archives" / ".set.tar-members.json"]
+    (tmp_path / "broken.zip").unlink()  # a rerun: nothing redone, no archive read again
+    monkeypatch.setattr(segment_module, "TarStream", lambda *a: pytest.fail("read again"))
+    listed = (out / "archives" / ".set.tar-members.json").stat().st_mtime_ns
     assert main(argv[:1] + inputs[:2] + argv[4:]) == EXIT_OK
-    assert marker.stat().st_mtime_ns == before
+    assert (out / "archives" / ".set.tar-members.json").stat().st_mtime_ns == listed
     assert len(_report(out)) == 3
-    assert [p for p in (out / "archives" / "export").rglob("*") if p.is_file()] == []
 
 
 def _zip_of(folder: Path, archive: Path) -> Path:
@@ -936,38 +939,68 @@ def _zip_of(folder: Path, archive: Path) -> Path:
     return archive
 
 
+def _tar_of(folder: Path, archive: Path) -> Path:
+    import tarfile
+
+    with tarfile.open(archive, "w:gz") as tf:
+        for path in sorted(folder.iterdir()):
+            tf.add(path, f"study/{path.name}")
+    return archive
+
+
 def _staged_files(out: Path) -> list[Path]:
-    return [p for p in (out / "archives").rglob("*") if p.is_file()]
+    """The files under OUT/archives (members written out, and TAR listings kept)."""
+    return sorted(p for p in (out / "archives").rglob("*") if p.is_file())
 
 
-def test_a_zip_is_read_a_member_at_a_time_and_never_twice(tmp_path, pixels, monkeypatch):
-    """Before, a ZIP was extracted whole first: as much disk again as the archive, and no
-    image segmented until the last member was out. Now the disk holds the members in
-    flight only (at batch 1 without workers: 2 depths and the batch, 5), each removed once
-    its row is journalled, and a rerun reads none of them again."""
-    from pipeline.inference import workers
+@pytest.mark.parametrize(("kind", "most"), [("zip", 5), ("tar.gz", 7)])
+def test_an_archive_is_read_a_member_at_a_time_and_never_twice(
+    tmp_path, pixels, monkeypatch, kind, most
+):
+    """Before, an archive was extracted whole first: as much disk again as the archive, and
+    no image segmented until the last member was out. Now the disk holds the members in
+    flight only (at batch 1 without workers: 2 depths and the batch, 5; a TAR's stream
+    writes 2 more ahead), each removed once its row is journalled, and a rerun reads none
+    of them again."""
+    from pipeline.io import archives
 
-    archive = _zip_of(dicom_folder(tmp_path / "files", pixels, count=9), tmp_path / "x.zip")
+    maker = _zip_of if kind == "zip" else _tar_of
+    archive = maker(dicom_folder(tmp_path / "files", pixels, count=9), tmp_path / f"x.{kind}")
     out = tmp_path / "out"
-    real, present = workers.stage, []
+    real, present = archives._write_out, []
 
-    def counted(member, path):
-        real(member, path)
-        present.append(len(_staged_files(out)))
+    def counted(chunks, path, member):
+        real(chunks, path, member)
+        present.append(len([p for p in _staged_files(out) if p.suffix == ".dcm"]))
 
-    monkeypatch.setattr(workers, "stage", counted)
+    monkeypatch.setattr(archives, "_write_out", counted)
     argv = ["segment", str(archive), "-o", str(out), "--no-progress", "--formats", "mask"]
     argv += ["--workers", "0", "--batch-size", "1"]
     assert main(argv) == EXIT_OK
-    assert len(present) == 9 and 2 <= max(present) <= 5, present
-    assert _staged_files(out) == []
+    assert len(present) == 9 and 2 <= max(present) <= most, present
+    assert not any(p.suffix == ".dcm" for p in _staged_files(out))
     masks = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png"))
-    assert masks == [f"x/study/{i}.png" for i in range(9)]
+    assert masks == sorted(f"x/study/{i}.png" for i in range(9))
     leftover = out / "archives" / "x" / "study" / "3.dcm"  # as a killed run leaves one
     leftover.write_bytes(b"staged")
     present.clear()
     assert main(argv) == EXIT_OK
-    assert present == [] and _staged_files(out) == []
+    assert present == [] and not leftover.exists()
+
+
+def test_a_tar_given_under_two_names_is_read_for_each(tmp_path, pixels):
+    """The archive given itself and found in a folder given too: two folders of outputs,
+    each from its own reading of the archive (one stream for both lost the second's)."""
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    archive = _tar_of(dicom_folder(tmp_path / "files", pixels, count=2), data / "sub" / "x.tar.gz")
+    out = tmp_path / "out"
+    argv = ["segment", str(data), str(archive), "-o", str(out), "--no-progress"]
+    assert main([*argv, "--formats", "mask", "--workers", "0"]) == EXIT_OK
+    masks = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png"))
+    assert masks == ["sub/x/study/0.png", "sub/x/study/1.png", "x/study/0.png", "x/study/1.png"]
+    assert {r["status"] for r in _report(out).values()} == {"ok"}
+    assert _report_file(out / "report.csv") == [f"{archive}/study/{i}.dcm" for i in (0, 0, 1, 1)]
 
 
 def test_a_broken_zip_member_is_a_failed_row_and_the_batch_goes_on(tmp_path, pixels, monkeypatch):

@@ -1,4 +1,4 @@
-"""ZIP members read one at a time and TAR archives extracted once, safely (pipeline.io.archives)."""
+"""ZIP and TAR archives read a member at a time, safely (pipeline.io.archives)."""
 
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.io import archives
 from pipeline.io.archives import (
     ArchiveError,
     StagingError,
-    extract,
+    TarStream,
+    archive_inputs,
     folder_name,
     is_archive,
     stage,
+    tar_inputs,
     zip_inputs,
 )
 
@@ -30,7 +31,7 @@ def _zip(path: Path, members: dict[str, bytes]) -> Path:
 
 
 def _tar(path: Path, members: dict[str, bytes], links: dict[str, str] | None = None) -> Path:
-    with tarfile.open(path, "w:gz") as tf:
+    with tarfile.open(path, "w:gz" if path.name.endswith("gz") else "w") as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
@@ -50,96 +51,6 @@ def test_archive_names(tmp_path, name, folder):
     (tmp_path / name).write_bytes(b"")
     assert is_archive(tmp_path / name) and folder_name(tmp_path / name) == folder
     assert not is_archive(tmp_path / "study.dcm") and not is_archive(tmp_path)
-
-
-@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
-def test_members_are_extracted_once_while_the_archive_is_unchanged(tmp_path, kind):
-    members = {"patient1/CR/1.dcm": b"one", "patient2/2.dcm": b"two"}
-    maker = _zip if kind == "zip" else _tar
-    archive = maker(tmp_path / f"export.{kind}", members)
-    folder = extract(archive, tmp_path / "out" / "archives")
-    assert folder == tmp_path / "out" / "archives" / "export"
-    assert {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*.dcm")} == {
-        k: v for k, v in members.items()
-    }
-    first = (folder / "patient2" / "2.dcm").stat().st_mtime_ns
-    os.utime(folder / "patient2" / "2.dcm", ns=(1, 1))
-    assert extract(archive, tmp_path / "out" / "archives") == folder  # reused as it is
-    assert (folder / "patient2" / "2.dcm").stat().st_mtime_ns == 1 != first
-    maker(archive, {"patient3/3.dcm": b"three"})  # replaced: extracted afresh
-    os.utime(archive, ns=(10**18, 10**18))
-    extract(archive, tmp_path / "out" / "archives")
-    assert sorted(p.name for p in folder.rglob("*.dcm")) == ["3.dcm"]
-    assert not list((tmp_path / "out" / "archives").glob(".*partial"))
-
-
-def test_a_zip_member_outside_the_archive_is_refused(tmp_path):
-    archive = _zip(tmp_path / "evil.zip", {"ok.dcm": b"x", "../../escaped.dcm": b"y"})
-    with pytest.raises(ArchiveError, match=r"evil\.zip: member '\.\./\.\./escaped\.dcm'"):
-        extract(archive, tmp_path / "out")
-    assert not (tmp_path / "escaped.dcm").exists() and _left(tmp_path / "out") == []
-
-
-@pytest.mark.parametrize(
-    "links", [{"link.dcm": "/etc/passwd"}, {"up.dcm": "../../../outside.dcm"}], ids=str
-)
-def test_a_tar_link_leading_out_is_refused(tmp_path, links):
-    archive = _tar(tmp_path / "evil.tar.gz", {"ok.dcm": b"x"}, links)
-    with pytest.raises(ArchiveError, match=r"evil\.tar\.gz: cannot be extracted"):
-        extract(archive, tmp_path / "out")
-    assert _left(tmp_path / "out") == []  # nothing left, not even the partial copy
-
-
-def test_an_archive_that_does_not_fit_is_refused_before_writing(tmp_path, monkeypatch):
-    archive = _zip(tmp_path / "big.zip", {"a.dcm": b"\0" * 4096})
-    monkeypatch.setattr(archives, "HEADROOM", 2**62)
-    with pytest.raises(ArchiveError, match=r"big\.zip: its files need .* MiB free"):
-        extract(archive, tmp_path / "out")
-    assert _left(tmp_path / "out") == []
-
-
-@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
-def test_a_broken_archive_is_named_with_the_reason(tmp_path, kind):
-    maker = _zip if kind == "zip" else _tar
-    whole = maker(tmp_path / f"whole.{kind}", {"a.dcm": os.urandom(50_000)}).read_bytes()
-    cut = tmp_path / f"cut.{kind}"
-    cut.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(ArchiveError, match=rf"cut\.{kind}: (cannot be extracted|named as)"):
-        extract(cut, tmp_path / "out")
-    assert _left(tmp_path / "out") == []
-
-
-def test_shards_extracting_one_archive_take_turns(tmp_path, monkeypatch):
-    """Two shards of a batch start on the same archive: one extracts, the other waits for
-    it and finds its copy (before the lock, each removed the other's partial folder)."""
-    import threading
-    import time
-
-    archive = _zip(tmp_path / "export.zip", {"a.dcm": b"a"})
-    real, extractions = archives._extract_into, []
-
-    def slow(*args):
-        extractions.append(threading.current_thread().name)
-        time.sleep(0.2)  # long enough for the other shard to arrive meanwhile
-        real(*args)
-
-    monkeypatch.setattr(archives, "_extract_into", slow)
-    results = []
-    shards = [
-        threading.Thread(target=lambda: results.append(extract(archive, tmp_path / "out")))
-        for _ in range(2)
-    ]
-    for shard in shards:
-        shard.start()
-    for shard in shards:
-        shard.join(timeout=30)
-    assert len(extractions) == 1 and len(results) == 2 and results[0] == results[1]
-    assert (results[0] / "a.dcm").read_bytes() == b"a"
-
-
-def _left(folder: Path) -> list[str]:
-    """What an extraction left in ``folder``, its lock files aside."""
-    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
 
 
 def test_zip_members_are_inputs_sorted_and_visible_as_a_folder_s_files(tmp_path):
@@ -206,3 +117,102 @@ def test_a_zip_member_leading_out_is_refused_when_listed(tmp_path):
     archive = _zip(tmp_path / "evil.zip", {"ok.dcm": b"x", "../../escaped.dcm": b"y"})
     with pytest.raises(ArchiveError, match=r"evil\.zip: member '\.\./\.\./escaped\.dcm'"):
         zip_inputs(archive, tmp_path / "st", "evil")
+
+
+def test_tar_members_are_inputs_in_the_archive_s_order(tmp_path):
+    archive = _tar(
+        tmp_path / "set.tar.gz",
+        {"b/2.dcm": b"two", "a/1.dcm": b"one", "a/._1.dcm": b"apple double"},
+        links={"a/link.dcm": "1.dcm"},  # a link inside: allowed, but no input
+    )
+    inputs = tar_inputs(archive, tmp_path / "out" / "archives" / "set", "set")
+    assert [f.relative.as_posix() for f in inputs] == ["set/b/2.dcm", "set/a/1.dcm"]
+    assert inputs[1].path == tmp_path / "out" / "archives" / "set" / "a" / "1.dcm"
+    assert inputs[1].member.location == f"{archive}/a/1.dcm" and inputs[1].member.info is None
+    assert not inputs[0].path.exists()
+
+
+@pytest.mark.parametrize(
+    "links", [{"link.dcm": "/etc/passwd"}, {"up.dcm": "../../../outside.dcm"}], ids=str
+)
+def test_a_tar_member_leading_out_is_refused(tmp_path, links):
+    archive = _tar(tmp_path / "evil.tar.gz", {"ok.dcm": b"x"}, links)
+    with pytest.raises(ArchiveError, match=r"evil\.tar\.gz: member '(link|up)\.dcm' refused"):
+        tar_inputs(archive, tmp_path / "out" / "evil", "evil")
+    assert not (tmp_path / "out").exists() or list((tmp_path / "out").rglob("*.dcm")) == []
+
+
+def test_a_tar_is_listed_once_while_it_is_unchanged(tmp_path, monkeypatch):
+    archive = _tar(tmp_path / "set.tar.gz", {"a.dcm": b"a", "b.dcm": b"b"})
+    folder = tmp_path / "out" / "archives" / "set"
+    first = tar_inputs(archive, folder, "set")
+    monkeypatch.setattr(tarfile, "open", lambda *a, **k: pytest.fail("listed again"))
+    assert tar_inputs(archive, folder, "set") == first  # from the kept list
+    monkeypatch.undo()
+    _tar(archive, {"c.dcm": b"c"})  # replaced: listed afresh
+    os.utime(archive, ns=(10**18, 10**18))
+    assert [f.relative.name for f in tar_inputs(archive, folder, "set")] == ["c.dcm"]
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_a_broken_archive_is_named_with_the_reason(tmp_path, kind):
+    maker = _zip if kind == "zip" else _tar
+    whole = maker(tmp_path / f"whole.{kind}", {"a.dcm": os.urandom(50_000)}).read_bytes()
+    cut = tmp_path / f"cut.{kind}"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(ArchiveError, match=rf"cut\.{kind}: (cannot be read|named as)"):
+        archive_inputs(cut, tmp_path / "out" / "cut", "cut")
+    (tmp_path / "not.zip").write_bytes(b"PK\x03\x04 not really")
+    with pytest.raises(ArchiveError, match="neither ZIP nor TAR"):
+        archive_inputs(tmp_path / "not.zip", tmp_path / "out" / "not", "not")
+
+
+def _stream_of(tmp_path: Path, data: dict[str, bytes], ahead: int, kind: str = "tar.gz"):
+    archive = _tar(tmp_path / f"set.{kind}", data)
+    inputs = tar_inputs(archive, tmp_path / "st", "set")
+    return inputs, TarStream(archive, {f.member.key: f.path for f in inputs}, ahead)
+
+
+@pytest.mark.parametrize("kind", ["tar", "tar.gz"])
+def test_a_tar_stream_writes_its_members_in_order_a_few_ahead(tmp_path, kind):
+    import time
+
+    data = {f"{i}.dcm": os.urandom(1000 * (i + 1)) for i in range(6)}
+    inputs, stream = _stream_of(tmp_path, data, ahead=2, kind=kind)
+    try:
+        for taken, found in enumerate(inputs):
+            stream.take(found.member.key)
+            assert found.path.read_bytes() == data[found.relative.name]
+            time.sleep(0.05)  # the stream catches up as far as it may
+            written = sorted(p.name for p in (tmp_path / "st").iterdir())
+            assert len(written) <= taken + 1 + 2, written  # taken ones stay until removed
+    finally:
+        stream.close()
+
+
+def test_a_tar_stream_removes_what_was_never_taken(tmp_path):
+    import time
+
+    inputs, stream = _stream_of(tmp_path, {f"{i}.dcm": b"x" * 100 for i in range(5)}, ahead=3)
+    stream.take(inputs[0].member.key)
+    time.sleep(0.1)
+    assert len(list((tmp_path / "st").iterdir())) == 4  # the one taken and 3 ahead
+    stream.close()
+    assert [p.name for p in (tmp_path / "st").iterdir()] == ["0.dcm"]  # the batch removes it
+
+
+def test_a_cut_tar_fails_the_members_after_the_cut_only(tmp_path):
+    data = {f"{i}.dcm": os.urandom(40_000) for i in range(4)}
+    whole = _tar(tmp_path / "whole.tar.gz", data)
+    inputs = tar_inputs(whole, tmp_path / "st", "set")
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    stream = TarStream(cut, {f.member.key: f.path for f in inputs}, ahead=8)
+    try:
+        stream.take(inputs[0].member.key)
+        assert inputs[0].path.read_bytes() == data["0.dcm"]
+        with pytest.raises(ArchiveError, match=r"in .*cut\.tar\.gz: cannot be read"):
+            stream.take(inputs[3].member.key)
+    finally:
+        stream.close()
+    assert not any(p.name.endswith(".staging") for p in (tmp_path / "st").iterdir())
