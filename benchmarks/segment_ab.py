@@ -13,7 +13,9 @@ seconds of the process tree.
 ``--fsync-delay-ms 3`` makes every fsync of both runs wait 3 ms (``slow_storage.py``), as a
 network share or a spinning disk would. ``--archive zip`` (or ``tar.gz``) gives the files as
 one archive (deflated or gzipped, made once beside the folder) and reports the most bytes
-``OUT/archives`` held while the job ran (sampled every 20 ms).
+``OUT/archives`` held while the job ran (sampled every 20 ms). ``--dicomweb`` stores the
+files in an Orthanc on loopback (``make test-deps`` installs it; started and stopped here)
+and gives its DICOMweb root as the input: every run fetches them afresh.
 
 The DICOM folders are the ones ``segment_throughput.py`` builds (same ``--work``). Prints a
 Markdown table; ``--out`` also writes the runs as JSON.
@@ -22,6 +24,7 @@ Markdown table; ``--out`` also writes the runs as JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -33,10 +36,13 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from segment_throughput import INPUTS, ROOT, build_folder
+
+sys.path.insert(0, str(ROOT))
 from slow_storage import fsync_delay_env
 
 
@@ -49,7 +55,7 @@ def worktree(rev: str, where: Path) -> Path:
     return path
 
 
-def run_once(code: Path, folder: Path, out: Path, env: dict[str, str]) -> dict:
+def run_once(code: Path, folder: Path | str, out: Path, env: dict[str, str]) -> dict:
     """One whole ``lungseg segment`` of ``folder`` with the package under ``code``.
 
     ``env``: variables added to the process's environment (:mod:`slow_storage`'s).
@@ -134,8 +140,25 @@ def as_archive(folder: Path, kind: str) -> Path:
     return archive
 
 
+@contextlib.contextmanager
+def served(folder: Path, scratch: Path) -> Iterator[str]:
+    """``folder``'s DICOM files in an Orthanc on loopback; yields its ``dicomweb+`` input."""
+    import urllib.request
+
+    from tests.conftest import running_orthanc
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    with running_orthanc(scratch) as server:
+        for path in sorted(folder.rglob("*.dcm")):
+            request = urllib.request.Request(
+                server["http"] + "/instances", data=path.read_bytes(), method="POST"
+            )
+            urllib.request.urlopen(request, timeout=60).read()
+        yield "dicomweb+" + server["url"]
+
+
 def compare(
-    base: Path, folder: Path, repeats: int, scratch: Path, env: dict[str, str]
+    base: Path, folder: Path | str, repeats: int, scratch: Path, env: dict[str, str]
 ) -> dict[str, list[dict]]:
     """Alternate base and working tree ``repeats`` times each on ``folder``."""
     runs: dict[str, list[dict]] = {"base": [], "new": []}
@@ -180,6 +203,9 @@ def main() -> None:
     parser.add_argument(
         "--archive", choices=["zip", "tar.gz"], help="the files as one archive of this kind"
     )
+    parser.add_argument(
+        "--dicomweb", action="store_true", help="the files from an Orthanc on loopback"
+    )
     args = parser.parse_args()
     env = fsync_delay_env(args.fsync_delay_ms, args.work)
     storage = f", every fsync {args.fsync_delay_ms:g} ms longer" if env else ""
@@ -198,7 +224,11 @@ def main() -> None:
                 for count in args.counts:
                     folder = build_folder(name, count, args.distinct, args.work)
                     folder = as_archive(folder, args.archive) if args.archive else folder
-                    runs = compare(base, folder, args.repeats, Path(tmp), env)
+                    with contextlib.ExitStack() as stack:
+                        if args.dicomweb:
+                            orthanc = Path(tmp) / f"orthanc-{name}-{count}"
+                            folder = stack.enter_context(served(folder, orthanc))
+                        runs = compare(base, folder, args.repeats, Path(tmp), env)
                     lines.append(row(INPUTS[name][3], count, runs))
                     results.append(
                         {
@@ -206,6 +236,7 @@ def main() -> None:
                             "count": count,
                             "fsync_delay_ms": args.fsync_delay_ms,
                             "archive": args.archive,
+                            "dicomweb": args.dicomweb,
                             "runs": runs,
                         }
                     )

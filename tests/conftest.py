@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -295,11 +297,21 @@ def orthanc(tmp_path):
 
     Yields ``{"aet", "dicom_port", "url", "http"}`` (``url``: the DICOMweb root).
     """
+    with running_orthanc(tmp_path) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_orthanc(folder: Path) -> Iterator[dict[str, Any]]:
+    """Orthanc on loopback, its configuration, storage and log under ``folder``, stopped after.
+
+    Yields ``{"aet", "dicom_port", "url", "http"}`` (``url``: the DICOMweb root).
+    """
     http, dicom = free_port(), free_port()
     config = {
         "Name": "lungseg-test",
-        "StorageDirectory": str(tmp_path / "orthanc" / "storage"),
-        "IndexDirectory": str(tmp_path / "orthanc" / "index"),
+        "StorageDirectory": str(folder / "orthanc" / "storage"),
+        "IndexDirectory": str(folder / "orthanc" / "index"),
         "HttpPort": http,
         "DicomPort": dicom,
         "DicomAet": "ORTHANC",
@@ -309,9 +321,9 @@ def orthanc(tmp_path):
         "Plugins": [str(ORTHANC_DICOMWEB)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
     }
-    path = tmp_path / "orthanc.json"
+    path = folder / "orthanc.json"
     path.write_text(json.dumps(config))
-    log = open(tmp_path / "orthanc.log", "wb")  # noqa: SIM115 (closed below)
+    log = open(folder / "orthanc.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen([ORTHANC, str(path)], stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{http}"
     try:
@@ -325,7 +337,7 @@ def orthanc(tmp_path):
                 time.sleep(0.05)
         else:
             raise RuntimeError("Orthanc did not start")
-        assert proc.poll() is None, (tmp_path / "orthanc.log").read_text()[-2000:]
+        assert proc.poll() is None, (folder / "orthanc.log").read_text()[-2000:]
         yield {"aet": "ORTHANC", "dicom_port": dicom, "url": base + "/dicom-web", "http": base}
     finally:
         proc.terminate()

@@ -11,8 +11,9 @@ journalled, so a rerun skips it (one that failed only while its file stays as it
 that could not be opened, or whose outputs could not be written, is not journalled); every
 file is written atomically and durably, the folders they went into fsync'ed once per batch
 before the batch's journal lines (:meth:`~pipeline.inference.report.Journal.sync`).
-``dicomweb+http(s)://`` inputs are fetched into ``OUT/dicomweb`` first
-(:mod:`pipeline.io.dicomweb`) and, with ``store_back``, their SEG objects stored back; ZIP
+``dicomweb+http(s)://`` inputs are the instances QIDO-RS finds, each fetched into
+``OUT/dicomweb`` by the worker that decodes it (:mod:`pipeline.io.dicomweb`), and, with
+``store_back``, their SEG objects stored back; ZIP
 and TAR archives, given or found in input folders, are read a member at a time
 (:mod:`pipeline.io.archives`): each member written to ``OUT/archives`` just before it is
 decoded (a ZIP's by the worker, a TAR's by the archive's one stream, :func:`tar_streams`)
@@ -412,8 +413,8 @@ class Segmenter:
         if isinstance(pool, ProcessPoolExecutor):
             pixels = not args[1] and self.slots is not None  # a sidecar has none
             slot = self._slot_of[job.key] = self.slots.take() if pixels else None
-            return pool.submit(decode_in_worker, *args, slot, member)
-        done.set_result(decode(*args, self.model, member))
+            return pool.submit(decode_in_worker, *args, slot, member, job.file.remote)
+        done.set_result(decode(*args, self.model, member, job.file.remote))
         return done
 
     def _from_slot(self, decoded: dict[str, Any]) -> dict[str, Any]:
@@ -724,8 +725,8 @@ def segment(
     decoded at full resolution (``decode_min_size`` null), as the TB bundle was trained.
 
     ``inputs`` may be ``dicomweb+http(s)://`` URLs (:mod:`pipeline.io.dicomweb`): their
-    instances (``studies``, ``query``) are fetched into ``OUT/dicomweb`` first; with
-    ``store_back`` each SEG goes back to the server by STOW-RS once. ZIP and TAR archives
+    instances (``studies``, ``query``) are fetched into ``OUT/dicomweb`` as they are read;
+    with ``store_back`` each SEG goes back to the server by STOW-RS once. ZIP and TAR archives
     are read as folders named after them, a member at a time (:mod:`pipeline.io.archives`):
     each is written to ``OUT/archives`` as it is read and removed once finished; an archive
     that cannot be read is a failed row, tried again next run.
@@ -740,7 +741,7 @@ def segment(
     out = Path(out_dir)
     if OutputFormat.SR in formats and OutputFormat.SEG not in formats:
         raise ValueError(f"--formats {','.join(formats)}: sr references the SEG; add seg")
-    inputs, sources = _fetch_dicomweb(inputs, out, studies, query)
+    inputs, sources = _dicomweb_inputs(inputs, out, studies, query)
     inputs, unreadable, archives = _open_archives(inputs, out)
     jobs = [j for j in plan(inputs, shard) if j.file.path not in archives]
     # TB inputs are measured on the full-resolution image the TB bundle was trained on
@@ -816,31 +817,28 @@ def resources(workers: int) -> dict[str, int]:
     }
 
 
-def _fetch_dicomweb(
+def _dicomweb_inputs(
     inputs: Sequence[str | os.PathLike], out: Path, studies: Sequence[str], query: Any
-) -> tuple[list[str | os.PathLike], list[Any]]:
-    """Fetch the instances of ``dicomweb+http(s)://`` inputs into ``OUT/dicomweb``.
+) -> tuple[list[str | os.PathLike | InputFile], list[Any]]:
+    """The instances of ``dicomweb+http(s)://`` inputs, fetched into ``OUT/dicomweb`` when read.
 
     Returns:
-        The inputs with the fetched folder in place of the URLs, and the sources.
+        The inputs with the instances QIDO-RS finds in place of the URLs, and the sources.
+
+    Raises:
+        DicomWebError: a server cannot be searched.
     """
     from pipeline.io.dicomweb import CACHE, DicomWebSource, is_dicomweb
 
     sources = [DicomWebSource(str(i), studies, query) for i in inputs if is_dicomweb(i)]
-    local: list[str | os.PathLike] = [i for i in inputs if not is_dicomweb(i)]
-    if sources:  # a fetch may run for minutes: not without the garbage collector
-        resume_collector(freeze=False)
+    local: list[str | os.PathLike | InputFile] = [i for i in inputs if not is_dicomweb(i)]
     for source in sources:
-        for _ in source.fetch_all(out / CACHE):
-            pass
-    if sources:
-        (out / CACHE).mkdir(parents=True, exist_ok=True)
-        local.append(out / CACHE)
+        local += source.inputs(out / CACHE)
     return local, sources
 
 
 def _open_archives(
-    inputs: Sequence[str | os.PathLike], out: Path
+    inputs: Sequence[str | os.PathLike | InputFile], out: Path
 ) -> tuple[list[str | os.PathLike | InputFile], list[dict[str, Any]], set[Path]]:
     """The members of the ZIP/TAR archives given or found in folders, as inputs.
 
@@ -859,6 +857,9 @@ def _open_archives(
     local: list[str | os.PathLike | InputFile] = []
     found: list[tuple[Path, str]] = []
     for item in inputs:
+        if isinstance(item, InputFile):  # a DICOMweb instance
+            local.append(item)
+            continue
         if is_archive(item):
             found.append((Path(item), output_name(Path(item))))
             continue

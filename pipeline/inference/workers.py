@@ -45,7 +45,8 @@ from pipeline.inference.slots import Slots, resolve
 from pipeline.inference.timing import Stopwatch, count_whole_process
 from pipeline.io.archives import stage
 from pipeline.io.atomic import concurrent_writes, deferred_folder_syncs
-from pipeline.io.discovery import ArchiveMember
+from pipeline.io.dicomweb import fetch_instance
+from pipeline.io.discovery import ArchiveMember, RemoteInstance
 from pipeline.io.errors import OutputError
 
 
@@ -131,11 +132,14 @@ def decode(
     keep: KeepImage,
     predictor: Any,
     member: ArchiveMember | None = None,
+    remote: RemoteInstance | None = None,
 ) -> dict[str, Any]:
     """Decode and preprocess one file; errors become an ``error`` entry, never a raise.
 
     A ``member`` (of a ZIP archive) is first written to ``path``
     (:func:`~pipeline.io.archives.stage`); the batch removes it once its row is journalled.
+    A ``remote`` instance is first fetched to ``path`` unless there
+    (:func:`~pipeline.io.dicomweb.fetch_instance`; its signature is the fetched file's).
 
     Returns:
         ``item`` (the preprocessed dictionary), ``original`` (the decoded image, as ``keep``
@@ -154,9 +158,11 @@ def decode(
     if sidecar:
         out["error"] = (Status.SKIPPED.value, "not an image file (by its suffix)")
         return out
-    # before reading: a copy still growing differs later
-    out["source"] = member.signature() if member else file_signature(path)
     try:
+        if remote is not None:  # written whole (atomically): its signature is final
+            fetch_instance(remote, path)
+        # before reading: a copy still growing differs later
+        out["source"] = member.signature() if member else file_signature(path)
         if member is not None:
             stage(member, path)
         loaded = predictor.load(path)
@@ -484,6 +490,7 @@ def decode_in_worker(
     keep: KeepImage,
     slot: int | None = None,
     member: ArchiveMember | None = None,
+    remote: RemoteInstance | None = None,
 ) -> dict[str, Any]:
     """:func:`decode` with the preprocessing loaded by :func:`init_worker`, for the pipe.
 
@@ -493,8 +500,9 @@ def decode_in_worker(
         keep: which copy of the decoded image to keep for finishing.
         slot: the shared slot its pixels go to (:func:`stash_pixels`; None: the pipe).
         member: the ZIP member to write to ``path`` first (None: a file on disk).
+        remote: the DICOMweb instance to fetch to ``path`` first.
     """
-    decoded = decode(path, sidecar, keep, _WORKER["predictor"], member)
+    decoded = decode(path, sidecar, keep, _WORKER["predictor"], member, remote)
     if _is_large(decoded):
         trim_now_and_then()
     wire = to_wire(decoded)

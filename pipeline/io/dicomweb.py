@@ -1,10 +1,13 @@
 """DICOMweb as an input of the batch job: QIDO-RS to find instances, WADO-RS to fetch them.
 
 ``lungseg segment dicomweb+http://HOST/dicom-web -o OUT`` finds instances by QIDO-RS (all of
-them, or ``--study UID``, or ``--query KEY=VALUE`` filters such as ``Modality=DX``), fetches
-each by WADO-RS into ``OUT/dicomweb/<study>/<series>/<sop>.dcm`` (atomically; a rerun reuses
-what is there, so an interrupted run resumes), and the batch then segments that folder like
-any other: the same journal, report and skip rules, rows naming the instance's file.
+them, or ``--study UID``, or ``--query KEY=VALUE`` filters such as ``Modality=DX``); each is an
+input (:meth:`DicomWebSource.inputs`) that the worker decoding it fetches by WADO-RS into
+``OUT/dicomweb/<study>/<series>/<sop>.dcm`` first (:func:`fetch_instance`; atomically, and a
+rerun reuses what is there), so fetching runs beside the network instead of before it. The
+batch segments them like any other files: the same journal, report and skip rules, rows
+naming the instance's file. An instance the server does not deliver is a failed row, tried
+again on the next run.
 ``--store-back`` stores each SEG (and SR) into the same server by STOW-RS once: a marker per
 stored object under ``OUT/dicomweb/.stored/`` keeps reruns from storing it again.
 
@@ -18,10 +21,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
+
+from pipeline.io.discovery import InputFile, RemoteInstance
+from pipeline.io.errors import InputError
 
 SCHEME = "dicomweb+"
 #: Where the fetched instances go under the batch's output folder.
@@ -30,6 +36,12 @@ CACHE = "dicomweb"
 
 class DicomWebError(RuntimeError):
     """The DICOMweb server cannot be used (unreachable, refused, bad answer); names it."""
+
+
+class FetchError(InputError):
+    """An instance the server did not deliver (WADO-RS failed): tried again next run."""
+
+    transient = True
 
 
 def is_dicomweb(text: str | os.PathLike) -> bool:
@@ -75,7 +87,11 @@ class Instance:
 
     def path(self, root: Path) -> Path:
         """Where the fetched file goes under ``root``."""
-        return root / self.study / self.series / f"{self.sop}.dcm"
+        return root / self.relative()
+
+    def relative(self) -> Path:
+        """The fetched file's path under the cache folder (its outputs' too)."""
+        return Path(self.study, self.series, f"{self.sop}.dcm")
 
 
 class DicomWebSource:
@@ -127,11 +143,25 @@ class DicomWebSource:
             {_instance(attrs) for attrs in found}, key=lambda i: (i.study, i.series, i.sop)
         )
 
-    def fetch(self, instance: Instance, root: Path) -> Path:
-        """The instance's file under ``root``, fetched by WADO-RS unless already there."""
+    def inputs(self, root: Path) -> list[InputFile]:
+        """Every selected instance as an input fetched into ``root`` when read (QIDO-RS).
+
+        Raises:
+            DicomWebError: the server cannot be searched.
+        """
+        return [
+            InputFile(i.path(root), i.relative(), remote=RemoteInstance(self.url, *astuple(i)))
+            for i in self.instances()
+        ]
+
+    def fetch_to(self, instance: Instance, target: Path) -> Path:
+        """The instance's file ``target``, fetched by WADO-RS unless already there.
+
+        Raises:
+            DicomWebError: the server did not deliver it (named, with the reason).
+        """
         from pipeline.io.atomic import atomic_path
 
-        target = instance.path(root)
         if target.is_file():
             return target
         ds = self._call(
@@ -144,11 +174,6 @@ class DicomWebSource:
         with atomic_path(target) as tmp:
             ds.save_as(tmp, enforce_file_format=True)
         return target
-
-    def fetch_all(self, root: Path) -> Iterator[Path]:
-        """Fetch every selected instance into ``root`` (resuming); yield each file."""
-        for instance in self.instances():
-            yield self.fetch(instance, root)
 
     def store(self, files: Sequence[Path], marker_root: Path) -> int:
         """STOW-RS the files not stored before (one marker each); return how many were sent.
@@ -170,6 +195,26 @@ class DicomWebSource:
             write_text_atomic(marker, str(path) + "\n")
             sent += 1
         return sent
+
+
+#: This process's sources by URL (a worker's own connections: none is shared with the parent).
+_SOURCES: dict[tuple[int, str], DicomWebSource] = {}
+
+
+def fetch_instance(remote: RemoteInstance, target: Path) -> Path:
+    """Fetch ``remote`` to ``target`` (unless there) through this process's source of its URL.
+
+    Raises:
+        FetchError: the server did not deliver it (its URL and the reason named).
+    """
+    key = (os.getpid(), remote.url)
+    try:
+        if key not in _SOURCES:
+            _SOURCES[key] = DicomWebSource(remote.url)
+        instance = Instance(remote.study, remote.series, remote.sop)
+        return _SOURCES[key].fetch_to(instance, target)
+    except DicomWebError as err:
+        raise FetchError(target, str(err)) from err
 
 
 def _instance(attrs: dict[str, Any]) -> Instance:

@@ -1,7 +1,9 @@
 """Find input files and map them to output paths that mirror the input tree.
 
-An input file is a file on disk or an archive's member (:class:`ArchiveMember`), written to
-its path just before it is read (:mod:`pipeline.io.archives`).
+An input file is a file on disk, an archive's member (:class:`ArchiveMember`,
+:mod:`pipeline.io.archives`) or a DICOMweb instance (:class:`RemoteInstance`,
+:mod:`pipeline.io.dicomweb`); the last two are written to their path just before they are
+read.
 """
 
 from __future__ import annotations
@@ -57,16 +59,31 @@ class ArchiveMember:
 
 
 @dataclass(frozen=True)
+class RemoteInstance:
+    """An instance of the DICOMweb server at ``url``, fetched when read.
+
+    (:func:`pipeline.io.dicomweb.fetch_instance`.)
+    """
+
+    url: str
+    study: str
+    series: str
+    sop: str
+
+
+@dataclass(frozen=True)
 class InputFile:
     """A file to process and its path relative to the folder it was found under.
 
     ``member``: the archive member the file is staged from (the file exists only while it
-    is read), or None for a file on disk.
+    is read); ``remote``: the DICOMweb instance it is fetched from (and kept, as a cache);
+    both None for a file on disk.
     """
 
     path: Path
     relative: Path
     member: ArchiveMember | None = None
+    remote: RemoteInstance | None = None
 
     def signature(self) -> list[int | str] | None:
         """What changes when the input changes: its member's, else the file's signature."""

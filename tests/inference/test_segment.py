@@ -1276,33 +1276,6 @@ def test_a_pool_can_be_replaced_only_once_it_has_finished():
         assert slow.done() and len(made) == 2
 
 
-def test_a_fetch_runs_with_the_garbage_collector_on(tmp_path, monkeypatch):
-    import gc
-
-    import pipeline.io.dicomweb as dicomweb
-    from pipeline.inference.segment import _fetch_dicomweb
-    from pipeline.lean import pause_collector
-
-    seen = []
-
-    class Source:  # a stand-in server: notes whether the collector runs while fetching
-        def __init__(self, url, studies, query):
-            self.url = url
-
-        def fetch_all(self, cache):
-            seen.append(gc.isenabled())
-            return iter(())
-
-    monkeypatch.setattr(dicomweb, "DicomWebSource", Source)
-    assert pause_collector()  # as lungseg segment's start-up leaves it
-    try:
-        _fetch_dicomweb(["dicomweb+http://127.0.0.1:9/dicom-web"], tmp_path, (), None)
-    finally:
-        paused = not gc.isenabled()
-        gc.enable()
-    assert seen == [True] and not paused
-
-
 @pytest.mark.parametrize("workers", ["0", "1"])
 def test_negatives_and_upside_down_films_are_segmented_the_right_way_and_the_report_says_so(
     pixels, tmp_path, workers

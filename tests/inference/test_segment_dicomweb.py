@@ -85,9 +85,12 @@ def test_segment_reads_by_qido_wado_and_stores_back_once(orthanc, archive, tmp_p
     assert len(_segs_in(orthanc)) == 6 and len(_segs_in(orthanc, "SR")) == 5
 
 
-def test_a_server_that_fails_mid_run_gives_a_clear_error_and_a_rerun_completes(
-    orthanc, archive, tmp_path, monkeypatch, capsys
+def test_a_server_that_fails_mid_run_fails_those_rows_clearly_and_a_rerun_completes(
+    orthanc, archive, tmp_path, monkeypatch
 ):
+    """Instances are fetched as the batch reads them: the ones the server no longer
+    delivers are failed rows naming it and why (before, the whole run stopped there), and
+    the next run fetches just those."""
     from dicomweb_client.api import DICOMwebClient
 
     real, calls = DICOMwebClient.retrieve_instance, []
@@ -102,11 +105,21 @@ def test_a_server_that_fails_mid_run_gives_a_clear_error_and_a_rerun_completes(
     out = tmp_path / "out"
     argv = ["segment", "dicomweb+" + orthanc["url"], "-o", str(out), "--no-progress"]
     assert main([*argv, "--workers", "0"]) == EXIT_FAILED
-    err = capsys.readouterr().err
-    assert orthanc["url"] in err and "connection refused" in err
-    monkeypatch.setattr(DICOMwebClient, "retrieve_instance", real)
+    rows = _rows(out)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(rows) == 8 and len(failed) == 5
+    assert all(orthanc["url"] in r["reason"] for r in failed)
+    assert all("connection refused" in r["reason"] for r in failed)
+    fetched = []
+
+    def counted(self, *args, **kwargs):
+        fetched.append(args)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DICOMwebClient, "retrieve_instance", counted)
     assert main([*argv, "--workers", "0"]) == EXIT_OK
-    assert len(_rows(out)) == 8
+    assert len(fetched) == 5  # the three fetched before are read from OUT/dicomweb
+    assert len(_rows(out)) == 8 and {r["status"] for r in _rows(out)} == {"ok", "skipped"}
 
 
 def test_credentials_come_from_the_environment_never_the_command_line(tmp_path):
@@ -127,3 +140,21 @@ def test_credentials_come_from_the_environment_never_the_command_line(tmp_path):
     creds.write_text("{}")
     with pytest.raises(DicomWebError, match=r"creds\.json"):
         session_from_env({"LUNGSEG_DICOMWEB_CREDENTIALS": str(creds)})
+
+
+def test_instances_are_fetched_as_the_batch_reads_them(orthanc, archive, tmp_path, monkeypatch):
+    """Before, every instance was fetched before the first was segmented: the network
+    waited for the whole transfer. Now a worker fetches each just before decoding it."""
+    from dicomweb_client.api import DICOMwebClient
+
+    real, masks_seen = DICOMwebClient.retrieve_instance, []
+    out = tmp_path / "out"
+
+    def noted(self, *args, **kwargs):
+        masks_seen.append(len(list((out / "masks").rglob("*.png"))) if out.is_dir() else 0)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DICOMwebClient, "retrieve_instance", noted)
+    argv = ["segment", "dicomweb+" + orthanc["url"], "-o", str(out), "--no-progress"]
+    assert main([*argv, "--workers", "0", "--batch-size", "1", "--formats", "mask"]) == EXIT_OK
+    assert len(masks_seen) == 8 and masks_seen[0] == 0 and masks_seen[-1] >= 1, masks_seen
