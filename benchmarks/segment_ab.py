@@ -36,7 +36,7 @@ import tempfile
 import threading
 import time
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -55,10 +55,13 @@ def worktree(rev: str, where: Path) -> Path:
     return path
 
 
-def run_once(code: Path, folder: Path | str, out: Path, env: dict[str, str]) -> dict:
+def run_once(
+    code: Path, folder: Path | str, out: Path, env: dict[str, str], extra: Sequence[str] = ()
+) -> dict:
     """One whole ``lungseg segment`` of ``folder`` with the package under ``code``.
 
-    ``env``: variables added to the process's environment (:mod:`slow_storage`'s).
+    ``env``: variables added to the process's environment (:mod:`slow_storage`'s);
+    ``extra``: more options of ``lungseg segment``.
     """
     shutil.rmtree(out, ignore_errors=True)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -76,6 +79,7 @@ def run_once(code: Path, folder: Path | str, out: Path, env: dict[str, str]) -> 
             "-o",
             str(out),
             "--no-progress",
+            *extra,
         ],
         cwd=code,
         env={**os.environ, **env, "PYTHONPATH": str(code)},
@@ -141,9 +145,14 @@ def as_archive(folder: Path, kind: str) -> Path:
 
 
 @contextlib.contextmanager
-def served(folder: Path, scratch: Path) -> Iterator[str]:
-    """``folder``'s DICOM files in an Orthanc on loopback; yields its ``dicomweb+`` input."""
+def served(folder: Path, scratch: Path, delay: float = 0.0) -> Iterator[str]:
+    """``folder``'s DICOM files in an Orthanc on loopback; yields its ``dicomweb+`` input.
+
+    ``delay``: seconds every request waits on its way (:mod:`slow_network`).
+    """
     import urllib.request
+
+    from slow_network import delayed_proxy
 
     from tests.conftest import running_orthanc
 
@@ -154,17 +163,26 @@ def served(folder: Path, scratch: Path) -> Iterator[str]:
                 server["http"] + "/instances", data=path.read_bytes(), method="POST"
             )
             urllib.request.urlopen(request, timeout=60).read()
-        yield "dicomweb+" + server["url"]
+        if not delay:
+            yield "dicomweb+" + server["url"]
+            return
+        with delayed_proxy(server["url"], delay) as url:
+            yield "dicomweb+" + url
 
 
 def compare(
-    base: Path, folder: Path | str, repeats: int, scratch: Path, env: dict[str, str]
+    base: Path,
+    folder: Path | str,
+    repeats: int,
+    scratch: Path,
+    env: dict[str, str],
+    extra: Sequence[str] = (),
 ) -> dict[str, list[dict]]:
     """Alternate base and working tree ``repeats`` times each on ``folder``."""
     runs: dict[str, list[dict]] = {"base": [], "new": []}
     for _ in range(repeats):
         for name, code in (("base", base), ("new", ROOT)):
-            runs[name].append(run_once(code, folder, scratch / f"out-{name}", env))
+            runs[name].append(run_once(code, folder, scratch / f"out-{name}", env, extra))
     return runs
 
 
@@ -206,9 +224,18 @@ def main() -> None:
     parser.add_argument(
         "--dicomweb", action="store_true", help="the files from an Orthanc on loopback"
     )
+    parser.add_argument(
+        "--network-delay-ms", type=float, default=0.0, help="--dicomweb: each request waits"
+    )
+    parser.add_argument(
+        "--store-back", action="store_true", help="--dicomweb: lungseg's --store-back"
+    )
     args = parser.parse_args()
     env = fsync_delay_env(args.fsync_delay_ms, args.work)
     storage = f", every fsync {args.fsync_delay_ms:g} ms longer" if env else ""
+    if args.dicomweb:
+        storage += f", from Orthanc on loopback (every request {args.network_delay_ms:g} ms later)"
+        storage += ", with --store-back" if args.store_back else ""
     lines = [
         f"Base {args.base} against the working tree, runs alternated, medians{storage}.",
         "",
@@ -227,8 +254,10 @@ def main() -> None:
                     with contextlib.ExitStack() as stack:
                         if args.dicomweb:
                             orthanc = Path(tmp) / f"orthanc-{name}-{count}"
-                            folder = stack.enter_context(served(folder, orthanc))
-                        runs = compare(base, folder, args.repeats, Path(tmp), env)
+                            delay = args.network_delay_ms / 1000
+                            folder = stack.enter_context(served(folder, orthanc, delay))
+                        extra = ["--store-back"] if args.store_back else []
+                        runs = compare(base, folder, args.repeats, Path(tmp), env, extra)
                     lines.append(row(INPUTS[name][3], count, runs))
                     results.append(
                         {
@@ -237,6 +266,8 @@ def main() -> None:
                             "fsync_delay_ms": args.fsync_delay_ms,
                             "archive": args.archive,
                             "dicomweb": args.dicomweb,
+                            "network_delay_ms": args.network_delay_ms,
+                            "store_back": args.store_back,
                             "runs": runs,
                         }
                     )
