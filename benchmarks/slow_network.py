@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import socket
 import threading
 import time
 import urllib.parse
@@ -39,8 +40,14 @@ def _handler(target: urllib.parse.SplitResult, delay: float) -> type[BaseHTTPReq
                 if key.lower() not in HOP_BY_HOP | {"content-length"}:
                     self.send_header(key, value)
             self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            # headers and body in one write: two would wait out the client's delayed ACK
+            # (~40 ms a response, more than the delay this proxy is for)
+            self._headers_buffer.append(b"\r\n" + data)
+            self.flush_headers()
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
         do_GET = do_POST = do_PUT = do_DELETE = _forward  # noqa: N815  (http.server's names)
 
