@@ -409,7 +409,6 @@ class Segmenter:
             except ArchiveError as err:
                 done.set_result(unreadable_member(member, err))
                 return done
-            member = None  # written out: a file like any other now
         if isinstance(pool, ProcessPoolExecutor):
             pixels = not args[1] and self.slots is not None  # a sidecar has none
             slot = self._slot_of[job.key] = self.slots.take() if pixels else None

@@ -136,8 +136,9 @@ def decode(
 ) -> dict[str, Any]:
     """Decode and preprocess one file; errors become an ``error`` entry, never a raise.
 
-    A ``member`` (of a ZIP archive) is first written to ``path``
-    (:func:`~pipeline.io.archives.stage`); the batch removes it once its row is journalled.
+    A ``member`` of a ZIP archive is first written to ``path``
+    (:func:`~pipeline.io.archives.stage`; a TAR's is there already, written by its archive's
+    stream); the batch removes it once its row is journalled.
     A ``remote`` instance is first fetched to ``path`` unless there
     (:func:`~pipeline.io.dicomweb.fetch_instance`; its signature is the fetched file's).
 
@@ -163,7 +164,7 @@ def decode(
             fetch_instance(remote, path)
         # before reading: a copy still growing differs later
         out["source"] = member.signature() if member else file_signature(path)
-        if member is not None:
+        if member is not None and member.info is not None:  # a TAR's: its stream wrote it
             stage(member, path)
         loaded = predictor.load(path)
         if keep is KeepImage.FLOAT:
@@ -499,7 +500,8 @@ def decode_in_worker(
         sidecar: skip it (not an image file, by its suffix).
         keep: which copy of the decoded image to keep for finishing.
         slot: the shared slot its pixels go to (:func:`stash_pixels`; None: the pipe).
-        member: the ZIP member to write to ``path`` first (None: a file on disk).
+        member: the archive member ``path`` holds (a ZIP's written there first; None: a
+            file on disk).
         remote: the DICOMweb instance to fetch to ``path`` first.
     """
     decoded = decode(path, sidecar, keep, _WORKER["predictor"], member, remote)

@@ -988,6 +988,25 @@ def test_an_archive_is_read_a_member_at_a_time_and_never_twice(
     assert present == [] and not leftover.exists()
 
 
+def test_a_skipped_tar_member_is_not_read_again_while_the_archive_is_unchanged(
+    tmp_path, pixels, monkeypatch
+):
+    """Its row carried the passing copy's signature, which the next run compared with the
+    member's: every rerun read the archive again for it."""
+    from pipeline.inference import segment as segment_module
+
+    files = dicom_folder(tmp_path / "files", pixels, count=1)
+    (files / "notes.dcm").write_bytes(b"not DICOM at all")
+    archive = _tar_of(files, tmp_path / "x.tar.gz")
+    out = tmp_path / "out"
+    argv = ["segment", str(archive), "-o", str(out), "--no-progress", "--formats", "mask"]
+    assert main([*argv, "--workers", "0"]) == EXIT_FAILED
+    assert _report(out)[f"{archive}/study/notes.dcm"]["status"] == "failed"
+    monkeypatch.setattr(segment_module, "TarStream", lambda *a: pytest.fail("read again"))
+    assert main([*argv, "--workers", "0"]) == EXIT_FAILED  # the row as it was
+    assert _report(out)[f"{archive}/study/notes.dcm"]["status"] == "failed"
+
+
 def test_a_tar_given_under_two_names_is_read_for_each(tmp_path, pixels):
     """The archive given itself and found in a folder given too: two folders of outputs,
     each from its own reading of the archive (one stream for both lost the second's)."""
