@@ -291,6 +291,8 @@ class Segmenter:
         #: batch, finishing behind: at most 2 depths and a batch), made with the first pool.
         self.slots: Slots | None = None
         self._slot_of: dict[str, int | None] = {}
+        #: The TAR archives' streams of the run (:func:`tar_streams`), by :func:`stream_key`.
+        self._streams: dict[tuple[Path, Path], TarStream] = {}
         self.progress = progress
         self.summary = Summary()
         self.retry_rows: dict[str, dict[str, Any]] = {}
