@@ -246,7 +246,10 @@ def _write_out(chunks: Iterator[bytes], path: Path, member: ArchiveMember) -> No
                     out.write(chunk)
                 except OSError as err:
                     raise _WriteError(err) from err
-        os.replace(temporary, path)
+        try:
+            os.replace(temporary, path)
+        except OSError as err:  # e.g. a folder where the member's file goes
+            raise _WriteError(err) from err
     except _WriteError as err:
         temporary.unlink(missing_ok=True)
         raise StagingError(path, f"{member.location} could not be written out: {err}") from err

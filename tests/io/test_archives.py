@@ -216,3 +216,15 @@ def test_a_cut_tar_fails_the_members_after_the_cut_only(tmp_path):
     finally:
         stream.close()
     assert not any(p.name.endswith(".staging") for p in (tmp_path / "st").iterdir())
+
+
+def test_a_member_that_cannot_be_put_in_place_is_tried_again_not_failed(tmp_path):
+    """The rename failing (a folder stands where the file goes) is the disk's doing, not the
+    archive's: a StagingError, retried, and no temporary left (it was an ArchiveError)."""
+    archive = _zip(tmp_path / "export.zip", {"a.dcm": b"x"})
+    (found,) = zip_inputs(archive, tmp_path / "st", "export")
+    found.path.mkdir(parents=True)
+    (found.path / "in the way").write_bytes(b"")
+    with pytest.raises(StagingError, match="could not be written out"):
+        stage(found.member, found.path)
+    assert sorted(p.name for p in found.path.parent.iterdir()) == ["a.dcm"]
