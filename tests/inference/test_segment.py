@@ -1266,6 +1266,26 @@ def test_pools_started_once_cuda_is_up_are_forked_by_the_fork_server(segmented, 
         assert np.array_equal(load_png(path), load_png(same)), path
 
 
+def test_archives_are_read_by_workers_of_the_fork_server(pixels, tmp_path):
+    """On a GPU every pool comes from the fork server: a ZIP member (its central directory
+    entry) is pickled to the worker that writes it out, a TAR's written by the job's own
+    stream; both as the forked workers do, and nothing left behind."""
+    files = dicom_folder(tmp_path / "files", pixels, count=4)
+    inputs = [_zip_of(files, tmp_path / "x.zip"), _tar_of(files, tmp_path / "y.tar.gz")]
+    out = tmp_path / "out"
+    args = ["segment", *map(str, inputs), "-o", str(out), "--workers", "2", "--formats", "mask"]
+    proc = subprocess.run(
+        [sys.executable, "-c", AS_ON_CUDA, *args, "--batch-size", "3", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == EXIT_OK, proc.stdout + proc.stderr
+    masks = sorted(p.relative_to(out / "masks").as_posix() for p in (out / "masks").rglob("*.png"))
+    assert masks == sorted(f"{n}/study/{i}.png" for n in "xy" for i in range(4))
+    assert not any(p.suffix == ".dcm" for p in _staged_files(out))
+
+
 def test_workers_of_the_fork_server_end_with_a_killed_run(radiograph_folder, tmp_path):
     args = ["segment", str(radiograph_folder["root"]), "-o", str(tmp_path / "out")]
     proc = subprocess.Popen(
