@@ -405,7 +405,7 @@ class Segmenter:
             args = (job.file.path, True, KeepImage.NONE)
         done: Future = Future()
         member = job.file.member
-        if member is not None and member.info is None and not args[1]:  # a TAR's: streamed
+        if streamed(job):
             try:
                 self._streams[stream_key(job)].take(member.key)
             except ArchiveError as err:
@@ -458,14 +458,11 @@ class Segmenter:
     def _remove_stale_temporaries(self, todo: list[Job]) -> None:
         """Delete temporaries a killed run left beside the outputs it was writing.
 
-        And those of the archive members it was writing out (:func:`~pipeline.io.archives.stage`).
+        And beside the archive members it was writing out (:mod:`pipeline.io.archives`).
         """
         for job in todo:
-            if job.file.member and job.file.path.parent.is_dir():
-                for tmp in job.file.path.parent.glob(f".{job.file.path.name}.*.staging"):
-                    tmp.unlink(missing_ok=True)
-            for fmt in self.formats:
-                target = job.output(self.out_dir, fmt)
+            targets = [job.output(self.out_dir, fmt) for fmt in self.formats]
+            for target in targets + ([job.file.path] if job.file.member else []):
                 if target.parent.is_dir():
                     for tmp in target.parent.glob(f".{target.name}.*.tmp*"):
                         tmp.unlink(missing_ok=True)
@@ -555,12 +552,19 @@ def tar_streams(todo: list[Job], ahead: int) -> dict[tuple[Path, Path], TarStrea
         ahead: members each stream writes out before the batch takes them, at most.
     """
     wanted: dict[tuple[Path, Path], dict[int, Path]] = {}
-    for job in todo:
-        member = job.file.member
-        decoded = not job.file.is_sidecar and not job.collides_with  # the others: never taken
-        if member is not None and member.info is None and decoded:
-            wanted.setdefault(stream_key(job), {})[member.key] = job.file.path
+    for job in filter(streamed, todo):
+        wanted.setdefault(stream_key(job), {})[job.file.member.key] = job.file.path
     return {key: TarStream(key[0], paths, ahead) for key, paths in wanted.items()}
+
+
+def streamed(job: Job) -> bool:
+    """Whether ``job`` decodes a TAR's member, which its archive's stream writes out.
+
+    A sidecar or a job whose outputs collide is reported without decoding: never taken.
+    """
+    member = job.file.member
+    decoded = not job.file.is_sidecar and not job.collides_with
+    return member is not None and member.streamed and decoded
 
 
 def stream_key(job: Job) -> tuple[Path, Path]:

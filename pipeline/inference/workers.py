@@ -46,7 +46,7 @@ from pipeline.inference.timing import Stopwatch, count_whole_process
 from pipeline.io.archives import stage
 from pipeline.io.atomic import concurrent_writes, deferred_folder_syncs
 from pipeline.io.dicomweb import fetch_instance
-from pipeline.io.discovery import ArchiveMember, RemoteInstance
+from pipeline.io.discovery import ArchiveMember, RemoteInstance, signature_of
 from pipeline.io.errors import OutputError
 
 
@@ -151,7 +151,6 @@ def decode(
         could not be opened at all, ``retry``.
     """
     from pipeline.io.errors import InputError
-    from pipeline.io.images import file_signature
     from pipeline.io.png import to_uint8
 
     clock = Stopwatch()
@@ -163,8 +162,8 @@ def decode(
         if remote is not None:  # written whole (atomically): its signature is final
             fetch_instance(remote, path)
         # before reading: a copy still growing differs later
-        out["source"] = member.signature() if member else file_signature(path)
-        if member is not None and member.info is not None:  # a TAR's: its stream wrote it
+        out["source"] = signature_of(path, member)
+        if member is not None and not member.streamed:  # a TAR's: its stream wrote it
             stage(member, path)
         loaded = predictor.load(path)
         if keep is KeepImage.FLOAT:

@@ -38,7 +38,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from pipeline.io.discovery import ArchiveMember, InputFile, visible_files
+from pipeline.io.atomic import atomic_path
+from pipeline.io.discovery import ArchiveMember, InputFile, is_hidden, visible_files
 from pipeline.io.errors import InputError
 
 #: Where archive members are written out while read, under the output folder.
@@ -108,10 +109,6 @@ def archive_inputs(archive: Path, folder: Path, name: str) -> list[InputFile]:
     return tar_inputs(archive, folder, name)
 
 
-def _hidden(rel: PurePosixPath) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
-
-
 def _input(folder: Path, name: str, rel: PurePosixPath, member: ArchiveMember) -> InputFile:
     return InputFile(folder.joinpath(*rel.parts), Path(name, *rel.parts), member)
 
@@ -125,7 +122,7 @@ def zip_inputs(archive: Path, folder: Path, name: str) -> list[InputFile]:
     Raises:
         ArchiveError: the archive cannot be read or a member's name leads out of it.
     """
-    members = [(rel, info) for rel, info in zip_members(archive) if not _hidden(rel)]
+    members = [(rel, info) for rel, info in zip_members(archive) if not is_hidden(rel)]
     return [
         _input(folder, name, rel, _zip_member(archive, info))
         for rel, info in sorted(members, key=lambda m: m[0].parts)
@@ -183,7 +180,7 @@ def stage(member: ArchiveMember, path: Path) -> None:
         ValueError: ``member`` is not a ZIP member (a TAR's comes from :class:`TarStream`).
     """
     info = member.info
-    if info is None:
+    if member.streamed:
         raise ValueError(f"{member.location} is no ZIP member: its archive's stream writes it")
     if info.flag_bits & 0x1:
         raise ArchiveError(path, f"member {info.filename!r} of {member.archive} is encrypted")
@@ -222,40 +219,36 @@ def _member_errors(member: ArchiveMember, path: Path) -> Iterator[None]:
         raise ArchiveError(path, _member_reason(member, err)) from err
 
 
-class _WriteError(Exception):
-    """Writing a member out failed (the disk, not the archive): carries the OSError."""
+class _ReadError(Exception):
+    """Reading a member failed (the archive, not the disk): its cause is the error."""
+
+
+def _reading(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """``chunks``, with what reading them raises wrapped in :class:`_ReadError`."""
+    try:
+        yield from chunks
+    except Exception as err:
+        raise _ReadError() from err
 
 
 def _write_out(chunks: Iterator[bytes], path: Path, member: ArchiveMember) -> None:
     """``chunks`` to ``path`` through a hidden temporary: complete or absent.
 
+    :func:`~pipeline.io.atomic.atomic_path` without fsyncs: the copy lives for one image,
+    and a rerun writes it again.
+
     Raises:
-        StagingError: ``path`` could not be written (disk full, no permission).
+        StagingError: ``path`` could not be written (disk full, no permission, in the way).
         whatever reading ``chunks`` raises (the temporary removed).
     """
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.staging")
     try:
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            out = open(temporary, "wb")  # noqa: SIM115  (closed below: its error apart)
-        except OSError as err:
-            raise _WriteError(err) from err
-        with out:
-            for chunk in chunks:
-                try:
-                    out.write(chunk)
-                except OSError as err:
-                    raise _WriteError(err) from err
-        try:
-            os.replace(temporary, path)
-        except OSError as err:  # e.g. a folder where the member's file goes
-            raise _WriteError(err) from err
-    except _WriteError as err:
-        temporary.unlink(missing_ok=True)
+        with atomic_path(path, durable=False) as temporary, open(temporary, "wb") as out:
+            for chunk in _reading(chunks):
+                out.write(chunk)
+    except _ReadError as err:
+        raise err.__cause__ from None
+    except OSError as err:
         raise StagingError(path, f"{member.location} could not be written out: {err}") from err
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 # --- TAR ----------------------------------------------------------------------------------
@@ -272,7 +265,7 @@ def tar_inputs(archive: Path, folder: Path, name: str) -> list[InputFile]:
     return [
         _input(folder, name, rel, ArchiveMember(archive, rel.as_posix(), size, offset))
         for rel, offset, size in _listed(archive, folder)
-        if not _hidden(rel)
+        if not is_hidden(rel)
     ]
 
 

@@ -12,7 +12,7 @@ import os
 import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 #: Suffixes that are never radiographs: sidecar files commonly found beside image folders.
 NON_IMAGE_SUFFIXES = frozenset(
@@ -39,6 +39,11 @@ class ArchiveMember:
     size: int
     key: int
     info: zipfile.ZipInfo | None = None
+
+    @property
+    def streamed(self) -> bool:
+        """A TAR's member: written out by its archive's stream, not read at an offset."""
+        return self.info is None
 
     @property
     def location(self) -> str:
@@ -86,10 +91,8 @@ class InputFile:
     remote: RemoteInstance | None = None
 
     def signature(self) -> list[int | str] | None:
-        """What changes when the input changes: its member's, else the file's signature."""
-        from pipeline.io.images import file_signature
-
-        return self.member.signature() if self.member else file_signature(self.path)
+        """What changes when the input changes (:func:`signature_of`)."""
+        return signature_of(self.path, self.member)
 
     def output(self, out_dir: str | os.PathLike, suffix: str) -> Path:
         """``out_dir/relative`` with the file's suffix(es) replaced by ``suffix``."""
@@ -101,6 +104,18 @@ class InputFile:
     def is_sidecar(self) -> bool:
         """A file that by its suffix is never a radiograph (a README, a CSV...)."""
         return self.path.suffix.lower() in NON_IMAGE_SUFFIXES
+
+
+def signature_of(path: Path, member: ArchiveMember | None) -> list[int | str] | None:
+    """An archive member's signature, else the file's (``file_signature``: None if gone)."""
+    from pipeline.io.images import file_signature
+
+    return member.signature() if member else file_signature(path)
+
+
+def is_hidden(rel: Path | PurePosixPath) -> bool:
+    """Whether a relative path has a hidden part (a leading dot): never an input."""
+    return any(part.startswith(".") for part in rel.parts)
 
 
 def iter_inputs(inputs: Sequence[str | os.PathLike | InputFile]) -> Iterator[InputFile]:
@@ -134,5 +149,5 @@ def visible_files(root: Path) -> Iterator[tuple[Path, Path]]:
     """
     for path in sorted(root.rglob("*")):
         rel = path.relative_to(root)
-        if path.is_file() and not any(part.startswith(".") for part in rel.parts):
+        if path.is_file() and not is_hidden(rel):
             yield path, rel

@@ -986,6 +986,14 @@ def test_an_archive_is_read_a_member_at_a_time_and_never_twice(
     present.clear()
     assert main(argv) == EXIT_OK
     assert present == [] and not leftover.exists()
+    journal = (out / "journal.jsonl").read_text().splitlines()
+    (out / "journal.jsonl").write_text("\n".join(journal[:-1]) + "\n")  # killed before it
+    last = Path(json.loads(journal[-1])["key"])
+    half = last.with_name(f".{last.name}.k1ll3d.tmp")  # ...while writing it out again
+    half.write_bytes(b"half")
+    assert main(argv) == EXIT_OK
+    assert len(present) == 1 and not half.exists()
+    assert not any(p.suffix == ".dcm" for p in _staged_files(out))
 
 
 def test_a_skipped_tar_member_is_not_read_again_while_the_archive_is_unchanged(
