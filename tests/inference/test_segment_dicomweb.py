@@ -91,9 +91,9 @@ def test_a_server_that_fails_mid_run_fails_those_rows_clearly_and_a_rerun_comple
     """Instances are fetched as the batch reads them: the ones the server no longer
     delivers are failed rows naming it and why (before, the whole run stopped there), and
     the next run fetches just those."""
-    from dicomweb_client.api import DICOMwebClient
+    from pipeline.io.dicomweb import DicomWebSource
 
-    real, calls = DICOMwebClient.retrieve_instance, []
+    real, calls = DicomWebSource.retrieve, []
 
     def flaky(self, *args, **kwargs):
         calls.append(args)
@@ -101,7 +101,7 @@ def test_a_server_that_fails_mid_run_fails_those_rows_clearly_and_a_rerun_comple
             raise ConnectionError("connection refused")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(DICOMwebClient, "retrieve_instance", flaky)
+    monkeypatch.setattr(DicomWebSource, "retrieve", flaky)
     out = tmp_path / "out"
     argv = ["segment", "dicomweb+" + orthanc["url"], "-o", str(out), "--no-progress"]
     assert main([*argv, "--workers", "0"]) == EXIT_FAILED
@@ -116,7 +116,7 @@ def test_a_server_that_fails_mid_run_fails_those_rows_clearly_and_a_rerun_comple
         fetched.append(args)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(DICOMwebClient, "retrieve_instance", counted)
+    monkeypatch.setattr(DicomWebSource, "retrieve", counted)
     assert main([*argv, "--workers", "0"]) == EXIT_OK
     assert len(fetched) == 5  # the three fetched before are read from OUT/dicomweb
     assert len(_rows(out)) == 8 and {r["status"] for r in _rows(out)} == {"ok", "skipped"}
@@ -145,16 +145,16 @@ def test_credentials_come_from_the_environment_never_the_command_line(tmp_path):
 def test_instances_are_fetched_as_the_batch_reads_them(orthanc, archive, tmp_path, monkeypatch):
     """Before, every instance was fetched before the first was segmented: the network
     waited for the whole transfer. Now a worker fetches each just before decoding it."""
-    from dicomweb_client.api import DICOMwebClient
+    from pipeline.io.dicomweb import DicomWebSource
 
-    real, masks_seen = DICOMwebClient.retrieve_instance, []
+    real, masks_seen = DicomWebSource.retrieve, []
     out = tmp_path / "out"
 
     def noted(self, *args, **kwargs):
         masks_seen.append(len(list((out / "masks").rglob("*.png"))) if out.is_dir() else 0)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(DICOMwebClient, "retrieve_instance", noted)
+    monkeypatch.setattr(DicomWebSource, "retrieve", noted)
     argv = ["segment", "dicomweb+" + orthanc["url"], "-o", str(out), "--no-progress"]
     assert main([*argv, "--workers", "0", "--batch-size", "1", "--formats", "mask"]) == EXIT_OK
     assert len(masks_seen) == 8 and masks_seen[0] == 0 and masks_seen[-1] >= 1, masks_seen
