@@ -12,7 +12,7 @@ that could not be opened, or whose outputs could not be written, is not journall
 file is written atomically and durably, the folders they went into fsync'ed once per batch
 before the batch's journal lines (:meth:`~pipeline.inference.report.Journal.sync`).
 ``dicomweb+http(s)://`` inputs are the instances QIDO-RS finds, each fetched into
-``OUT/dicomweb`` by the worker that decodes it (:mod:`pipeline.io.dicomweb`), and, with
+``OUT/dicomweb`` a few ahead of the batch (:func:`prefetch`; :mod:`pipeline.io.dicomweb`), and, with
 ``store_back``, their SEG objects stored back; ZIP
 and TAR archives, given or found in input folders, are read a member at a time
 (:mod:`pipeline.io.archives`): each member written to ``OUT/archives`` just before it is
@@ -46,6 +46,7 @@ from pipeline.inference.workers import (
     finish_in_worker,
     init_worker,
     keep_freed_memory,
+    lower_thread_priority,
     retry_row,
     safe_finish,
     share_with_forked_workers,
@@ -54,6 +55,7 @@ from pipeline.inference.workers import (
     to_wire,
 )
 from pipeline.io.archives import ArchiveError, TarStream
+from pipeline.io.dicomweb import Prefetch
 from pipeline.io.discovery import ArchiveMember, InputFile, iter_inputs
 from pipeline.lean import resume_collector
 
@@ -293,6 +295,8 @@ class Segmenter:
         self._slot_of: dict[str, int | None] = {}
         #: The TAR archives' streams of the run (:func:`tar_streams`), by :func:`stream_key`.
         self._streams: dict[tuple[Path, Path], TarStream] = {}
+        #: The DICOMweb instances' fetches ahead of the batch (:func:`prefetch`).
+        self._prefetch = Prefetch([], 0)
         self.progress = progress
         self.summary = Summary()
         self.retry_rows: dict[str, dict[str, Any]] = {}
@@ -324,12 +328,14 @@ class Segmenter:
         if self.workers:
             self.slots = Slots(2 * self.depth + self.batch_size + 2)
         self._streams = tar_streams(todo, self.depth)
+        self._prefetch = prefetch(todo, self.depth)
         try:
             with PoolRotation(self._pool, every, self._forks) as pools:
                 self._stream(pools, todo, bar)
         finally:
             for stream in self._streams.values():
                 stream.close()
+            self._prefetch.close()
         bar.close()
         self.summary.seconds = time.perf_counter() - start
         return self.summary
@@ -411,6 +417,8 @@ class Segmenter:
             except ArchiveError as err:
                 done.set_result(unreadable_member(member, err))
                 return done
+        if job.file.remote is not None and not args[1]:
+            self._prefetch.take(job.file.path)
         if isinstance(pool, ProcessPoolExecutor):
             pixels = not args[1] and self.slots is not None  # a sidecar has none
             slot = self._slot_of[job.key] = self.slots.take() if pixels else None
@@ -555,6 +563,20 @@ def tar_streams(todo: list[Job], ahead: int) -> dict[tuple[Path, Path], TarStrea
     for job in filter(streamed, todo):
         wanted.setdefault(stream_key(job), {})[job.file.member.key] = job.file.path
     return {key: TarStream(key[0], paths, ahead) for key, paths in wanted.items()}
+
+
+def prefetch(todo: list[Job], ahead: int) -> Prefetch:
+    """The fetches of the DICOMweb instances in ``todo`` to decode, ahead of the batch.
+
+    Its threads run at the workers' priority (:func:`~.workers.lower_thread_priority`): the
+    network's threads come first.
+    """
+    wanted = [
+        (j.file.remote, j.file.path)
+        for j in todo
+        if j.file.remote is not None and not j.file.is_sidecar and not j.collides_with
+    ]
+    return Prefetch(wanted, ahead, initializer=lower_thread_priority)
 
 
 def streamed(job: Job) -> bool:

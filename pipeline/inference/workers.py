@@ -33,6 +33,7 @@ import contextlib
 import errno
 import math
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -380,6 +381,16 @@ def lower_priority(increment: int = WORKER_NICENESS) -> None:
     """Lower this process's scheduling priority (ignored where the OS has no ``nice``)."""
     with contextlib.suppress(AttributeError, OSError):  # not POSIX: normal priority
         os.nice(increment)
+
+
+def lower_thread_priority() -> None:
+    """Lower the calling thread's priority as a worker process's (Linux only).
+
+    Linux keeps a nice value per thread; elsewhere ``nice`` would lower the whole process,
+    network included, so the thread keeps its priority there.
+    """
+    if sys.platform.startswith("linux"):
+        lower_priority()
 
 
 def init_worker(

@@ -20,11 +20,12 @@ They are never logged or written to the report.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
@@ -301,17 +302,18 @@ def _marker(marker_root: Path, path: Path) -> Path:
     return marker_root / f"{path.stem}.stored"
 
 
-#: This process's sources by URL (a worker's own connections: none is shared with the parent).
-_SOURCES: dict[tuple[int, str], DicomWebSource] = {}
+#: Sources by process, thread and URL: a worker's or a prefetch thread's own connections
+#: (none is shared with another process, nor a ``requests.Session`` between threads).
+_SOURCES: dict[tuple[int, int, str], DicomWebSource] = {}
 
 
 def fetch_instance(remote: RemoteInstance, target: Path) -> Path:
-    """Fetch ``remote`` to ``target`` (unless there) through this process's source of its URL.
+    """Fetch ``remote`` to ``target`` (unless there) through this thread's source of its URL.
 
     Raises:
         FetchError: the server did not deliver it (its URL and the reason named).
     """
-    key = (os.getpid(), remote.url)
+    key = (os.getpid(), threading.get_ident(), remote.url)
     try:
         if key not in _SOURCES:
             _SOURCES[key] = DicomWebSource(remote.url)
@@ -326,3 +328,66 @@ def _instance(attrs: dict[str, Any]) -> Instance:
         return str(attrs[tag]["Value"][0])
 
     return Instance(value("0020000D"), value("0020000E"), value("00080018"))
+
+
+#: Instances :class:`Prefetch` fetches at once, each thread on its own connection.
+PREFETCH_THREADS = 4
+
+
+class Prefetch:
+    """Fetches the batch's DICOMweb instances into their files, in its order, ahead of it.
+
+    A worker that fetched each instance just before decoding it waited a round trip per
+    image, and a server's latency (a PACS across a network) went into every one. Here
+    :data:`PREFETCH_THREADS` threads keep up to ``ahead`` instances (and one per thread)
+    fetched before the batch reaches them. :meth:`take` waits for one; a fetch that failed
+    is left to the worker decoding the instance, which tries again and reports the reason.
+
+    Args:
+        wanted: each instance to fetch and its file, in the order the batch takes them.
+        ahead: instances fetched before the batch takes them, at most (besides one per
+            thread).
+        initializer: run by each thread first (the batch lowers its priority).
+        threads: fetches at once (None: :data:`PREFETCH_THREADS`).
+    """
+
+    def __init__(
+        self,
+        wanted: Sequence[tuple[RemoteInstance, Path]],
+        ahead: int,
+        initializer: Callable[[], None] | None = None,
+        threads: int | None = None,
+    ):
+        threads = PREFETCH_THREADS if threads is None else threads
+        self._wanted = list(wanted)
+        self._index = {path: i for i, (_, path) in enumerate(self._wanted)}
+        self._futures: dict[int, Future] = {}
+        self._next, self._ahead = 0, ahead + threads
+        self._pool = None
+        if self._wanted:
+            self._pool = ThreadPoolExecutor(
+                threads, thread_name_prefix="lungseg-prefetch", initializer=initializer
+            )
+            self._submit_until(self._ahead)
+
+    def take(self, path: Path) -> None:
+        """Wait until ``path``'s instance is fetched (or failed to be), and fetch on ahead."""
+        i = self._index.get(path)
+        if i is None or self._pool is None:
+            return
+        self._submit_until(i + 1 + self._ahead)
+        future = self._futures.pop(i, None)
+        if future is not None:
+            with contextlib.suppress(Exception):  # the worker tries again and says why
+                future.result()
+
+    def _submit_until(self, end: int) -> None:
+        while self._next < min(end, len(self._wanted)):
+            remote, path = self._wanted[self._next]
+            self._futures[self._next] = self._pool.submit(fetch_instance, remote, path)
+            self._next += 1
+
+    def close(self) -> None:
+        """Stop: fetches not begun are dropped, the ones under way finish."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)

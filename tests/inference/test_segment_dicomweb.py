@@ -142,19 +142,36 @@ def test_credentials_come_from_the_environment_never_the_command_line(tmp_path):
         session_from_env({"LUNGSEG_DICOMWEB_CREDENTIALS": str(creds)})
 
 
-def test_instances_are_fetched_as_the_batch_reads_them(orthanc, archive, tmp_path, monkeypatch):
-    """Before, every instance was fetched before the first was segmented: the network
-    waited for the whole transfer. Now a worker fetches each just before decoding it."""
+def test_instances_are_fetched_a_bounded_few_ahead_of_the_batch(
+    orthanc, archive, tmp_path, monkeypatch
+):
+    """Before, the worker decoding an instance fetched it first: a round trip of the
+    server's in every image. Now threads fetch them ahead of the batch, at most ``depth``
+    (2 at batch 1) and one per thread ahead of the images decoded."""
+    import threading
+
+    from pipeline.inference import segment
+    from pipeline.io import dicomweb
     from pipeline.io.dicomweb import DicomWebSource
 
-    real, masks_seen = DicomWebSource.retrieve, []
-    out = tmp_path / "out"
+    real, decode = DicomWebSource.retrieve, segment.decode
+    decoded, fetches = [], []
 
     def noted(self, *args, **kwargs):
-        masks_seen.append(len(list((out / "masks").rglob("*.png"))) if out.is_dir() else 0)
+        fetches.append((threading.current_thread().name, len(decoded)))
         return real(self, *args, **kwargs)
 
+    def counted(*args, **kwargs):
+        decoded.append(args[0])
+        return decode(*args, **kwargs)
+
     monkeypatch.setattr(DicomWebSource, "retrieve", noted)
+    monkeypatch.setattr(segment, "decode", counted)
+    monkeypatch.setattr(dicomweb, "PREFETCH_THREADS", 1)
+    out = tmp_path / "out"
     argv = ["segment", "dicomweb+" + orthanc["url"], "-o", str(out), "--no-progress"]
     assert main([*argv, "--workers", "0", "--batch-size", "1", "--formats", "mask"]) == EXIT_OK
-    assert len(masks_seen) == 8 and masks_seen[0] == 0 and masks_seen[-1] >= 1, masks_seen
+    assert len(fetches) == 8 and all(name.startswith("lungseg-prefetch") for name, _ in fetches)
+    ahead = 2 + 1 + 1  # depth, one per thread, and the one taken
+    assert all(seen >= i - ahead for i, (_, seen) in enumerate(fetches)), fetches
+    assert fetches[-1][1] >= 8 - ahead - 1 > 0  # not all before the first image decoded

@@ -187,3 +187,56 @@ def test_an_answer_that_is_no_instance_is_a_fetch_error_naming_the_server(
         wado.close()
     assert wado.url.removeprefix("dicomweb+") in str(err.value)
     assert not (tmp_path / "x.dcm").exists()
+
+
+def test_prefetch_fetches_in_order_a_few_at_once_and_leaves_failures_to_the_worker(
+    tmp_path, monkeypatch
+):
+    """Each instance is fetched once, up to 4 at once, never more than ``ahead`` + 4
+    beyond the one taken; a failed fetch does not stop :meth:`take`."""
+    from pipeline.io.dicomweb import PREFETCH_THREADS, FetchError, Prefetch
+    from pipeline.io.discovery import RemoteInstance
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0, "started": []}
+
+    def fetch(remote, path):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+            state["started"].append(path)
+        time.sleep(0.03)
+        with lock:
+            state["now"] -= 1
+        if path.name == "5.dcm":
+            raise FetchError(path, "connection reset")
+        return path
+
+    monkeypatch.setattr(dicomweb, "fetch_instance", fetch)
+    wanted = [
+        (RemoteInstance("http://x", "1", "2", str(i)), tmp_path / f"{i}.dcm") for i in range(20)
+    ]
+    prefetch = Prefetch(wanted, ahead=3)
+    for i, (_, path) in enumerate(wanted):
+        prefetch.take(path)
+        assert path in state["started"]
+        assert len(state["started"]) <= i + 1 + 3 + PREFETCH_THREADS
+    prefetch.close()
+    assert state["started"] == [path for _, path in wanted]
+    assert 2 <= state["most"] <= PREFETCH_THREADS
+
+
+def test_closing_the_prefetch_drops_the_fetches_not_begun(tmp_path, monkeypatch):
+    from pipeline.io.dicomweb import Prefetch
+    from pipeline.io.discovery import RemoteInstance
+
+    started = []
+    monkeypatch.setattr(
+        dicomweb, "fetch_instance", lambda r, p: (started.append(p), time.sleep(0.05))
+    )
+    wanted = [
+        (RemoteInstance("http://x", "1", "2", str(i)), tmp_path / f"{i}.dcm") for i in range(40)
+    ]
+    prefetch = Prefetch(wanted, ahead=30, threads=2)
+    prefetch.take(wanted[0][1])
+    prefetch.close()
+    assert 1 <= len(started) <= 4
