@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from typing import Any
 from pipeline.io.discovery import InputFile, RemoteInstance
 from pipeline.io.errors import InputError
 
+_log = logging.getLogger(__name__)
 SCHEME = "dicomweb+"
 #: Where the fetched instances go under the batch's output folder.
 CACHE = "dicomweb"
@@ -138,17 +140,40 @@ class DicomWebSource:
         Raises:
             DicomWebError: the server cannot be searched.
         """
-        found: list[dict[str, Any]] = []
+        found: set[Instance] = set()
         for study in self.studies or [None]:
-            found += self._call(
+            found |= self._search(study)
+        return sorted(found, key=lambda i: (i.study, i.series, i.sop))
+
+    def _search(self, study: str | None) -> set[Instance]:
+        """Every instance of one search, page after page (``offset``) until one is empty.
+
+        Servers may cap an answer (at a few hundred or thousand results): the rest come
+        with a larger ``offset``. A page that lists nothing new (a server that ignores
+        ``offset``) ends the search with a warning.
+        """
+        found: set[Instance] = set()
+        while True:
+            page = self._call(
                 "QIDO-RS search",
                 self.client.search_for_instances,
                 study_instance_uid=study,
                 search_filters=self.query or None,
+                offset=len(found) or None,
             )
-        return sorted(
-            {_instance(attrs) for attrs in found}, key=lambda i: (i.study, i.series, i.sop)
-        )
+            new = {_instance(attrs) for attrs in page} - found
+            if page and not new:
+                _log.warning(
+                    "DICOMweb %s: the answer to offset=%d listed only instances already "
+                    "found: the server may list no more than %d; narrow the search "
+                    "(--study, --query) to reach the rest",
+                    self.url,
+                    len(found),
+                    len(found),
+                )
+            if not new:
+                return found
+            found |= new
 
     def inputs(self, root: Path) -> list[InputFile]:
         """Every selected instance as an input fetched into ``root`` when read (QIDO-RS).

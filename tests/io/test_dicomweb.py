@@ -84,17 +84,22 @@ def test_a_failed_request_names_the_server_and_keeps_what_was_stored(tmp_path, m
 
 
 class _Wado:
-    """A stand-in WADO-RS server on loopback: one answer for every request, headers kept."""
+    """A stand-in DICOMweb server on loopback: ``answer(path) -> (content type, body)`` (or
+    one answer for every request); the requests' paths and headers kept."""
 
-    def __init__(self, content_type: str, body: bytes):
+    def __init__(self, content_type: str = "", body: bytes = b"", answer=None):
         import http.server
 
+        ctype, data = content_type, body
         self.headers: list[dict[str, str]] = []
+        self.paths: list[str] = []
         wado = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 wado.headers.append(dict(self.headers))
+                wado.paths.append(self.path)
+                content_type, body = (answer or (lambda _: (ctype, data)))(self.path)
                 self.send_response(200)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(body)))
@@ -240,3 +245,49 @@ def test_closing_the_prefetch_drops_the_fetches_not_begun(tmp_path, monkeypatch)
     prefetch.take(wanted[0][1])
     prefetch.close()
     assert 1 <= len(started) <= 4
+
+
+def _qido(found: list[str], page: int, offsets: bool = True):
+    """QIDO-RS answers listing ``found`` (SOP Instance UIDs) ``page`` at a time, as servers
+    that cap their results do; ``offsets``: whether the server heeds ``offset``."""
+    import json
+    from urllib.parse import parse_qs, urlparse
+
+    def answer(path: str) -> tuple[str, bytes]:
+        start = int(parse_qs(urlparse(path).query).get("offset", ["0"])[0]) if offsets else 0
+        rows = [
+            {
+                "0020000D": {"vr": "UI", "Value": ["1.2"]},
+                "0020000E": {"vr": "UI", "Value": ["1.2.3"]},
+                "00080018": {"vr": "UI", "Value": [sop]},
+            }
+            for sop in found[start : start + page]
+        ]
+        return "application/dicom+json", json.dumps(rows).encode()
+
+    return answer
+
+
+@pytest.mark.parametrize("page", [3, 7, 100])
+def test_a_search_reads_every_page_of_a_server_that_caps_its_results(page):
+    """Before, only the first page was read: a PACS capping QIDO-RS answers (many do, at
+    a few hundred or thousand) silently left the rest of the archive out."""
+    found = [f"1.2.3.{i}" for i in range(7)]
+    wado = _Wado(answer=_qido(found, page))
+    try:
+        instances = DicomWebSource(wado.url, session=None).instances()
+    finally:
+        wado.close()
+    assert [i.sop for i in instances] == found
+    assert len(wado.paths) == -(-len(found) // page) + 1  # and the empty page that ends it
+
+
+def test_a_server_that_ignores_the_offset_is_not_asked_forever(caplog):
+    wado = _Wado(answer=_qido([f"1.2.3.{i}" for i in range(7)], 3, offsets=False))
+    try:
+        instances = DicomWebSource(wado.url, session=None).instances()
+    finally:
+        wado.close()
+    assert [i.sop for i in instances] == ["1.2.3.0", "1.2.3.1", "1.2.3.2"]
+    assert len(wado.paths) == 2
+    assert "offset=3" in caplog.text and "--study" in caplog.text
