@@ -13,9 +13,10 @@ seconds of the process tree.
 ``--fsync-delay-ms 3`` makes every fsync of both runs wait 3 ms (``slow_storage.py``), as a
 network share or a spinning disk would. ``--archive zip`` (or ``tar.gz``) gives the files as
 one archive (deflated or gzipped, made once beside the folder) and reports the most bytes
-``OUT/archives`` held while the job ran (sampled every 20 ms). ``--dicomweb`` stores the
-files in an Orthanc on loopback (``make test-deps`` installs it; started and stopped here)
-and gives its DICOMweb root as the input: every run fetches them afresh.
+``OUT/archives`` and ``OUT/dicomweb`` held while the job ran (sampled every 20 ms).
+``--dicomweb`` stores the files in an Orthanc on loopback (``make test-deps`` installs it;
+started and stopped here) and gives its DICOMweb root as the input: every run fetches them
+afresh.
 
 The DICOM folders are the ones ``segment_throughput.py`` builds (same ``--work``). Prints a
 Markdown table; ``--out`` also writes the runs as JSON.
@@ -67,7 +68,8 @@ def run_once(
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done, peak = threading.Event(), [0]
-    watcher = threading.Thread(target=_watch, args=(out / "archives", done, peak), daemon=True)
+    staged = (out / "archives", out / "dicomweb")
+    watcher = threading.Thread(target=_watch, args=(staged, done, peak), daemon=True)
     watcher.start()
     subprocess.run(
         [
@@ -101,10 +103,10 @@ def run_once(
     }
 
 
-def _watch(folder: Path, done: threading.Event, peak: list[int]) -> None:
-    """Keep in ``peak[0]`` the most bytes of files under ``folder`` until ``done``."""
+def _watch(folders: tuple[Path, ...], done: threading.Event, peak: list[int]) -> None:
+    """Keep in ``peak[0]`` the most bytes of files under ``folders`` until ``done``."""
     while not done.wait(0.02):
-        peak[0] = max(peak[0], _bytes_under(folder))
+        peak[0] = max(peak[0], sum(map(_bytes_under, folders)))
 
 
 def _bytes_under(folder: Path) -> int:
@@ -195,7 +197,9 @@ def row(label: str, count: int, runs: dict[str, list[dict]]) -> str:
     b, n = med["base"], med["new"]
     peak = {k: max(r.get("archives_peak_mib", 0.0) for r in v) for k, v in runs.items()}
     staged = (
-        f" (OUT/archives peak {peak['base']:g} → {peak['new']:g} MiB)" if any(peak.values()) else ""
+        f" (OUT/archives + OUT/dicomweb peak {peak['base']:g} → {peak['new']:g} MiB)"
+        if any(peak.values())
+        else ""
     )
     label += staged
     return (

@@ -317,7 +317,7 @@ class Segmenter:
 
         # a failed or skipped input is tried again when its file has changed since
         todo = [j for j in jobs if not self.journal.done(j.key, j.file.signature)]
-        _remove_staged([j for j in jobs if j.file.member], set(map(id, todo)))
+        _remove_staged([j for j in jobs if j.file.member or j.file.remote], set(map(id, todo)))
         if self.journal.resumed:
             self._remove_stale_temporaries(todo)
         start = time.perf_counter()
@@ -466,11 +466,12 @@ class Segmenter:
     def _remove_stale_temporaries(self, todo: list[Job]) -> None:
         """Delete temporaries a killed run left beside the outputs it was writing.
 
-        And beside the archive members it was writing out (:mod:`pipeline.io.archives`).
+        And beside the archive members or DICOMweb instances it was writing out.
         """
         for job in todo:
             targets = [job.output(self.out_dir, fmt) for fmt in self.formats]
-            for target in targets + ([job.file.path] if job.file.member else []):
+            passing = job.file.member or job.file.remote
+            for target in targets + ([job.file.path] if passing else []):
                 if target.parent.is_dir():
                     for tmp in target.parent.glob(f".{target.name}.*.tmp*"):
                         tmp.unlink(missing_ok=True)
@@ -538,13 +539,14 @@ class Segmenter:
     def _commit(self, job: Job, result: dict[str, Any]) -> None:
         source = result.pop("source", None)  # the input's signature, for a row that failed
         folders = result.pop("folders", ())  # fsync'ed by the journal's next sync
-        if job.file.member:  # the row names the member, not its passing copy
-            result["path"] = job.file.member.location
+        passing = job.file.member or job.file.remote
+        if passing:  # the row names the member or instance, not its passing copy
+            result["path"] = passing.location
         if result.pop("retry", False):  # reported, not journalled: the next run tries again
             self.retry_rows[job.key] = result
         else:
             self.journal.record(job.key, result, sync=False, source=source, folders=folders)
-        if job.file.member:  # written out for this image only: the archive keeps it
+        if passing:  # written out for this image only: the archive or the server keeps it
             job.file.path.unlink(missing_ok=True)
         self.summary.counts[result["status"]] += 1
         self.summary.processed += 1
@@ -607,7 +609,7 @@ def unreadable_member(member: ArchiveMember, err: ArchiveError) -> dict[str, Any
 
 
 def _remove_staged(members: list[Job], todo: set[int]) -> None:
-    """Remove what a killed run left of archive members it had written out and finished."""
+    """Remove what a killed run left of archive members or DICOMweb instances it finished."""
     for job in members:
         if id(job) not in todo:
             job.file.path.unlink(missing_ok=True)
@@ -826,7 +828,7 @@ def segment(
         notice = tb_model.notice
         summary["tb_screening"] = {"research_only": True, "notice": notice, **tb_model.identity()}
     if store_back:
-        summary["stored_back"] = _store_back(sources, out)
+        summary["stored_back"] = _store_back(sources, out, jobs)
     write_summary(out, summary, tag)
     return summary
 
@@ -920,14 +922,12 @@ def _archive_inputs(
         return []
 
 
-def _store_back(sources: Sequence[Any], out: Path) -> int:
+def _store_back(sources: Sequence[Any], out: Path, jobs: Sequence[Job]) -> int:
     """STOW-RS every SEG (and SR) of the fetched instances to their server, once each."""
     from pipeline.io.dicomweb import CACHE
 
-    cache, stored = out / CACHE, 0
-    for folder, markers in (("seg", ".stored"), ("sr", ".stored-sr")):
-        root = out / folder
-        made = sorted(root.rglob("*.dcm")) if root.is_dir() else []
-        files = [p for p in made if (cache / p.relative_to(root)).is_file()]  # fetched ones
-        stored += sum(source.store(files, cache / markers) for source in sources)
+    stored, fetched = 0, [j for j in jobs if j.file.remote is not None]
+    for fmt, markers in ((OutputFormat.SEG, ".stored"), (OutputFormat.SR, ".stored-sr")):
+        files = [p for p in (j.output(out, fmt) for j in fetched) if p.is_file()]
+        stored += sum(source.store(files, out / CACHE / markers) for source in sources)
     return stored

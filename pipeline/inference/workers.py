@@ -140,8 +140,9 @@ def decode(
     A ``member`` of a ZIP archive is first written to ``path``
     (:func:`~pipeline.io.archives.stage`; a TAR's is there already, written by its archive's
     stream); the batch removes it once its row is journalled.
-    A ``remote`` instance is first fetched to ``path`` unless there
-    (:func:`~pipeline.io.dicomweb.fetch_instance`; its signature is the fetched file's).
+    A ``remote`` instance is first fetched to ``path`` unless there (the batch's prefetch,
+    :class:`~pipeline.io.dicomweb.Prefetch`, has usually put it there; else
+    :func:`~pipeline.io.dicomweb.fetch_instance`; its signature is the fetched file's).
 
     Returns:
         ``item`` (the preprocessed dictionary), ``original`` (the decoded image, as ``keep``
@@ -160,10 +161,10 @@ def decode(
         out["error"] = (Status.SKIPPED.value, "not an image file (by its suffix)")
         return out
     try:
-        if remote is not None:  # written whole (atomically): its signature is final
-            fetch_instance(remote, path)
         # before reading: a copy still growing differs later
-        out["source"] = signature_of(path, member)
+        out["source"] = signature_of(path, member, remote)
+        if remote is not None:
+            fetch_instance(remote, path)
         if member is not None and not member.streamed:  # a TAR's: its stream wrote it
             stage(member, path)
         loaded = predictor.load(path)

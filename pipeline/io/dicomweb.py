@@ -2,10 +2,13 @@
 
 ``lungseg segment dicomweb+http://HOST/dicom-web -o OUT`` finds instances by QIDO-RS (all of
 them, or ``--study UID``, or ``--query KEY=VALUE`` filters such as ``Modality=DX``); each is an
-input (:meth:`DicomWebSource.inputs`) that the worker decoding it fetches by WADO-RS into
-``OUT/dicomweb/<study>/<series>/<sop>.dcm`` first (:func:`fetch_instance`; atomically, and a
-rerun reuses what is there), so fetching runs beside the network instead of before it. The
-file is the server's bytes as sent, asked for undeflated (:meth:`DicomWebSource.retrieve`). The
+input (:meth:`DicomWebSource.inputs`) fetched by WADO-RS into
+``OUT/dicomweb/<study>/<series>/<sop>.dcm`` (:func:`fetch_instance`; atomically, and a rerun
+reuses what is there) a few ahead of the batch by :class:`Prefetch`'s threads, or by the
+worker decoding it where that failed, so fetching runs beside the network instead of before
+it. The file is the server's bytes as sent, asked for undeflated
+(:meth:`DicomWebSource.retrieve`). A search reads every page of a server that caps its
+answers (:meth:`DicomWebSource.instances`). The
 batch segments them like any other files: the same journal, report and skip rules, rows
 naming the instance's file. An instance the server does not deliver is a failed row, tried
 again on the next run.

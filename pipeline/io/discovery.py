@@ -75,14 +75,23 @@ class RemoteInstance:
     series: str
     sop: str
 
+    @property
+    def location(self) -> str:
+        """The instance's WADO-RS URL: what a report row names (its fetched copy is gone)."""
+        return f"{self.url}/studies/{self.study}/series/{self.series}/instances/{self.sop}"
+
+    def signature(self) -> list[int | str]:
+        """What identifies the instance: a SOP Instance UID never names other content."""
+        return [self.location]
+
 
 @dataclass(frozen=True)
 class InputFile:
     """A file to process and its path relative to the folder it was found under.
 
     ``member``: the archive member the file is staged from (the file exists only while it
-    is read); ``remote``: the DICOMweb instance it is fetched from (and kept, as a cache);
-    both None for a file on disk.
+    is read); ``remote``: the DICOMweb instance it is fetched from (the file exists from its
+    fetch until its row is journalled); both None for a file on disk.
     """
 
     path: Path
@@ -92,7 +101,7 @@ class InputFile:
 
     def signature(self) -> list[int | str] | None:
         """What changes when the input changes (:func:`signature_of`)."""
-        return signature_of(self.path, self.member)
+        return signature_of(self.path, self.member, self.remote)
 
     def output(self, out_dir: str | os.PathLike, suffix: str) -> Path:
         """``out_dir/relative`` with the file's suffix(es) replaced by ``suffix``."""
@@ -106,10 +115,17 @@ class InputFile:
         return self.path.suffix.lower() in NON_IMAGE_SUFFIXES
 
 
-def signature_of(path: Path, member: ArchiveMember | None) -> list[int | str] | None:
-    """An archive member's signature, else the file's (``file_signature``: None if gone)."""
+def signature_of(
+    path: Path, member: ArchiveMember | None, remote: RemoteInstance | None = None
+) -> list[int | str] | None:
+    """An archive member's or a DICOMweb instance's signature, else the file's.
+
+    (``file_signature``: None if the file is gone.)
+    """
     from pipeline.io.images import file_signature
 
+    if remote is not None:
+        return remote.signature()
     return member.signature() if member else file_signature(path)
 
 

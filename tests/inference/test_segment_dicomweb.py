@@ -59,7 +59,11 @@ def test_segment_reads_by_qido_wado_and_stores_back_once(orthanc, archive, tmp_p
     statuses = sorted(r["status"] for r in rows)
     assert statuses == ["ok"] * 6 + ["skipped"] * 2
     assert {r["sop_instance_uid"] for r in rows if r["status"] == "ok"} == archive["frontal"]
-    assert all(Path(r["path"]).is_relative_to(out / "dicomweb") for r in rows)
+    # rows name the instances on the server; their fetched copies are gone once journalled
+    assert all(r["path"].startswith(orthanc["url"] + "/studies/") for r in rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert all(r["path"].endswith("/instances/" + r["sop_instance_uid"]) for r in ok)
+    assert list((out / "dicomweb").rglob("*.dcm")) == []
     segs = _segs_in(orthanc)
     assert len(segs) == 6
     referenced = set()
@@ -79,8 +83,19 @@ def test_segment_reads_by_qido_wado_and_stores_back_once(orthanc, archive, tmp_p
     assert len(_segs_in(orthanc, "SR")) == 1 + 4
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stored_back"] == 6 + 4
-    # a rerun stores nothing again
-    assert main(argv) == EXIT_OK
+    # a rerun fetches none of these again (the skipped ones included; the SEGs and SRs
+    # stored back are new instances to it, skipped) and stores nothing again
+    from pipeline.io.dicomweb import DicomWebSource
+
+    real, first = DicomWebSource.retrieve, {r["path"] for r in rows}
+
+    def once(self, instance):
+        assert not any(p.endswith("/instances/" + instance.sop) for p in first), instance
+        return real(self, instance)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(DicomWebSource, "retrieve", once)
+        assert main(argv) == EXIT_OK
     assert json.loads((out / "summary.json").read_text())["stored_back"] == 0
     assert len(_segs_in(orthanc)) == 6 and len(_segs_in(orthanc, "SR")) == 5
 
