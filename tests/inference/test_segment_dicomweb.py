@@ -131,10 +131,23 @@ def test_a_server_that_fails_mid_run_fails_those_rows_clearly_and_a_rerun_comple
         fetched.append(args)
         return real(self, *args, **kwargs)
 
+    # what a run killed between a row's journal line and its copy's removal leaves, and a
+    # fetch's temporary: the rerun removes both
+    def copy_of(r: dict) -> Path:
+        study, series, sop = r["path"].split("/studies/")[1].split("/")[::2]
+        return out / "dicomweb" / study / series / f"{sop}.dcm"
+
+    done = next(r for r in rows if r["status"] != "failed")
+    leftovers = [copy_of(done), copy_of(failed[0]).with_name(f".{copy_of(failed[0]).name}.x.tmp")]
+    for leftover in leftovers:
+        leftover.parent.mkdir(parents=True, exist_ok=True)
+        leftover.write_bytes(b"left by a killed run")
     monkeypatch.setattr(DicomWebSource, "retrieve", counted)
     assert main([*argv, "--workers", "0"]) == EXIT_OK
-    assert len(fetched) == 5  # the three fetched before are read from OUT/dicomweb
+    assert len(fetched) == 5  # the three finished before are not fetched again
     assert len(_rows(out)) == 8 and {r["status"] for r in _rows(out)} == {"ok", "skipped"}
+    assert not any(leftover.exists() for leftover in leftovers)
+    assert list((out / "dicomweb").rglob("*.dcm")) == []
 
 
 def test_credentials_come_from_the_environment_never_the_command_line(tmp_path):
