@@ -923,11 +923,13 @@ def _archive_inputs(
 
 
 def _store_back(sources: Sequence[Any], out: Path, jobs: Sequence[Job]) -> int:
-    """STOW-RS every SEG (and SR) of the fetched instances to their server, once each."""
+    """STOW-RS every SEG (and SR) of the fetched instances to their own server, once each."""
     from pipeline.io.dicomweb import CACHE
 
-    stored, fetched = 0, [j for j in jobs if j.file.remote is not None]
-    for fmt, markers in ((OutputFormat.SEG, ".stored"), (OutputFormat.SR, ".stored-sr")):
-        files = [p for p in (j.output(out, fmt) for j in fetched) if p.is_file()]
-        stored += sum(source.store(files, out / CACHE / markers) for source in sources)
+    stored = 0
+    for source in sources:
+        fetched = [j for j in jobs if j.file.remote is not None and j.file.remote.url == source.url]
+        for fmt, markers in ((OutputFormat.SEG, ".stored"), (OutputFormat.SR, ".stored-sr")):
+            files = [p for p in (j.output(out, fmt) for j in fetched) if p.is_file()]
+            stored += source.store(files, out / CACHE / markers)
     return stored

@@ -1361,3 +1361,31 @@ def test_negatives_and_upside_down_films_are_segmented_the_right_way_and_the_rep
     assert main([*argv[:3], str(as_read), *argv[4:], "--view-check", "off"]) == EXIT_OK
     assert _report(as_read)[str(root / "negative.dcm")]["reason"] == ""
     assert dice(masks[0], load_png(as_read / "masks" / "negative.png") > 0) < 0.5
+
+
+def test_store_back_sends_each_servers_segs_to_that_server_only(tmp_path):
+    """Before, every SEG went to the first DICOMweb input's server, another server's too
+    (the markers are shared): results landed in the wrong PACS."""
+    from pipeline.inference.segment import Job, _store_back
+    from pipeline.io.discovery import InputFile, RemoteInstance
+
+    jobs = []
+    for url, sop in (("http://a/dicom-web", "1.1"), ("http://b/dicom-web", "2.1")):
+        relative = Path("study", "series", f"{sop}.dcm")
+        remote = RemoteInstance(url, "study", "series", sop)
+        jobs.append(Job(InputFile(tmp_path / "cache" / relative, relative, remote=remote), sop))
+        seg = tmp_path / "seg" / "study" / "series" / f"{sop}.dcm"
+        seg.parent.mkdir(parents=True, exist_ok=True)
+        seg.write_bytes(b"SEG")
+
+    class Server:
+        def __init__(self, url: str):
+            self.url, self.got = url, []
+
+        def store(self, files, markers):
+            self.got += [f.stem for f in files]
+            return len(files)
+
+    servers = [Server("http://a/dicom-web"), Server("http://b/dicom-web")]
+    assert _store_back(servers, tmp_path, jobs) == 2
+    assert [s.got for s in servers] == [["1.1"], ["2.1"]]
