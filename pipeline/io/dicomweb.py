@@ -86,6 +86,12 @@ def session_from_env(env: dict[str, str] | None = None) -> Any:
     return session
 
 
+#: Seconds to connect to a DICOMweb server, and to wait for its next bytes, before a request
+#: fails: a server that hangs fails its requests (a fetch: a failed row, tried again next
+#: run) instead of stopping the batch for good (requests waits forever unless told).
+TIMEOUT = (10.0, 120.0)
+
+
 @dataclass(frozen=True)
 class Instance:
     """One instance found by QIDO-RS."""
@@ -125,7 +131,7 @@ class DicomWebSource:
         self.url = url.removeprefix(SCHEME)
         self.studies, self.query = list(studies), dict(query or {})
         self.session = session or session_from_env()
-        self.client = DICOMwebClient(url=self.url, session=self.session)
+        self.client = DICOMwebClient(url=self.url, session=self.session, timeout=TIMEOUT)
         self._session = session  # shared by the store-back's threads when given
         self._local = threading.local()
 
@@ -222,7 +228,10 @@ class DicomWebSource:
         """
         url = f"{self.url}/studies/{instance.study}/series/{instance.series}"
         with self.session.get(
-            f"{url}/instances/{instance.sop}", headers=RETRIEVE_HEADERS, stream=True
+            f"{url}/instances/{instance.sop}",
+            headers=RETRIEVE_HEADERS,
+            stream=True,
+            timeout=TIMEOUT,
         ) as response:
             response.raise_for_status()
             body = response.raw.read(decode_content=True)  # at once: not in 10 KiB pieces
@@ -268,7 +277,7 @@ class DicomWebSource:
 
         if not hasattr(self._local, "client"):
             session = self._session or session_from_env()
-            self._local.client = DICOMwebClient(url=self.url, session=session)
+            self._local.client = DICOMwebClient(url=self.url, session=session, timeout=TIMEOUT)
         return self._local.client
 
 

@@ -291,3 +291,27 @@ def test_a_server_that_ignores_the_offset_is_not_asked_forever(caplog):
     assert [i.sop for i in instances] == ["1.2.3.0", "1.2.3.1", "1.2.3.2"]
     assert len(wado.paths) == 2
     assert "offset=3" in caplog.text and "--study" in caplog.text
+
+
+def test_a_server_that_hangs_fails_the_fetch_instead_of_stopping_the_batch(
+    tmp_path, monkeypatch, dicom_file
+):
+    """Without a timeout requests waits for an answer forever: one hung fetch would stop
+    the batch (dicomweb-client's own requests time out after 20 s; the fetch is ours)."""
+    from pipeline.io.dicomweb import FetchError, fetch_instance
+    from pipeline.io.discovery import RemoteInstance
+
+    def slow(path: str) -> tuple[str, bytes]:
+        time.sleep(1.0)
+        return _multipart(dicom_file)
+
+    monkeypatch.setattr(dicomweb, "TIMEOUT", (1.0, 0.2))
+    wado = _Wado(answer=slow)
+    try:
+        remote = RemoteInstance(wado.url.removeprefix("dicomweb+"), "1.2", "1.2.3", "1.2.3.4")
+        start = time.perf_counter()
+        with pytest.raises(FetchError, match="timed out"):
+            fetch_instance(remote, tmp_path / "x.dcm")
+        assert time.perf_counter() - start < 0.9
+    finally:
+        wado.close()
