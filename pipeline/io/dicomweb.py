@@ -133,7 +133,7 @@ class DicomWebSource:
         self.session = session or session_from_env()
         self.client = DICOMwebClient(url=self.url, session=self.session, timeout=TIMEOUT)
         self._session = session  # shared by the store-back's threads when given
-        self._local = threading.local()
+        self._local, self._owner = threading.local(), threading.get_ident()
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -149,9 +149,12 @@ class DicomWebSource:
         Raises:
             DicomWebError: the server cannot be searched.
         """
-        found: set[Instance] = set()
-        for study in self.studies or [None]:
-            found |= self._search(study)
+        studies = self.studies or [None]
+        if len(studies) == 1:
+            found = self._search(studies[0])
+        else:  # a worklist of studies: a round trip each, SEARCHES at once
+            with ThreadPoolExecutor(min(SEARCHES, len(studies))) as pool:
+                found = set().union(*pool.map(self._search, studies))
         return sorted(found, key=lambda i: (i.study, i.series, i.sop))
 
     def _search(self, study: str | None) -> set[Instance]:
@@ -165,7 +168,7 @@ class DicomWebSource:
         while True:
             page = self._call(
                 "QIDO-RS search",
-                self.client.search_for_instances,
+                self._thread_client().search_for_instances,
                 study_instance_uid=study,
                 search_filters=self.query or None,
                 offset=len(found) or None,
@@ -275,6 +278,8 @@ class DicomWebSource:
         """A client of this server for the calling thread (its own connections)."""
         from dicomweb_client.api import DICOMwebClient
 
+        if threading.get_ident() == self._owner:
+            return self.client
         if not hasattr(self._local, "client"):
             session = self._session or session_from_env()
             self._local.client = DICOMwebClient(url=self.url, session=session, timeout=TIMEOUT)
@@ -330,6 +335,8 @@ def _as_file(data: bytes) -> bytes:
     return buffer.getvalue()
 
 
+#: Studies :meth:`DicomWebSource.instances` searches at once (each thread its own connection).
+SEARCHES = 4
 #: Objects sent per STOW-RS request by :meth:`DicomWebSource.store`, and requests at once.
 STOW_BATCH, STOW_REQUESTS = 16, 4
 

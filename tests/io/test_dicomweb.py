@@ -247,6 +247,12 @@ def test_closing_the_prefetch_drops_the_fetches_not_begun(tmp_path, monkeypatch)
     assert 1 <= len(started) <= 4
 
 
+def _row(study: str, series: str, sop: str) -> dict:
+    """One instance as QIDO-RS lists it (DICOM JSON)."""
+    uids = {"0020000D": study, "0020000E": series, "00080018": sop}
+    return {tag: {"vr": "UI", "Value": [uid]} for tag, uid in uids.items()}
+
+
 def _qido(found: list[str], page: int, offsets: bool = True):
     """QIDO-RS answers listing ``found`` (SOP Instance UIDs) ``page`` at a time, as servers
     that cap their results do; ``offsets``: whether the server heeds ``offset``."""
@@ -255,14 +261,7 @@ def _qido(found: list[str], page: int, offsets: bool = True):
 
     def answer(path: str) -> tuple[str, bytes]:
         start = int(parse_qs(urlparse(path).query).get("offset", ["0"])[0]) if offsets else 0
-        rows = [
-            {
-                "0020000D": {"vr": "UI", "Value": ["1.2"]},
-                "0020000E": {"vr": "UI", "Value": ["1.2.3"]},
-                "00080018": {"vr": "UI", "Value": [sop]},
-            }
-            for sop in found[start : start + page]
-        ]
+        rows = [_row("1.2", "1.2.3", sop) for sop in found[start : start + page]]
         return "application/dicom+json", json.dumps(rows).encode()
 
     return answer
@@ -315,3 +314,32 @@ def test_a_server_that_hangs_fails_the_fetch_instead_of_stopping_the_batch(
         assert time.perf_counter() - start < 0.9
     finally:
         wado.close()
+
+
+def test_a_worklist_of_studies_is_searched_a_few_at_once():
+    """Before, one study after another: a round trip each (208 studies through a 10 ms
+    proxy: 5.2 s with the pages, 1.3 s four at once)."""
+    import json
+    from urllib.parse import urlparse
+
+    lock, state = threading.Lock(), {"now": 0, "most": 0}
+
+    def answer(path: str) -> tuple[str, bytes]:
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        time.sleep(0.05)
+        with lock:
+            state["now"] -= 1
+        study = urlparse(path).path.split("/studies/")[1].split("/")[0]
+        rows = [] if "offset" in path else [_row(study, "1.2.3", study + ".1")]
+        return "application/dicom+json", json.dumps(rows).encode()
+
+    studies = [f"1.2.{i}" for i in range(8)]
+    wado = _Wado(answer=answer)
+    try:
+        instances = DicomWebSource(wado.url, studies, session=None).instances()
+    finally:
+        wado.close()
+    assert [i.sop for i in instances] == [s + ".1" for s in studies]
+    assert 2 <= state["most"] <= dicomweb.SEARCHES
