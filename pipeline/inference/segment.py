@@ -12,8 +12,8 @@ that could not be opened, or whose outputs could not be written, is not journall
 file is written atomically and durably, the folders they went into fsync'ed once per batch
 before the batch's journal lines (:meth:`~pipeline.inference.report.Journal.sync`).
 ``dicomweb+http(s)://`` inputs are the instances QIDO-RS finds, each fetched into
-``OUT/dicomweb`` a few ahead of the batch (:func:`prefetch`; :mod:`pipeline.io.dicomweb`), and, with
-``store_back``, their SEG objects stored back; ZIP
+``OUT/dicomweb`` a few ahead of the batch (:func:`prefetch`, :mod:`pipeline.io.dicomweb`)
+and removed once journalled, and, with ``store_back``, their SEG objects stored back; ZIP
 and TAR archives, given or found in input folders, are read a member at a time
 (:mod:`pipeline.io.archives`): each member written to ``OUT/archives`` just before it is
 decoded (a ZIP's by the worker, a TAR's by the archive's one stream, :func:`tar_streams`)

@@ -142,7 +142,7 @@ def decode(
     stream); the batch removes it once its row is journalled.
     A ``remote`` instance is first fetched to ``path`` unless there (the batch's prefetch,
     :class:`~pipeline.io.dicomweb.Prefetch`, has usually put it there; else
-    :func:`~pipeline.io.dicomweb.fetch_instance`; its signature is the fetched file's).
+    :func:`~pipeline.io.dicomweb.fetch_instance`; its signature is its WADO-RS URL).
 
     Returns:
         ``item`` (the preprocessed dictionary), ``original`` (the decoded image, as ``keep``

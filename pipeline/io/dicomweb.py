@@ -10,8 +10,8 @@ it. The file is the server's bytes as sent, asked for undeflated
 (:meth:`DicomWebSource.retrieve`). A search reads every page of a server that caps its
 answers (:meth:`DicomWebSource.instances`). The
 batch segments them like any other files: the same journal, report and skip rules, rows
-naming the instance's file. An instance the server does not deliver is a failed row, tried
-again on the next run.
+naming the instance's WADO-RS URL; each file is removed once its row is journalled. An
+instance the server does not deliver is a failed row, tried again on the next run.
 ``--store-back`` stores each SEG (and SR) into the same server by STOW-RS once: a marker per
 stored object under ``OUT/dicomweb/.stored/`` keeps reruns from storing it again.
 
@@ -229,9 +229,8 @@ class DicomWebSource:
             requests.RequestException: the request failed or was refused.
             ValueError: the answer is neither ``multipart/related`` nor ``application/dicom``.
         """
-        url = f"{self.url}/studies/{instance.study}/series/{instance.series}"
         with self.session.get(
-            f"{url}/instances/{instance.sop}",
+            RemoteInstance(self.url, *astuple(instance)).location,
             headers=RETRIEVE_HEADERS,
             stream=True,
             timeout=TIMEOUT,
