@@ -71,3 +71,31 @@ def test_pixels_that_fit_go_to_the_slot_and_the_rest_through_the_pipe():
     out = stash_pixels({**wire, "original": large}, slots, 0)  # would end past the slot
     assert isinstance(out["item"]["image"], SlotRef) and out["original"] is large
     assert wire["item"]["image"] is image  # the wire itself is left as it was
+
+
+def test_lower_thread_priority_lowers_the_calling_thread_only():
+    """The DICOMweb prefetch threads yield to the network as the workers do; the batch
+    job's own threads (the network's) keep their priority."""
+    import os
+    import sys
+    import threading
+
+    import pytest
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("nice is per thread on Linux only; elsewhere the thread keeps its own")
+    main_before = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen = {}
+
+    def lowered() -> None:
+        me = threading.get_native_id()
+        seen["before"] = os.getpriority(os.PRIO_PROCESS, me)
+        workers.lower_thread_priority()
+        seen["after"] = os.getpriority(os.PRIO_PROCESS, me)
+
+    thread = threading.Thread(target=lowered)
+    thread.start()
+    thread.join()
+    assert seen["after"] == min(19, seen["before"] + workers.WORKER_NICENESS)
+    assert seen["after"] > seen["before"] or seen["before"] == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == main_before
