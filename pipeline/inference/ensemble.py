@@ -28,6 +28,7 @@ from torch import nn
 
 from pipeline.enums import StrEnum
 from pipeline.networks.folding import fold_batch_norms
+from pipeline.networks.fusion import fuse_activations
 
 
 class Flip(StrEnum):
@@ -223,6 +224,7 @@ def load_networks(
     device: torch.device,
     combine: str | Combine = Combine.ENSEMBLE,
     fold_batch_norm: bool = False,
+    fuse: bool = False,
 ) -> nn.Module:
     """The network with its weights (eval mode); several checkpoints combined by ``combine``.
 
@@ -239,6 +241,10 @@ def load_networks(
         combine: :class:`Combine`: one network of the averaged weights (``soup``), or an
             :class:`Ensemble` of one network per checkpoint.
         fold_batch_norm: fold BatchNorm layers into the convolutions before them.
+        fuse: also compute the PReLUs and residual additions inside the convolutions
+            before them, in float32 CPU inference
+            (:func:`~pipeline.networks.fusion.fuse_activations`; the same outputs, bit for
+            bit).
 
     Raises:
         ValueError: no checkpoint given, an unknown ``combine`` (the allowed set quoted), or
@@ -250,20 +256,24 @@ def load_networks(
     if Combine.parse(combine) is Combine.SOUP and len(checkpoints) > 1:
         source = "the average of " + ", ".join(map(str, checkpoints))
         _load_state(network_def, average_weights(checkpoints), source)
-        return _for_inference(network_def, device, fold_batch_norm)
+        return _for_inference(network_def, device, fold_batch_norm, fuse)
     copies = [network_def] + [copy.deepcopy(network_def) for _ in checkpoints[1:]]
     members = []
     for net, ckpt in zip(copies, checkpoints, strict=True):  # copied before any is folded
         load_weights(net, ckpt, torch.device("cpu"))
-        members.append(_for_inference(net, device, fold_batch_norm))
+        members.append(_for_inference(net, device, fold_batch_norm, fuse))
     return members[0] if len(members) == 1 else Ensemble(members).eval()
 
 
-def _for_inference(network: nn.Module, device: torch.device, fold: bool) -> nn.Module:
-    """``network`` in eval mode, BatchNorms folded when asked, channels-last on ``device``."""
+def _for_inference(
+    network: nn.Module, device: torch.device, fold: bool, fuse: bool = False
+) -> nn.Module:
+    """``network`` in eval mode, folded and fused as asked, channels-last on ``device``."""
     network.eval()
     if fold:
         fold_batch_norms(network)
+    if fuse:
+        fuse_activations(network)
     return network.to(device, memory_format=torch.channels_last)
 
 
