@@ -699,7 +699,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--query", action="append", default=[], metavar="KEY=VALUE", help="DICOMweb QIDO filter"
     )
     seg.add_argument(
-        "--store-back", action="store_true", help="DICOMweb: store each SEG in the server"
+        "--store-back",
+        action="store_true",
+        help="DICOMweb: store each SEG in its server as the batch goes",
     )
     seg.add_argument("-o", "--output", required=True, type=Path, help="output folder")
     seg.add_argument(

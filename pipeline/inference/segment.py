@@ -13,7 +13,8 @@ file is written atomically and durably, the folders they went into fsync'ed once
 before the batch's journal lines (:meth:`~pipeline.inference.report.Journal.sync`).
 ``dicomweb+http(s)://`` inputs are the instances QIDO-RS finds, each fetched into
 ``OUT/dicomweb`` a few ahead of the batch (:func:`prefetch`, :mod:`pipeline.io.dicomweb`)
-and removed once journalled, and, with ``store_back``, their SEG objects stored back; ZIP
+and removed once journalled, and, with ``store_back``, their SEG objects stored back as the
+batch goes (:class:`JobStoreBack`); ZIP
 and TAR archives, given or found in input folders, are read a member at a time
 (:mod:`pipeline.io.archives`): each member written to ``OUT/archives`` just before it is
 decoded (a ZIP's by the worker, a TAR's by the archive's one stream, :func:`tar_streams`)
@@ -270,6 +271,8 @@ class Segmenter:
         progress: show a progress bar with rate and ETA.
         tb_model: a scorer that adds a TB score to each row (``inputs``, ``scores``,
             ``threshold``, ``notice``: :class:`pipeline.tb.model.TBModel`).
+        on_durable: called with the jobs journalled since, after each sync of the journal
+            (their rows durable): the store-back (:class:`JobStoreBack`).
     """
 
     def __init__(
@@ -282,8 +285,10 @@ class Segmenter:
         workers: int = 2,
         progress: bool = True,
         tb_model: Any = None,
+        on_durable: Callable[[list[Job]], None] | None = None,
     ):
         self.model, self.out_dir, self.formats = model, out_dir, tuple(formats)
+        self.on_durable, self._journalled = on_durable, []
         self.tb_model, self._tb_pending = tb_model, []
         self.journal, self.batch_size, self.workers = journal, batch_size, workers
         #: Images decoded ahead of the network, and finishing behind it, at most: enough to
@@ -349,12 +354,19 @@ class Segmenter:
             while len(pending) > self.depth:  # bounded: memory stays flat
                 self._record(*pending.pop(0))
                 bar.update()
-            self.journal.sync()  # one fsync per batch, not per input
+            self._sync()  # one fsync per batch, not per input
         for job, future in pending:
             self._record(job, future)
             bar.update()
         self._flush_tb()
+        self._sync()
+
+    def _sync(self) -> None:
+        """Make the journal durable; hand the jobs journalled since to ``on_durable``."""
         self.journal.sync()
+        if self.on_durable is not None and self._journalled:
+            self.on_durable(self._journalled)
+        self._journalled = []
 
     @staticmethod
     def _forks() -> bool:
@@ -546,6 +558,7 @@ class Segmenter:
             self.retry_rows[job.key] = result
         else:
             self.journal.record(job.key, result, sync=False, source=source, folders=folders)
+            self._journalled.append(job)
         if passing:  # written out for this image only: the archive or the server keeps it
             job.file.path.unlink(missing_ok=True)
         self.summary.counts[result["status"]] += 1
@@ -755,7 +768,8 @@ def segment(
 
     ``inputs`` may be ``dicomweb+http(s)://`` URLs (:mod:`pipeline.io.dicomweb`): their
     instances (``studies``, ``query``) are fetched into ``OUT/dicomweb`` as they are read;
-    with ``store_back`` each SEG goes back to the server by STOW-RS once. ZIP and TAR archives
+    with ``store_back`` each SEG goes back to the server by STOW-RS once, while the batch
+    runs (:class:`JobStoreBack`). ZIP and TAR archives
     are read as folders named after them, a member at a time (:mod:`pipeline.io.archives`):
     each is written to ``OUT/archives`` as it is read and removed once finished; an archive
     that cannot be read is a failed row, tried again next run.
@@ -795,9 +809,15 @@ def segment(
     tag = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
     journal = Journal(out, header, overwrite, tag)
     keep_freed_memory()  # the forward passes reuse their pages (see its docstring)
-    segmenter = Segmenter(model, out, formats, journal, batch_size, workers, progress, tb_model)
+    stow = JobStoreBack(sources if store_back else (), out)
+    segmenter = Segmenter(
+        model, out, formats, journal, batch_size, workers, progress, tb_model, stow.add
+    )
     try:
         run = segmenter.run(jobs)
+    except BaseException:
+        stow.close()  # what was not sent yet is sent by the next run
+        raise
     finally:
         journal.close()
     keys = {j.key for j in jobs}
@@ -828,7 +848,10 @@ def segment(
         notice = tb_model.notice
         summary["tb_screening"] = {"research_only": True, "notice": notice, **tb_model.identity()}
     if store_back:
-        summary["stored_back"] = _store_back(sources, out, jobs)
+        try:
+            summary["stored_back"] = stow.finish(jobs)
+        finally:
+            stow.close()
     write_summary(out, summary, tag)
     return summary
 
@@ -922,14 +945,45 @@ def _archive_inputs(
         return []
 
 
-def _store_back(sources: Sequence[Any], out: Path, jobs: Sequence[Job]) -> int:
-    """STOW-RS every SEG (and SR) of the fetched instances to their own server, once each."""
-    from pipeline.io.dicomweb import CACHE
+class JobStoreBack:
+    """``--store-back``: each fetched instance's SEG (and SR) to its own server, once.
 
-    stored = 0
-    for source in sources:
-        fetched = [j for j in jobs if j.file.remote is not None and j.file.remote.url == source.url]
-        for fmt, markers in ((OutputFormat.SEG, ".stored"), (OutputFormat.SR, ".stored-sr")):
-            files = [p for p in (j.output(out, fmt) for j in fetched) if p.is_file()]
-            stored += source.store(files, out / CACHE / markers)
-    return stored
+    The batch hands over the jobs whose rows are durable as it goes (:meth:`add`, the
+    :class:`Segmenter`'s ``on_durable``), so their objects are stored while it runs
+    (:class:`~pipeline.io.dicomweb.StoreBack`, on threads of the workers' priority);
+    :meth:`finish` stores the rest, those finished by earlier runs included.
+
+    Args:
+        sources: the run's DICOMweb sources (each job goes to the one its instance came from).
+        out: the output folder (the markers of stored objects are under ``OUT/dicomweb``).
+    """
+
+    def __init__(self, sources: Sequence[Any], out: Path):
+        from pipeline.io.dicomweb import StoreBack
+
+        self.sources = {source.url: source for source in sources}
+        self.out = out
+        self.queue = StoreBack(initializer=lower_thread_priority)
+
+    def add(self, jobs: Sequence[Job]) -> None:
+        """Queue the SEGs and SRs of ``jobs`` (those of fetched instances that exist)."""
+        from pipeline.io.dicomweb import CACHE
+
+        for url, source in self.sources.items():
+            fetched = [j for j in jobs if j.file.remote is not None and j.file.remote.url == url]
+            for fmt, markers in ((OutputFormat.SEG, ".stored"), (OutputFormat.SR, ".stored-sr")):
+                files = [p for p in (j.output(self.out, fmt) for j in fetched) if p.is_file()]
+                self.queue.add(source, files, self.out / CACHE / markers)
+
+    def finish(self, jobs: Sequence[Job]) -> int:
+        """Store what ``jobs`` have and is not stored yet; return how many this run stored.
+
+        Raises:
+            DicomWebError: a request failed (named); what was stored is marked.
+        """
+        self.add(jobs)
+        return self.queue.finish()
+
+    def close(self) -> None:
+        """Drop what is queued and not yet sent (a rerun sends it)."""
+        self.queue.close()

@@ -12,8 +12,9 @@ answers (:meth:`DicomWebSource.instances`). The
 batch segments them like any other files: the same journal, report and skip rules, rows
 naming the instance's WADO-RS URL; each file is removed once its row is journalled. An
 instance the server does not deliver is a failed row, tried again on the next run.
-``--store-back`` stores each SEG (and SR) into the same server by STOW-RS once: a marker per
-stored object under ``OUT/dicomweb/.stored/`` keeps reruns from storing it again.
+``--store-back`` stores each SEG (and SR) into the same server by STOW-RS once, while the
+batch runs (:class:`StoreBack`): a marker per stored object under ``OUT/dicomweb/.stored/``
+keeps reruns from storing it again.
 
 Credentials never come from the command line: ``LUNGSEG_DICOMWEB_TOKEN`` (bearer token), or
 ``LUNGSEG_DICOMWEB_USER`` and ``LUNGSEG_DICOMWEB_PASSWORD`` (HTTP basic), or a JSON file named
@@ -243,25 +244,21 @@ class DicomWebSource:
         """STOW-RS the files not stored before (one marker each); return how many were sent.
 
         ``files`` are the outputs of fetched instances (``<source SOP UID>.dcm``), so a rerun
-        skips them by name without reading them. They go :data:`STOW_BATCH` to a request,
-        :data:`STOW_REQUESTS` requests at once (each on its own connection): a PACS's
-        round trip per object, one after the other, made the store-back as slow as the
-        batch itself.
+        skips them by name without reading them (:class:`StoreBack`, all at once).
 
         Raises:
             DicomWebError: a request failed (the server and the reason named); the files
                 of the requests that succeeded are marked stored.
         """
-        todo = [p for p in files if not _marker(marker_root, p).exists()]
-        chunks = [todo[i : i + STOW_BATCH] for i in range(0, len(todo), STOW_BATCH)]
-        if not chunks:
-            return 0
-        threads = min(STOW_REQUESTS, len(chunks))
-        with ThreadPoolExecutor(threads, thread_name_prefix="lungseg-stow") as pool:
-            return sum(pool.map(lambda chunk: self._store_chunk(chunk, marker_root), chunks))
+        queue = StoreBack()
+        try:
+            queue.add(self, files, marker_root)
+            return queue.finish()
+        finally:
+            queue.close()
 
-    def _store_chunk(self, files: Sequence[Path], marker_root: Path) -> int:
-        """STOW-RS ``files`` in one request, then mark each stored."""
+    def stow(self, files: Sequence[Path], marker_root: Path) -> int:
+        """STOW-RS ``files`` in one request, then mark each stored; return how many."""
         import pydicom
 
         from pipeline.io.atomic import write_text_atomic
@@ -336,13 +333,82 @@ def _as_file(data: bytes) -> bytes:
 
 #: Studies :meth:`DicomWebSource.instances` searches at once (each thread its own connection).
 SEARCHES = 4
-#: Objects sent per STOW-RS request by :meth:`DicomWebSource.store`, and requests at once.
+#: Objects sent per STOW-RS request (:class:`StoreBack`), and requests at once.
 STOW_BATCH, STOW_REQUESTS = 16, 4
 
 
 def _marker(marker_root: Path, path: Path) -> Path:
     """The marker of a stored output, named after its source instance."""
     return marker_root / f"{path.stem}.stored"
+
+
+class StoreBack:
+    """STOW-RS of results as they are added, :data:`STOW_BATCH` objects to a request.
+
+    The batch job adds each image's SEG (and SR) once its row is durable, so the server gets
+    results while the batch runs rather than all of them after it, and a batch stopped
+    half-way has stored its finished half. A file whose marker exists (stored by an earlier
+    run) or that was added before is skipped; a full request is sent at once, on one of
+    :data:`STOW_REQUESTS` threads (each on its own connection): a PACS's round trip per
+    object, one after the other, made the store-back as slow as the batch itself.
+    :meth:`finish` sends the rest and waits.
+
+    Args:
+        initializer: run by each sending thread first (the batch lowers its priority).
+    """
+
+    def __init__(self, initializer: Callable[[], None] | None = None):
+        self._initializer = initializer
+        self._pool: ThreadPoolExecutor | None = None
+        self._seen: set[Path] = set()
+        self._pending: dict[tuple[int, Path], tuple[DicomWebSource, list[Path]]] = {}
+        self._sent: list[Future] = []
+
+    def add(self, source: DicomWebSource, files: Sequence[Path], marker_root: Path) -> None:
+        """Queue ``files`` for ``source`` (markers under ``marker_root``); send full requests."""
+        new = [p for p in files if p not in self._seen and not _marker(marker_root, p).exists()]
+        self._seen.update(new)
+        _, queued = self._pending.setdefault((id(source), marker_root), (source, []))
+        queued += new
+        while len(queued) >= STOW_BATCH:
+            self._send(source, queued[:STOW_BATCH], marker_root)
+            del queued[:STOW_BATCH]
+
+    def _send(self, source: DicomWebSource, files: list[Path], marker_root: Path) -> None:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                STOW_REQUESTS, thread_name_prefix="lungseg-stow", initializer=self._initializer
+            )
+        self._sent.append(self._pool.submit(source.stow, files, marker_root))
+
+    def finish(self) -> int:
+        """Send what is queued, wait for every request; return how many objects were stored.
+
+        Raises:
+            DicomWebError: a request failed (the first failure; the others were waited for,
+                and the files of those that succeeded are marked stored); an ``OSError``
+                where a file could not be read or its marker written.
+        """
+        for (_, marker_root), (source, queued) in self._pending.items():
+            if queued:
+                self._send(source, list(queued), marker_root)
+                queued.clear()
+        stored, failure = 0, None
+        for future in self._sent:
+            try:
+                stored += future.result()
+            except Exception as err:  # every request is waited for before one is raised
+                failure = failure or err
+        self._sent = []
+        if failure is not None:
+            raise failure
+        return stored
+
+    def close(self) -> None:
+        """Stop: requests not begun are dropped (a rerun sends them), those under way end."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 #: Sources by process, thread and URL: a worker's or a prefetch thread's own connections

@@ -1366,7 +1366,7 @@ def test_negatives_and_upside_down_films_are_segmented_the_right_way_and_the_rep
 def test_store_back_sends_each_servers_segs_to_that_server_only(tmp_path):
     """Before, every SEG went to the first DICOMweb input's server, another server's too
     (the markers are shared): results landed in the wrong PACS."""
-    from pipeline.inference.segment import Job, _store_back
+    from pipeline.inference.segment import Job, JobStoreBack
     from pipeline.io.discovery import InputFile, RemoteInstance
 
     jobs = []
@@ -1382,10 +1382,14 @@ def test_store_back_sends_each_servers_segs_to_that_server_only(tmp_path):
         def __init__(self, url: str):
             self.url, self.got = url, []
 
-        def store(self, files, markers):
+        def stow(self, files, markers):
             self.got += [f.stem for f in files]
             return len(files)
 
     servers = [Server("http://a/dicom-web"), Server("http://b/dicom-web")]
-    assert _store_back(servers, tmp_path, jobs) == 2
+    stow = JobStoreBack(servers, tmp_path)
+    try:
+        assert stow.finish(jobs) == 2
+    finally:
+        stow.close()
     assert [s.got for s in servers] == [["1.1"], ["2.1"]]

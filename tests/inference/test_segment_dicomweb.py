@@ -203,3 +203,36 @@ def test_instances_are_fetched_a_bounded_few_ahead_of_the_batch(
     ahead = 2 + 1 + 1  # depth, one per thread, and the one taken
     assert all(seen >= i - ahead for i, (_, seen) in enumerate(fetches)), fetches
     assert fetches[-1][1] >= 8 - ahead - 1 > 0  # not all before the first image decoded
+
+
+def test_segs_are_stored_back_while_the_batch_runs(orthanc, archive, tmp_path, monkeypatch):
+    """Before, every SEG was stored after the last image: a PACS saw no result of a long
+    batch until its end, and none of a batch that stopped half-way."""
+    from pipeline.inference.segment import Segmenter
+    from pipeline.io import dicomweb
+    from pipeline.io.dicomweb import DicomWebSource
+
+    running, when = [False], []
+    real_run, real_stow = Segmenter.run, DicomWebSource.stow
+
+    def run(self, jobs):
+        running[0] = True
+        try:
+            return real_run(self, jobs)
+        finally:
+            running[0] = False
+
+    def stow(self, files, markers):
+        when.append(running[0])
+        return real_stow(self, files, markers)
+
+    monkeypatch.setattr(Segmenter, "run", run)
+    monkeypatch.setattr(DicomWebSource, "stow", stow)
+    monkeypatch.setattr(dicomweb, "STOW_BATCH", 1)
+    out = tmp_path / "out"
+    argv = ["segment", "dicomweb+" + orthanc["url"], "-o", str(out), "--no-progress"]
+    argv += ["--workers", "1", "--batch-size", "1", "--formats", "seg,mask", "--store-back"]
+    assert main(argv) == EXIT_OK
+    assert len(when) == 6 and any(when), when  # each SEG once; some while the batch ran
+    assert len(_segs_in(orthanc)) == 6
+    assert json.loads((out / "summary.json").read_text())["stored_back"] == 6

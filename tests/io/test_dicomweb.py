@@ -12,7 +12,13 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from pipeline.io import dicomweb
-from pipeline.io.dicomweb import STOW_BATCH, STOW_REQUESTS, DicomWebError, DicomWebSource
+from pipeline.io.dicomweb import (
+    STOW_BATCH,
+    STOW_REQUESTS,
+    DicomWebError,
+    DicomWebSource,
+    StoreBack,
+)
 
 
 def _outputs(folder: Path, count: int) -> list[Path]:
@@ -81,6 +87,58 @@ def test_a_failed_request_names_the_server_and_keeps_what_was_stored(tmp_path, m
         source.store(files, tmp_path / ".stored")
     assert len(list((tmp_path / ".stored").iterdir())) == 3 * STOW_BATCH  # the 4th went too
     assert source.store(files, tmp_path / ".stored") == STOW_BATCH  # the failed one's only
+
+
+def _until(condition, seconds: float = 5.0) -> bool:
+    """Whether ``condition()`` came true within ``seconds`` (polled)."""
+    end = time.monotonic() + seconds
+    while not condition() and time.monotonic() < end:
+        time.sleep(0.01)
+    return condition()
+
+
+def test_store_back_sends_a_full_request_while_more_are_still_coming(tmp_path, monkeypatch):
+    """The batch adds each result once its row is durable: the server gets results while
+    the batch runs (before, all of them after it), each once."""
+    from dicomweb_client.api import DICOMwebClient
+
+    server = _Server()
+    monkeypatch.setattr(DICOMwebClient, "store_instances", server.store_instances)
+    files = _outputs(tmp_path / "seg", 2 * STOW_BATCH + 3)
+    markers = tmp_path / ".stored"
+    markers.mkdir()
+    (markers / f"{files[-1].stem}.stored").write_text("an earlier run's\n")
+    source = DicomWebSource("dicomweb+http://127.0.0.1:9/dicom-web", session=None)
+    queue = StoreBack()
+    try:
+        queue.add(source, files[: STOW_BATCH - 1], markers)
+        time.sleep(0.1)
+        assert server.sizes == []  # not a full request yet
+        queue.add(source, files[: STOW_BATCH + 1], markers)  # the first ones again: ignored
+        assert _until(lambda: server.sizes == [STOW_BATCH])  # sent before finish
+        queue.add(source, files[STOW_BATCH + 1 :], markers)
+        assert queue.finish() == len(files) - 1  # the one an earlier run stored is not sent
+    finally:
+        queue.close()
+    assert sorted(server.sizes) == [2, STOW_BATCH, STOW_BATCH]
+    assert len(list(markers.iterdir())) == len(files)
+
+
+def test_closing_the_store_back_drops_the_requests_not_begun(tmp_path, monkeypatch):
+    """A batch that stops leaves the unsent results to the next run (no marker)."""
+    from dicomweb_client.api import DICOMwebClient
+
+    server = _Server()
+    monkeypatch.setattr(DICOMwebClient, "store_instances", server.store_instances)
+    monkeypatch.setattr(dicomweb, "STOW_REQUESTS", 1)
+    files = _outputs(tmp_path / "seg", 4 * STOW_BATCH)
+    source = DicomWebSource("dicomweb+http://127.0.0.1:9/dicom-web", session=None)
+    queue = StoreBack()
+    queue.add(source, files, tmp_path / ".stored")
+    assert _until(lambda: len(server.sizes) == 1)
+    queue.close()
+    stored = len(list((tmp_path / ".stored").iterdir()))
+    assert stored == STOW_BATCH * len(server.sizes) < len(files)
 
 
 class _Wado:
