@@ -83,7 +83,7 @@ class FusedConvolution(nn.Module):
         conv = self.unit.conv
         if isinstance(conv, nn.ConvTranspose2d):
             return torch.ops.mkldnn._convolution_transpose_pointwise(
-                x, *_transposed_args(conv), "leaky_relu", [self.slope], ""
+                x, *_conv_args(conv), "leaky_relu", [self.slope], ""
             )
         return torch.ops.mkldnn._convolution_pointwise(
             x, *_conv_args(conv), "leaky_relu", [self.slope], ""
@@ -111,29 +111,11 @@ class FusedResidualUnit(nn.Module):
         )
 
 
-def _conv_args(conv: nn.Conv2d) -> tuple:
-    """The weight, bias and geometry of ``conv`` in the order oneDNN's operators take them."""
-    return (
-        conv.weight,
-        conv.bias,
-        list(conv.padding),
-        list(conv.stride),
-        list(conv.dilation),
-        conv.groups,
-    )
-
-
-def _transposed_args(conv: nn.ConvTranspose2d) -> tuple:
-    """The same for a transposed convolution (its output padding after its padding)."""
-    return (
-        conv.weight,
-        conv.bias,
-        list(conv.padding),
-        list(conv.output_padding),
-        list(conv.stride),
-        list(conv.dilation),
-        conv.groups,
-    )
+def _conv_args(conv: nn.Conv2d | nn.ConvTranspose2d) -> tuple:
+    """Weight, bias and geometry of ``conv`` as oneDNN's operators take them, in order."""
+    transposed = [list(conv.output_padding)] if isinstance(conv, nn.ConvTranspose2d) else []
+    geometry = [list(conv.padding), *transposed, list(conv.stride), list(conv.dilation)]
+    return (conv.weight, conv.bias, *geometry, conv.groups)
 
 
 def _plain_conv(conv: nn.Module, transposed: bool = False) -> bool:
