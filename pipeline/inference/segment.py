@@ -847,13 +847,27 @@ def segment(
     if tb_model is not None:
         notice = tb_model.notice
         summary["tb_screening"] = {"research_only": True, "notice": notice, **tb_model.identity()}
-    if store_back:
-        try:
-            summary["stored_back"] = stow.finish(jobs)
-        finally:
-            stow.close()
+    failure = _finish_store_back(stow, jobs, summary) if store_back else None
     write_summary(out, summary, tag)
+    if failure is not None:  # after the summary: the batch's counts are not lost with it
+        raise failure
     return summary
+
+
+def _finish_store_back(
+    stow: JobStoreBack, jobs: Sequence[Job], summary: dict[str, Any]
+) -> Exception | None:
+    """Store the rest; put the count, or why it failed, in ``summary``; return the failure."""
+    from pipeline.io.dicomweb import DicomWebError
+
+    try:
+        summary["stored_back"] = stow.finish(jobs)
+    except (DicomWebError, OSError) as err:  # a rerun stores what is not marked stored
+        summary["store_back_error"] = str(err)
+        return err
+    finally:
+        stow.close()
+    return None
 
 
 def resources(workers: int) -> dict[str, int]:

@@ -236,3 +236,35 @@ def test_segs_are_stored_back_while_the_batch_runs(orthanc, archive, tmp_path, m
     assert len(when) == 6 and any(when), when  # each SEG once; some while the batch ran
     assert len(_segs_in(orthanc)) == 6
     assert json.loads((out / "summary.json").read_text())["stored_back"] == 6
+
+
+def test_a_failed_store_back_keeps_the_summary_and_a_rerun_stores_the_rest(
+    orthanc, archive, tmp_path, monkeypatch
+):
+    """Before, a STOW-RS failure left no summary.json: the batch's counts were lost with it."""
+    from pipeline.io import dicomweb
+    from pipeline.io.dicomweb import DicomWebError, DicomWebSource
+
+    real, calls = DicomWebSource.stow, []
+
+    def flaky(self, files, markers):
+        calls.append(len(files))
+        if len(calls) == 2:
+            raise DicomWebError(f"DICOMweb {self.url}: STOW-RS of 1 objects failed: reset")
+        return real(self, files, markers)
+
+    monkeypatch.setattr(DicomWebSource, "stow", flaky)
+    monkeypatch.setattr(dicomweb, "STOW_BATCH", 1)
+    monkeypatch.setattr(dicomweb, "STOW_REQUESTS", 1)
+    out = tmp_path / "out"
+    argv = ["segment", "dicomweb+" + orthanc["url"], "-o", str(out), "--no-progress"]
+    argv += ["--workers", "1", "--formats", "seg,mask", "--store-back"]
+    assert main(argv) == EXIT_FAILED
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["ok"] == 6 and "stored_back" not in summary
+    assert orthanc["url"] in summary["store_back_error"] and "reset" in summary["store_back_error"]
+    assert len(_segs_in(orthanc)) == 5
+    monkeypatch.setattr(DicomWebSource, "stow", real)
+    assert main(argv) == EXIT_OK
+    assert json.loads((out / "summary.json").read_text())["stored_back"] == 1
+    assert len(_segs_in(orthanc)) == 6
