@@ -240,25 +240,13 @@ class DicomWebSource:
             body = response.raw.read(decode_content=True)  # at once: not in 10 KiB pieces
         return first_part(response.headers.get("Content-Type", ""), body)
 
-    def store(self, files: Sequence[Path], marker_root: Path) -> int:
-        """STOW-RS the files not stored before (one marker each); return how many were sent.
-
-        ``files`` are the outputs of fetched instances (``<source SOP UID>.dcm``), so a rerun
-        skips them by name without reading them (:class:`StoreBack`, all at once).
-
-        Raises:
-            DicomWebError: a request failed (the server and the reason named); the files
-                of the requests that succeeded are marked stored.
-        """
-        queue = StoreBack()
-        try:
-            queue.add(self, files, marker_root)
-            return queue.finish()
-        finally:
-            queue.close()
-
     def stow(self, files: Sequence[Path], marker_root: Path) -> int:
-        """STOW-RS ``files`` in one request, then mark each stored; return how many."""
+        """STOW-RS ``files`` in one request, then mark each stored; return how many.
+
+        ``files`` are the outputs of fetched instances (``<source SOP UID>.dcm``): their
+        markers are named after them, so a rerun skips them by name without reading them
+        (:class:`StoreBack` sends them, a request at a time).
+        """
         import pydicom
 
         from pipeline.io.atomic import write_text_atomic

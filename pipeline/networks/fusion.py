@@ -75,19 +75,19 @@ class FusedConvolution(nn.Module):
         super().__init__()
         self.unit = unit
         self.slope = slope
+        self.transposed = isinstance(unit.conv, nn.ConvTranspose2d)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """The unit's output: fused where :func:`fusable`, else the unit itself."""
         if not fusable(x):
             return self.unit(x)
-        conv = self.unit.conv
-        if isinstance(conv, nn.ConvTranspose2d):
-            return torch.ops.mkldnn._convolution_transpose_pointwise(
-                x, *_conv_args(conv), "leaky_relu", [self.slope], ""
-            )
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, *_conv_args(conv), "leaky_relu", [self.slope], ""
+        mkldnn = torch.ops.mkldnn
+        op = (
+            mkldnn._convolution_transpose_pointwise
+            if self.transposed
+            else mkldnn._convolution_pointwise
         )
+        return op(x, *_conv_args(self.unit.conv), "leaky_relu", [self.slope], "")
 
 
 class FusedResidualUnit(nn.Module):

@@ -59,6 +59,16 @@ class _Server:
             raise ConnectionError("connection reset")
 
 
+def _store(source: DicomWebSource, files: list[Path], markers: Path) -> int:
+    """All of ``files`` through a :class:`StoreBack` of their own; how many were stored."""
+    queue = StoreBack()
+    try:
+        queue.add(source, files, markers)
+        return queue.finish()
+    finally:
+        queue.close()
+
+
 def test_store_back_sends_batches_a_few_at_once_and_each_object_once(tmp_path, monkeypatch):
     """Before, one request per object, one after the other: a PACS's round trip each."""
     from dicomweb_client.api import DICOMwebClient
@@ -67,12 +77,12 @@ def test_store_back_sends_batches_a_few_at_once_and_each_object_once(tmp_path, m
     monkeypatch.setattr(DICOMwebClient, "store_instances", server.store_instances)
     files = _outputs(tmp_path / "seg", 3 * STOW_BATCH + 5)
     source = DicomWebSource("dicomweb+http://127.0.0.1:9/dicom-web", session=None)
-    assert source.store(files, tmp_path / ".stored") == len(files)
+    assert _store(source, files, tmp_path / ".stored") == len(files)
     assert sorted(server.sizes) == [5] + [STOW_BATCH] * 3
     assert 2 <= server.most <= STOW_REQUESTS
     assert len(list((tmp_path / ".stored").iterdir())) == len(files)
     server.sizes.clear()
-    assert source.store(files, tmp_path / ".stored") == 0 and server.sizes == []
+    assert _store(source, files, tmp_path / ".stored") == 0 and server.sizes == []
 
 
 def test_a_failed_request_names_the_server_and_keeps_what_was_stored(tmp_path, monkeypatch):
@@ -84,9 +94,9 @@ def test_a_failed_request_names_the_server_and_keeps_what_was_stored(tmp_path, m
     files = _outputs(tmp_path / "seg", 4 * STOW_BATCH)
     source = DicomWebSource("dicomweb+http://127.0.0.1:9/dicom-web", session=None)
     with pytest.raises(DicomWebError, match=r"127\.0\.0\.1:9/dicom-web: STOW-RS .* reset"):
-        source.store(files, tmp_path / ".stored")
+        _store(source, files, tmp_path / ".stored")
     assert len(list((tmp_path / ".stored").iterdir())) == 3 * STOW_BATCH  # the 4th went too
-    assert source.store(files, tmp_path / ".stored") == STOW_BATCH  # the failed one's only
+    assert _store(source, files, tmp_path / ".stored") == STOW_BATCH  # the failed one's only
 
 
 def _until(condition, seconds: float = 5.0) -> bool:

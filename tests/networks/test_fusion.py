@@ -110,3 +110,14 @@ def test_a_unit_with_a_norm_or_another_activation_is_left_alone():
 def test_a_network_in_training_mode_is_refused():
     with pytest.raises(ValueError, match="eval mode"):
         fuse_activations(build_network("res_unet"))
+
+
+@torch.inference_mode()
+def test_a_fused_network_can_be_copied_and_pickled():
+    import pickle
+
+    fused = _folded(2)
+    fuse_activations(fused)
+    x = torch.randn(1, 1, 64, 64)
+    for twin in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
+        assert torch.equal(twin(x), fused(x))
