@@ -787,27 +787,14 @@ def segment(
     inputs, sources = _dicomweb_inputs(inputs, out, studies, query)
     inputs, unreadable, archives = _open_archives(inputs, out)
     jobs = [j for j in plan(inputs, shard) if j.file.path not in archives]
-    # TB inputs are measured on the full-resolution image the TB bundle was trained on
-    overrides = {"decode_min_size": None} if tb_model is not None else {}
-    if precision is not None:
-        overrides["precision"] = precision
-    if lung_field is not None:
-        overrides["lung_field"] = lung_field
-    if view_check is not None:
-        overrides["view_check"] = view_check
+    overrides = _overrides(
+        tb_model, precision=precision, lung_field=lung_field, view_check=view_check
+    )
     # the network is loaded once the workers are decoding (Segmenter._batches)
     model = Predictor(bundle, rank_device(device), overrides, network=False)
     workers = resolve_workers(workers, model.device)
-    ident = model.identity.as_dict()
-    header = {
-        "started": time.strftime("%Y%m%d%H%M%S"),
-        "checkpoint_sha256": ident["checkpoint_sha256"],
-        "model_digest": ident["digest"],
-        "formats": sorted(str(f) for f in formats),
-        "tb": None if tb_model is None else tb_model.identity()["checkpoint_sha256"],
-    }
     tag = "" if shard is None else f"-shard-{shard[0]}-of-{shard[1]}"
-    journal = Journal(out, header, overwrite, tag)
+    journal = Journal(out, _journal_header(model, formats, tb_model), overwrite, tag)
     keep_freed_memory()  # the forward passes reuse their pages (see its docstring)
     stow = JobStoreBack(sources if store_back else (), out)
     segmenter = Segmenter(
@@ -824,23 +811,16 @@ def segment(
     finished = {**journal.rows, **segmenter.retry_rows}
     rows = [row for key, row in finished.items() if key in keys] + unreadable
     write_reports(out, rows, tag)
-    counts = {s.value: sum(r["status"] == s.value for r in rows) for s in Status}
     summary = {
-        "counts": counts,
+        "counts": {s.value: sum(r["status"] == s.value for r in rows) for s in Status},
         **tallies(rows),
         "inputs": len(jobs) + len(unreadable),  # an archive that could not be read: one
-        "this_run": {
-            "processed": run.processed,
-            "seconds": round(run.seconds, 2),
-            "images_per_second": round(run.processed / run.seconds, 3) if run.seconds else None,
-            "stage_seconds": {k: round(v, 3) for k, v in run.stages.items()},
-            "stage_cpu_seconds": {k: round(v, 3) for k, v in run.cpu.items()},
-        },
+        "this_run": _run_figures(run),
         "shard": None if shard is None else f"{shard[0]}/{shard[1]}",
-        "formats": header["formats"],
+        "formats": journal.header["formats"],
         "device": str(model.device),
         "resources": resources(workers),
-        "model": ident,
+        "model": model.identity.as_dict(),
         "software": software_versions(),
         "started": journal.header["started"],
     }
@@ -852,6 +832,40 @@ def segment(
     if failure is not None:  # after the summary: the batch's counts are not lost with it
         raise failure
     return summary
+
+
+def _overrides(tb_model: Any, **settings: str | None) -> dict[str, Any]:
+    """The bundle overrides of a batch: the settings given (not None), and TB's decoding.
+
+    TB inputs are measured on the full-resolution image the TB bundle was trained on, so a
+    run with a ``tb_model`` decodes every pixel (``decode_min_size`` null).
+    """
+    overrides: dict[str, Any] = {"decode_min_size": None} if tb_model is not None else {}
+    overrides.update({key: value for key, value in settings.items() if value is not None})
+    return overrides
+
+
+def _journal_header(model: Predictor, formats: Sequence[OutputFormat], tb_model: Any) -> dict:
+    """What a journal records of its run: a later run with other values must not resume it."""
+    ident = model.identity.as_dict()
+    return {
+        "started": time.strftime("%Y%m%d%H%M%S"),
+        "checkpoint_sha256": ident["checkpoint_sha256"],
+        "model_digest": ident["digest"],
+        "formats": sorted(str(f) for f in formats),
+        "tb": None if tb_model is None else tb_model.identity()["checkpoint_sha256"],
+    }
+
+
+def _run_figures(run: Summary) -> dict[str, Any]:
+    """``summary.json`` → ``this_run``: images, seconds, rate and time per stage."""
+    return {
+        "processed": run.processed,
+        "seconds": round(run.seconds, 2),
+        "images_per_second": round(run.processed / run.seconds, 3) if run.seconds else None,
+        "stage_seconds": {k: round(v, 3) for k, v in run.stages.items()},
+        "stage_cpu_seconds": {k: round(v, 3) for k, v in run.cpu.items()},
+    }
 
 
 def _finish_store_back(
