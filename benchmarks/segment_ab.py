@@ -234,12 +234,16 @@ def main() -> None:
     parser.add_argument(
         "--store-back", action="store_true", help="--dicomweb: lungseg's --store-back"
     )
+    parser.add_argument(
+        "--precision", help="lungseg's --precision, both sides (default: the bundle's)"
+    )
     args = parser.parse_args()
     env = fsync_delay_env(args.fsync_delay_ms, args.work)
     storage = f", every fsync {args.fsync_delay_ms:g} ms longer" if env else ""
     if args.dicomweb:
         storage += f", from Orthanc on loopback (every request {args.network_delay_ms:g} ms later)"
         storage += ", with --store-back" if args.store_back else ""
+    storage += f", --precision {args.precision}" if args.precision else ""
     lines = [
         f"Base {args.base} against the working tree, runs alternated, medians{storage}.",
         "",
@@ -261,6 +265,7 @@ def main() -> None:
                             delay = args.network_delay_ms / 1000
                             folder = stack.enter_context(served(folder, orthanc, delay))
                         extra = ["--store-back"] if args.store_back else []
+                        extra += ["--precision", args.precision] if args.precision else []
                         runs = compare(base, folder, args.repeats, Path(tmp), env, extra)
                     lines.append(row(INPUTS[name][3], count, runs))
                     results.append(

@@ -114,6 +114,10 @@ class ModelIdentity:
             machine: bfloat16 on CPUs with native support, else float32).
         lung_field: the lung field the model outputs (``anatomical`` or ``visible``; also
             in the config hash).
+        numerics: how the network's arithmetic departs from its modules' own where that
+            changes outputs: ``bfloat16-fused`` (bfloat16 convolutions with their activations
+            fused, :mod:`pipeline.networks.fusion`), else empty (fusion in float32 changes
+            no output).
     """
 
     name: str
@@ -123,11 +127,13 @@ class ModelIdentity:
     config_sha256: str
     precision: str = "float32"
     lung_field: str = "visible"
+    numerics: str = ""
 
     @property
     def digest(self) -> str:
-        """One hash of checkpoints, config and precision: equal digests, equal outputs."""
-        text = "|".join([*self.checkpoints_sha256, self.config_sha256, self.precision])
+        """One hash of checkpoints, config, precision and numerics: equal digests, equal outputs."""
+        parts = [*self.checkpoints_sha256, self.config_sha256, self.precision]
+        text = "|".join(parts + ([self.numerics] if self.numerics else []))
         return hashlib.sha256(text.encode()).hexdigest()
 
     @property
@@ -162,6 +168,7 @@ def identity_of(
     config: dict[str, Any],
     precision: str = "float32",
     lung_field: str = "visible",
+    numerics: str = "",
 ) -> ModelIdentity:
     """The :class:`ModelIdentity` of a bundle's checkpoints under a resolved config."""
     name, version = bundle_metadata(bundle)
@@ -173,4 +180,5 @@ def identity_of(
         config_sha256=config_sha256(config),
         precision=precision,
         lung_field=lung_field,
+        numerics=numerics,
     )

@@ -28,7 +28,7 @@ from torch import nn
 
 from pipeline.enums import StrEnum
 from pipeline.networks.folding import fold_batch_norms
-from pipeline.networks.fusion import fuse_activations
+from pipeline.networks.fusion import fuse_activations, native_bfloat16
 
 
 class Flip(StrEnum):
@@ -64,21 +64,15 @@ class Precision(StrEnum):
     ``auto`` is bfloat16 on a CPU with native bfloat16 instructions (AVX512-BF16, AMX), where
     the residual U-Net runs about twice as fast, and float32 everywhere else (CUDA
     included: there the network is not the bottleneck). Reduced precisions run under
-    :func:`torch.autocast`; logits are returned as float32.
+    :func:`torch.autocast`; logits are returned as float32. A fused network (``fuse``) runs
+    its convolutions in bfloat16 with their activations fused on such a CPU
+    (:mod:`pipeline.networks.fusion`).
     """
 
     AUTO = "auto"
     FLOAT32 = "float32"
     BFLOAT16 = "bfloat16"
     FLOAT16 = "float16"
-
-
-def native_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (oneDNN's own check)."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch built without oneDNN
-        return False
 
 
 def compute_dtype(precision: str | Precision, device: torch.device | str) -> torch.dtype:
@@ -242,9 +236,8 @@ def load_networks(
             :class:`Ensemble` of one network per checkpoint.
         fold_batch_norm: fold BatchNorm layers into the convolutions before them.
         fuse: also compute the PReLUs and residual additions inside the convolutions
-            before them, in float32 CPU inference
-            (:func:`~pipeline.networks.fusion.fuse_activations`; the same outputs, bit for
-            bit).
+            before them, in CPU inference (:func:`~pipeline.networks.fusion.fuse_activations`;
+            in float32 the same outputs bit for bit, in bfloat16 one rounding fewer).
 
     Raises:
         ValueError: no checkpoint given, an unknown ``combine`` (the allowed set quoted), or

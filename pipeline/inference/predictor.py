@@ -36,6 +36,7 @@ from pipeline.enums import LungField, QAFlag, View
 from pipeline.inference.bundle import BUNDLE, ModelIdentity, bundle_parser, identity_of
 from pipeline.inference.lungs import LungMeasures, mean_inside, measure_sides
 from pipeline.inference.view_check import NOTES, ViewCheck, turned_orientation
+from pipeline.networks.fusion import BFLOAT16_FUSED, bfloat16_fused
 from pipeline.transforms.geometry import META_KEY, LetterboxParams, resize_to
 
 
@@ -80,6 +81,18 @@ def _stacked(images: Sequence[torch.Tensor | np.ndarray] | torch.Tensor) -> torc
 
 def _spacing(meta: dict[str, Any]) -> tuple[float, float]:
     return tuple(float(s) for s in meta.get("pixel_spacing", (math.nan, math.nan)))
+
+
+def _numerics(config: dict[str, Any], dtype: torch.dtype, device: torch.device) -> str:
+    """:class:`ModelIdentity`'s ``numerics``: ``bfloat16-fused`` or empty.
+
+    ``bfloat16-fused`` where a fused network (the config's ``network: fuse``) runs in
+    bfloat16 on a CPU that fuses it (:func:`~pipeline.networks.fusion.bfloat16_fused`).
+    """
+    network = config.get("network")
+    fused = isinstance(network, dict) and bool(network.get("fuse"))
+    in_bfloat16 = fused and dtype == torch.bfloat16 and bfloat16_fused(device)
+    return BFLOAT16_FUSED if in_bfloat16 else ""
 
 
 def _canvas_region(item: dict[str, Any]) -> tuple[slice, slice]:
@@ -176,8 +189,9 @@ class Predictor:
         """What this predictor runs (checkpoints hashed on first use, not by every worker)."""
         dtype = getattr(self.inferer, "dtype", torch.float32)
         precision = str(dtype).split(".")[-1]
+        numerics = _numerics(self._config, dtype, self.device)
         return identity_of(
-            self.bundle, self.checkpoints, self._config, precision, str(self.lung_field)
+            self.bundle, self.checkpoints, self._config, precision, str(self.lung_field), numerics
         )
 
     # --- the steps, for callers that pipeline them (the batch job's workers) ---------------

@@ -65,6 +65,29 @@ def test_bundle_preprocessing_runs_on_a_tensor_a_host_already_holds(held_out):
     assert tuple(out.shape) == (1, 256, 256) and 0 <= float(out.min()) < float(out.max()) <= 1
 
 
+def test_a_bfloat16_identity_says_whether_the_network_ran_fused(shipped_model, monkeypatch):
+    import dataclasses
+    import hashlib
+
+    from pipeline.networks import fusion
+
+    ident = shipped_model.identity
+    assert ident.numerics == ""  # float32: fused bit for bit, so the digest is as before
+    parts = [*ident.checkpoints_sha256, ident.config_sha256, ident.precision]
+    assert ident.digest == hashlib.sha256("|".join(parts).encode()).hexdigest()
+    overrides = {"precision": "bfloat16"}
+    bf16 = Predictor(device="cpu", overrides=overrides, network=False).identity
+    assert bf16.numerics == ("bfloat16-fused" if fusion.bfloat16_fused("cpu") else "")
+    assert (
+        dataclasses.replace(bf16, numerics="").digest
+        != dataclasses.replace(bf16, numerics="bfloat16-fused").digest
+    )
+    monkeypatch.setattr(fusion, "native_bfloat16", lambda: False)
+    assert Predictor(device="cpu", overrides=overrides, network=False).identity.numerics == ""
+    unfused = {**overrides, "network#fuse": False}
+    assert Predictor(device="cpu", overrides=unfused, network=False).identity.numerics == ""
+
+
 def test_identity_follows_every_pixel_setting_and_nothing_else(shipped_model):
     ident = shipped_model.identity
     assert len(ident.checkpoint_sha256) == 64 and ident.version

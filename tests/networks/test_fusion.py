@@ -1,4 +1,4 @@
-"""Activations and residual additions fused into the convolutions: the same outputs, bit for bit."""
+"""Activations and residual additions fused into the convolutions (float32: bit for bit)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.networks import build_network, fold_batch_norms, fuse_activations
+from pipeline.networks import build_network, fold_batch_norms, fuse_activations, fusion
 from pipeline.networks.fusion import ONEDNN_CPU, FusedConvolution, FusedResidualUnit
 
 #: Where the fused convolutions run at all (elsewhere the original modules do).
 x86_only = pytest.mark.skipif(not ONEDNN_CPU, reason="fused convolutions run on x86 CPUs only")
+#: Where they run in bfloat16 too (a CPU with native bfloat16).
+bfloat16_only = pytest.mark.skipif(
+    not fusion.bfloat16_fused("cpu"), reason="needs an x86 CPU with native bfloat16"
+)
 
 
 def _count(net: nn.Module, kind: type) -> int:
@@ -79,15 +83,17 @@ def test_the_shipped_network_fused_gives_the_same_logits_bit_for_bit(shipped_mod
     assert torch.equal(net(nchw), plain(nchw))
 
 
-def test_training_autocast_and_gradients_run_the_original_modules():
+def test_training_and_autocast_without_native_bfloat16_run_the_original_modules(monkeypatch):
     net = _folded(1)
     fused = copy.deepcopy(net)
     fuse_activations(fused)
     calls = _prelu_calls(fused)
     x = torch.randn(2, 1, 64, 64)
+    monkeypatch.setattr(fusion, "native_bfloat16", lambda: False)
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.no_grad():
         assert torch.equal(fused(x), net(x))  # bfloat16 as --precision asks, not float32
     assert len(calls) == _count(net, nn.PReLU) == 17
+    monkeypatch.undo()
     out = fused(x.requires_grad_())
     assert out.grad_fn is not None and torch.equal(out.detach(), net(x).detach())
     out.sum().backward()
@@ -121,3 +127,59 @@ def test_a_fused_network_can_be_copied_and_pickled():
     x = torch.randn(1, 1, 64, 64)
     for twin in (copy.deepcopy(fused), pickle.loads(pickle.dumps(fused))):
         assert torch.equal(twin(x), fused(x))
+
+
+def _dice(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(2 * (a & b).sum() / (a.sum() + b.sum()))
+
+
+@bfloat16_only
+@torch.inference_mode()
+def test_in_bfloat16_the_shipped_network_runs_fused_and_agrees_with_float32(
+    shipped_model, shipped_batch, monkeypatch
+):
+    """Under autocast the fused modules compute in bfloat16 themselves, one rounding fewer."""
+    net = shipped_model.load_network()
+    calls = _prelu_calls(net)
+    reference = net(shipped_batch)  # float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = net(shipped_batch).float()
+        assert not calls  # no PReLU ran on its own: every one inside its convolution
+        monkeypatch.setattr(fusion, "native_bfloat16", lambda: False)
+        unfused = net(shipped_batch).float()  # autocast's own bfloat16, module by module
+        monkeypatch.undo()
+    assert calls and not torch.equal(fused, unfused)
+    assert (fused - unfused).abs().max() < 1.0  # bfloat16's rounding, not another network
+    lungs = reference > 0
+    assert _dice(fused > 0, lungs) > 0.995
+    assert _dice(unfused > 0, lungs) > 0.995
+
+
+@bfloat16_only
+def test_the_bfloat16_weights_follow_a_change_of_the_float32_ones():
+    fused = _folded(3)
+    fuse_activations(fused)
+    x = torch.randn(1, 1, 64, 64)
+    bfloat16 = torch.autocast("cpu", dtype=torch.bfloat16)
+    with bfloat16, torch.no_grad():
+        before = fused(x)
+    with torch.no_grad():  # (outside autocast, whose own casts last as long as its block)
+        for m in fused.modules():
+            if isinstance(m, nn.Conv2d):
+                m.weight.mul_(0.5)  # in place: the same storage, a new version
+    twin = copy.deepcopy(fused)  # its weights new tensors: cast afresh
+    with bfloat16, torch.no_grad():
+        after = fused(x)
+        assert torch.equal(after, twin(x))
+    assert not torch.equal(before, after)
+
+
+@bfloat16_only
+def test_a_network_made_in_inference_mode_runs_fused_in_bfloat16():
+    with torch.inference_mode():  # its folded weights are inference tensors (no version)
+        fused = _folded(4)
+        fuse_activations(fused)
+        x = torch.randn(1, 1, 64, 64)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            first, again = fused(x), fused(x)
+    assert first.dtype == torch.bfloat16 and torch.equal(first, again)
