@@ -28,6 +28,7 @@ from pipeline.inference.segment import (
     resolve_workers,
 )
 from pipeline.inference.view_check import NOTES
+from pipeline.networks.fusion import bfloat16_fused
 from tests.conftest import (
     child_pids,
     dice,
@@ -765,6 +766,8 @@ def test_precision_is_chosen_recorded_and_kept_per_output_folder(tmp_path, pixel
         assert main([*argv, "--formats", "mask", "--precision", precision]) == EXIT_OK
         summary = json.loads((out / "summary.json").read_text())
         assert summary["model"]["precision"] == precision
+        fused = precision == "bfloat16" and bfloat16_fused("cpu")
+        assert summary["model"]["numerics"] == ("bfloat16-fused" if fused else "")
         runs[precision] = (summary["model"]["digest"], load_png(out / "masks" / "0.png") > 0)
     assert runs["float32"][0] != runs["bfloat16"][0]  # another model identity
     assert dice(runs["float32"][1], runs["bfloat16"][1]) > 0.99
