@@ -322,7 +322,7 @@ class Segmenter:
 
         # a failed or skipped input is tried again when its file has changed since
         todo = [j for j in jobs if not self.journal.done(j.key, j.file.signature)]
-        _remove_staged([j for j in jobs if j.file.member or j.file.remote], set(map(id, todo)))
+        _remove_staged([j for j in jobs if j.file.passing], set(map(id, todo)))
         if self.journal.resumed:
             self._remove_stale_temporaries(todo)
         start = time.perf_counter()
@@ -482,7 +482,7 @@ class Segmenter:
         """
         for job in todo:
             targets = [job.output(self.out_dir, fmt) for fmt in self.formats]
-            passing = job.file.member or job.file.remote
+            passing = job.file.passing
             for target in targets + ([job.file.path] if passing else []):
                 if target.parent.is_dir():
                     for tmp in target.parent.glob(f".{target.name}.*.tmp*"):
@@ -551,7 +551,7 @@ class Segmenter:
     def _commit(self, job: Job, result: dict[str, Any]) -> None:
         source = result.pop("source", None)  # the input's signature, for a row that failed
         folders = result.pop("folders", ())  # fsync'ed by the journal's next sync
-        passing = job.file.member or job.file.remote
+        passing = job.file.passing
         if passing:  # the row names the member or instance, not its passing copy
             result["path"] = passing.location
         if result.pop("retry", False):  # reported, not journalled: the next run tries again

@@ -103,6 +103,11 @@ class InputFile:
         """What changes when the input changes (:func:`signature_of`)."""
         return signature_of(self.path, self.member, self.remote)
 
+    @property
+    def passing(self) -> ArchiveMember | RemoteInstance | None:
+        """The member or instance whose copy ``path`` only passes through (None: a file on disk)."""
+        return self.member or self.remote
+
     def output(self, out_dir: str | os.PathLike, suffix: str) -> Path:
         """``out_dir/relative`` with the file's suffix(es) replaced by ``suffix``."""
         name = self.relative.name

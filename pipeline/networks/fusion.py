@@ -28,6 +28,7 @@ module by module on an Intel Xeon with AMX (8 alternated rounds).
 
 from __future__ import annotations
 
+import functools
 import platform
 
 import torch
@@ -46,8 +47,9 @@ def _onednn_on() -> bool:
     return ONEDNN_CPU and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
 
 
+@functools.cache
 def native_bfloat16() -> bool:
-    """Whether this CPU computes bfloat16 natively (oneDNN's own check)."""
+    """Whether this CPU computes bfloat16 natively (oneDNN's own check, asked once)."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch built without oneDNN
@@ -81,8 +83,19 @@ def fusable_in_bfloat16(x: torch.Tensor) -> bool:
         and not torch.is_grad_enabled()
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
-        and bfloat16_fused("cpu")
+        and _onednn_on()
+        and native_bfloat16()
     )
+
+
+def _fused_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """What a fused call of ``x`` computes in, or None: the original modules run.
+
+    float32 where :func:`fusable`, bfloat16 where :func:`fusable_in_bfloat16`.
+    """
+    if fusable(x):
+        return torch.float32
+    return torch.bfloat16 if fusable_in_bfloat16(x) else None
 
 
 def _prelu_slope(adn: nn.Module | None) -> float | None:
@@ -121,12 +134,10 @@ class FusedConvolution(nn.Module):
 
         Elsewhere the unit itself computes it.
         """
-        if fusable(x):
-            args = _conv_args(self.unit.conv)
-        elif fusable_in_bfloat16(x):
-            x, args = x.to(torch.bfloat16), _conv_args(self.unit.conv, torch.bfloat16)
-        else:
+        dtype = _fused_dtype(x)
+        if dtype is None:
             return self.unit(x)
+        x, args = x.to(dtype), _conv_args(self.unit.conv, dtype)
         mkldnn = torch.ops.mkldnn
         op = (
             mkldnn._convolution_transpose_pointwise
@@ -149,13 +160,11 @@ class FusedResidualUnit(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``conv(x) + residual(x)``, as the unit computes it (the sum is commutative)."""
-        if fusable(x):
-            cx, args = self.unit.conv(x), _conv_args(self.unit.residual)
-        elif fusable_in_bfloat16(x):
-            x = x.to(torch.bfloat16)
-            cx, args = self.unit.conv(x), _conv_args(self.unit.residual, torch.bfloat16)
-        else:
+        dtype = _fused_dtype(x)
+        if dtype is None:
             return self.unit(x)
+        x = x.to(dtype)
+        cx, args = self.unit.conv(x), _conv_args(self.unit.residual, dtype)
         return torch.ops.mkldnn._convolution_pointwise.binary(
             x, cx, *args, "add", None, None, [], None
         )
@@ -164,11 +173,12 @@ class FusedResidualUnit(nn.Module):
 def _conv_args(conv: nn.Conv2d | nn.ConvTranspose2d, dtype: torch.dtype | None = None) -> tuple:
     """Weight, bias and geometry of ``conv`` as oneDNN's operators take them, in order.
 
-    With a ``dtype``, the weight and bias in it (:func:`_weights_in`).
+    With a ``dtype`` other than the weight's, the weight and bias in it (:func:`_weights_in`).
     """
     transposed = [list(conv.output_padding)] if isinstance(conv, nn.ConvTranspose2d) else []
     geometry = [list(conv.padding), *transposed, list(conv.stride), list(conv.dilation)]
-    weight, bias = (conv.weight, conv.bias) if dtype is None else _weights_in(conv, dtype)
+    own = dtype in (None, conv.weight.dtype)
+    weight, bias = (conv.weight, conv.bias) if own else _weights_in(conv, dtype)
     return (weight, bias, *geometry, conv.groups)
 
 
